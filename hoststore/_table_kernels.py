@@ -1,0 +1,107 @@
+"""Compiled hot paths of :mod:`hoststore.table`; all release the GIL."""
+
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+
+from hoststore import index as ix
+
+
+@nb.njit(inline="always", cache=True)
+def touch(r, clock, decay, show, click, last_seen, changed):
+    """Brings a row's decayed show/click up to ``clock`` and marks it seen and changed."""
+    dt = clock - last_seen[r]
+    if decay != 1.0 and dt > 0:
+        f = decay ** np.float64(dt)
+        show[r] = np.float32(show[r] * f)
+        click[r] = np.float32(click[r] * f)
+    last_seen[r] = clock
+    changed[r] = 1
+
+
+@nb.njit(nogil=True, cache=True)
+def pull_existing(
+    index, keys, emb, show, click, last_seen, changed, ids, out, rows, default, train, clock, decay
+):
+    """Copies the rows of known ids into ``out``; ``rows[i] = -1`` marks the rest.
+
+    Keys are found a group at a time and each group is copied and touched while its
+    records are still in cache.
+    """
+    n = ids.shape[0]
+    dim = emb.shape[1]
+    slots, ents, seen = ix.group_buffers()
+    n_miss = 0
+    for base in range(0, n, ix.GROUP):
+        m = min(ix.GROUP, n - base)
+        ix.find_group(index, keys, ids, base, m, slots, ents, seen, rows)
+        for i in range(base, base + m):
+            r = rows[i]
+            if r >= 0:
+                for j in range(dim):
+                    out[i, j] = emb[r, j]
+                if train:
+                    touch(r, clock, decay, show, click, last_seen, changed)
+                    show[r] += 1.0
+            else:
+                n_miss += 1
+                for j in range(dim):
+                    out[i, j] = default
+    return n_miss
+
+
+@nb.njit(nogil=True, cache=True)
+def gather_push(
+    index, keys, ids, grads, shows, clicks, clock, decay, show, click, last_seen, changed, updates
+):
+    """Looks ids up, updates the statistics of their rows and sums duplicate gradients.
+
+    Returns (unique rows, summed grads, occurrence counts, positions of ids without a row).
+    Statistics are updated while the row's record is in cache: show and click per
+    occurrence, the update count once per push.
+    """
+    n = ids.shape[0]
+    dim = grads.shape[1]
+    rows = np.empty(n, np.int64)
+    missing = np.empty(n, np.int64)
+    scratch = np.full(int(n / ix.MAX_LOAD) + 9, -1, np.int32)
+    urows = np.empty(n, np.int64)
+    agg = np.empty((n, dim), np.float32)
+    counts = np.zeros(n, np.float32)
+    slots, ents, seen = ix.group_buffers()
+    u = 0
+    m = 0
+    for base in range(0, n, ix.GROUP):
+        g = min(ix.GROUP, n - base)
+        ix.find_group(index, keys, ids, base, g, slots, ents, seen, rows)
+        for i in range(base, base + g):
+            r = rows[i]
+            if r < 0:
+                missing[m] = i
+                m += 1
+                continue
+            p = ix.find(scratch, urows, r)
+            if p < 0:
+                p = u
+                urows[u] = r
+                ix.insert(scratch, urows, r, u)
+                u += 1
+                touch(r, clock, decay, show, click, last_seen, changed)
+                updates[r] += 1
+                for j in range(dim):
+                    agg[p, j] = grads[i, j]
+            else:
+                for j in range(dim):
+                    agg[p, j] += grads[i, j]
+            counts[p] += 1.0
+            show[r] += shows[i]
+            click[r] += clicks[i]
+    return urows[:u], agg[:u], counts[:u], missing[:m]
+
+
+@nb.njit(nogil=True, cache=True)
+def insert_rows(index, keys, new_keys, rows):
+    for i in range(rows.shape[0]):
+        keys[rows[i]] = new_keys[i]
+        ix.insert(index, keys, new_keys[i], rows[i])

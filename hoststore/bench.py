@@ -1,0 +1,195 @@
+"""The store benchmark as a library call (experiments/bench_store.py is its flag parser).
+
+Every ratio compares two things measured in the same run, because machines are noisy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import resource
+import threading
+import time
+
+import numpy as np
+
+from hoststore import config as C
+from hoststore import optimizers
+from hoststore.hashing import shard_of
+from hoststore.table import EmbeddingTable
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreBenchConfig:
+    rows: int = 10_000_000
+    dim: int = 16
+    batch_unique: int = 50_000
+    new_fraction: float = 0.1
+    batches: int = 20
+    lookup_batch: int = 1_000_000
+    memory_rows: int = 2_000_000
+    memory_dim: int = 8
+    pending_keys: int = 1_000_000
+    seed: int = 0
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+
+def _best(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def _reference_adagrad(emb, acc, slots, grads, lr=0.05, eps=1e-7):
+    """Raw numpy: take, per-element AdaGrad, scatter at precomputed slots (no hashing)."""
+    w = emb.take(slots, axis=0)
+    a = acc.take(slots, axis=0)
+    a += grads * grads
+    w -= lr * grads / np.sqrt(a + eps)
+    emb[slots] = w
+    acc[slots] = a
+    return w
+
+
+def _fill(table: EmbeddingTable, keys: np.ndarray, chunk: int = 1_000_000) -> float:
+    t = time.perf_counter()
+    for i in range(0, len(keys), chunk):
+        table.pull(keys[i : i + chunk], train=True)
+        if (i // chunk) % 5 == 4:
+            log.info("filled %d / %d rows (%.1fM rows/s)", i + chunk, len(keys),
+                     (i + chunk) / (time.perf_counter() - t) / 1e6)
+    return time.perf_counter() - t
+
+
+def _batches(rng, keys, n_batches, batch, new_fraction):
+    n_new = int(batch * new_fraction)
+    out = []
+    for b in range(n_batches):
+        old = rng.choice(len(keys), batch - n_new, replace=False)
+        new = rng.integers(-(2**63), 2**63 - 1, n_new, dtype=np.int64, endpoint=True)
+        out.append(np.concatenate([keys[old], new]))
+    return out
+
+
+def run(cfg: StoreBenchConfig) -> dict[str, float]:
+    rng = np.random.default_rng(cfg.seed)
+    res: dict[str, float] = {}
+
+    # --- set up: a table of cfg.rows rows ----------------------------------------------
+    opt = optimizers.adagrad(0.05)
+    table = EmbeddingTable(C.TableConfig("bench", cfg.dim, optimizer=opt, initial_capacity=1024))
+    keys = rng.integers(-(2**63), 2**63 - 1, cfg.rows, dtype=np.int64, endpoint=True)
+    keys = np.unique(keys)
+    rng.shuffle(keys)
+    fill_s = _fill(table, keys)
+    res["rows"] = len(table)
+    res["fill_rows_per_s"] = len(keys) / fill_s
+
+    # --- pull + push vs raw numpy take + adagrad + scatter -----------------------------
+    batches = _batches(rng, keys, cfg.batches + 2, cfg.batch_unique, cfg.new_fraction)
+    grads = rng.normal(size=(cfg.batch_unique, cfg.dim)).astype(np.float32)
+    ref_emb = np.zeros((len(keys), cfg.dim), np.float32)
+    ref_acc = np.full((len(keys), cfg.dim), 0.1, np.float32)
+    pull_t, push_t, ref_t = [], [], []
+    for b, ids in enumerate(batches):
+        slots = rng.choice(len(keys), cfg.batch_unique, replace=False)
+        t0 = time.perf_counter()
+        table.pull(ids, train=True)
+        t1 = time.perf_counter()
+        table.push(ids, grads)
+        t2 = time.perf_counter()
+        _reference_adagrad(ref_emb, ref_acc, slots, grads)
+        t3 = time.perf_counter()
+        if b >= 2:  # the first batches warm caches and compile nothing new, but skip them
+            pull_t.append(t1 - t0)
+            push_t.append(t2 - t1)
+            ref_t.append(t3 - t2)
+    res["pull_ms"] = 1e3 * float(np.median(pull_t))
+    res["push_ms"] = 1e3 * float(np.median(push_t))
+    res["reference_ms"] = 1e3 * float(np.median(ref_t))
+    res["pull_push_vs_reference"] = (res["pull_ms"] + res["push_ms"]) / res["reference_ms"]
+    res["pull_push_keys_per_s"] = cfg.batch_unique / ((res["pull_ms"] + res["push_ms"]) / 1e3)
+
+    # --- lookups/s: read-only pulls of known keys --------------------------------------
+    look = keys[rng.choice(len(keys), cfg.lookup_batch, replace=False)]
+    res["lookups_per_s"] = cfg.lookup_batch / _best(lambda: table.pull(look, train=False), 3)
+    res["numpy_take_rows_per_s"] = cfg.lookup_batch / _best(
+        lambda: ref_emb.take(rng.integers(0, len(keys), cfg.lookup_batch), axis=0), 3
+    )
+    del table, ref_emb, ref_acc
+
+    # --- memory per stored feature and per pending key ----------------------------------
+    for name, opt in (("rowwise_adagrad", optimizers.rowwise_adagrad(0.05)),
+                      ("adagrad", optimizers.adagrad(0.05))):
+        before = _rss_bytes()
+        t = EmbeddingTable(C.TableConfig("mem", cfg.memory_dim, optimizer=opt))
+        mkeys = rng.integers(-(2**63), 2**63 - 1, cfg.memory_rows, dtype=np.int64, endpoint=True)
+        _fill(t, mkeys)
+        res[f"rss_bytes_per_row_dim{cfg.memory_dim}_{name}"] = (_rss_bytes() - before) / len(t)
+        res[f"capacity_bytes_per_row_dim{cfg.memory_dim}_{name}"] = t.bytes_per_row()
+        del t
+    before = _rss_bytes()
+    t = EmbeddingTable(C.TableConfig(
+        "pending", cfg.memory_dim, admission=C.count_filter(1000, max_pending=cfg.pending_keys)))
+    pkeys = rng.integers(-(2**63), 2**63 - 1, 2 * cfg.pending_keys, dtype=np.int64, endpoint=True)
+    _fill(t, pkeys)
+    st = t.stats()
+    res["pending_keys"] = st["pending"]
+    res["pending_rejected"] = st["rejected"]
+    res["rss_bytes_per_pending_key"] = (_rss_bytes() - before) / st["pending"]
+    res["bytes_per_pending_key"] = (st["pending_bytes"] + st["pending_index_bytes"]) / st["pending"]
+    del t
+
+    # --- scaling: 2 shards on 2 threads vs 1 shard on 1 thread ---------------------------
+    res.update(_scaling(rng, cfg))
+    return res
+
+
+def _scaling(rng, cfg: StoreBenchConfig) -> dict[str, float]:
+    n_rows = min(cfg.rows, 2_000_000)
+    keys = rng.integers(-(2**63), 2**63 - 1, n_rows, dtype=np.int64, endpoint=True)
+    batches = _batches(rng, keys, cfg.batches, cfg.batch_unique, cfg.new_fraction)
+    grads = [rng.normal(size=(len(b), cfg.dim)).astype(np.float32) for b in batches]
+
+    def make():
+        return EmbeddingTable(C.TableConfig("s", cfg.dim, optimizer=optimizers.adagrad(0.05)))
+
+    def drive(table, parts):
+        for ids, g in parts:
+            table.pull(ids, train=True)
+            table.push(ids, g)
+
+    one = make()
+    _fill(one, keys)
+    t = time.perf_counter()
+    drive(one, list(zip(batches, grads)))
+    one_s = time.perf_counter() - t
+    del one
+
+    shard_keys = shard_of(keys, 2)
+    shards = [make() for _ in range(2)]
+    for s in range(2):
+        _fill(shards[s], keys[shard_keys == s])
+    work = [[], []]
+    for ids, g in zip(batches, grads):
+        sh = shard_of(ids, 2)
+        for s in range(2):
+            work[s].append((ids[sh == s], g[sh == s]))
+    threads = [threading.Thread(target=drive, args=(shards[s], work[s])) for s in range(2)]
+    t = time.perf_counter()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    two_s = time.perf_counter() - t
+    return {"one_shard_one_thread_s": one_s, "two_shards_two_threads_s": two_s,
+            "two_shard_speedup": one_s / two_s}

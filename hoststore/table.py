@@ -1,0 +1,476 @@
+"""EmbeddingTable: a growing int64-keyed embedding table with its optimizer and policies.
+
+Storage is struct-of-arrays over row slots: keys, embedding rows, optimizer state and per-row
+statistics (decayed show/click, last-seen clock, creation clock, update count and a
+changed-since-snapshot marker). A numba hash index maps keys to slots; freed slots are
+reused. Keys waiting for admission live in a separate bounded counter table (16 bytes of
+entry plus an index slot each), never in a full row.
+
+Semantics of one training step:
+
+- ``pull(ids, train=True)`` is a sighting: each occurrence adds 1 to the key's show,
+  refreshes its last-seen clock, and may admit a new key (creating its row).
+- ``push(ids, grads, clicks=...)`` sums the gradients of duplicate ids, applies the sparse
+  optimizer to admitted rows, and adds clicks (and optional extra shows) to the key's
+  counters, admitted or pending; a key that was never sighted is ignored.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from typing import Any
+
+import numpy as np
+
+from hoststore import _table_kernels as K
+from hoststore import index as ix
+from hoststore.config import TableConfig
+from hoststore.hashing import ADMIT_SALT, mix64_np, seed_salt, unit_float_np
+from hoststore.initializers import KIND_CODES, table_salt, write_initial_rows
+
+_U16_MAX = np.iinfo(np.uint16).max
+ROW_META = np.dtype(
+    [("key", "<i8"), ("show", "<f4"), ("click", "<f4"), ("last_seen", "<i4"),
+     ("created", "<i4"), ("updates", "<u4"), ("changed", "u1")],
+    align=True,
+)  # fmt: skip
+PENDING_ENTRY = np.dtype(
+    [("key", "<i8"), ("show", "<u2"), ("click", "<u2"), ("last_seen", "<i4")], align=True
+)
+_GROWTH = 1.5
+_CHUNK = 4096
+
+
+def check_ids(ids: Any, what: str = "ids") -> np.ndarray:
+    """A contiguous int64 view of a 1-D int64/uint64 array, or a ValueError naming the flaw."""
+    if not isinstance(ids, np.ndarray):
+        raise ValueError(f"{what} must be a numpy array of int64, got {type(ids).__name__}")
+    if ids.ndim != 1:
+        raise ValueError(f"{what} must be 1-D, got shape {ids.shape}")
+    if ids.dtype == np.uint64:
+        return np.ascontiguousarray(ids).view(np.int64)
+    if ids.dtype != np.int64:
+        raise ValueError(f"{what} must have dtype int64 (or uint64), got {ids.dtype}")
+    return np.ascontiguousarray(ids)
+
+
+def _check_per_id(x: Any, n: int, what: str) -> np.ndarray:
+    if x is None:
+        return np.zeros(n, np.float32)
+    x = np.asarray(x)
+    if x.shape != (n,):
+        raise ValueError(f"{what} must have shape ({n},) like ids, got {x.shape}")
+    if not np.issubdtype(x.dtype, np.number):
+        raise ValueError(f"{what} must be numeric, got {x.dtype}")
+    x = x.astype(np.float32)
+    if not np.all(np.isfinite(x)) or np.any(x < 0):
+        raise ValueError(f"{what} must be finite and non-negative")
+    return x
+
+
+class EmbeddingTable:
+    """A host-resident embedding table; thread-safe (one lock, kernels release the GIL)."""
+
+    def __init__(self, config: TableConfig):
+        self.config = config
+        self._opt = config.optimizer
+        self._dim = config.dim
+        self._lock = threading.RLock()
+        self._clock = 0
+        self._train_pulls = 0
+        self._init_salt = table_salt(config.seed)
+        self._admit_salt = seed_salt(config.seed, ADMIT_SALT)
+        self._init_code = KIND_CODES[config.initializer.kind]
+        self._bounds = (float(config.weight_bounds[0]), float(config.weight_bounds[1]))
+        self.totals = {"admitted": 0, "evicted": 0, "rejected": 0, "expired_pending": 0}
+        self._evicted_keys: list[np.ndarray] = []
+        self._alloc_rows(max(16, config.initial_capacity))
+        self._alloc_pending(min(1024, config.admission.max_pending))
+
+    # ------------------------------------------------------------------ storage
+
+    def _alloc_rows(self, cap: int) -> None:
+        """(Re)allocates row storage with room for ``cap`` rows and rebuilds the index.
+
+        np.empty leaves the tail untouched, so unused capacity costs address space, not RAM.
+        """
+        old = getattr(self, "_cap", 0)
+        high = getattr(self, "_high", 0)
+
+        def grow(arr, shape_tail, dtype):
+            new = np.empty((cap, *shape_tail), dtype)
+            if old:
+                new[:high] = arr[:high]
+            return new
+
+        dim = self._dim
+        # Key and statistics share one 32-byte record per row: one cache line serves the
+        # index's key comparison and every statistic update. The named fields are views.
+        self._meta = grow(getattr(self, "_meta", None), (), ROW_META)
+        self._keys = self._meta["key"]
+        self._show = self._meta["show"]
+        self._click = self._meta["click"]
+        self._last_seen = self._meta["last_seen"]
+        self._created = self._meta["created"]  # -1: free slot
+        self._updates = self._meta["updates"]
+        self._changed = self._meta["changed"]
+        self._emb = grow(getattr(self, "_emb", None), (dim,), np.float32)
+        fresh_state = self._opt.init(1, dim)
+        old_state = getattr(self, "_state", (None,) * len(fresh_state))
+        self._state = tuple(
+            grow(o, f.shape[1:], f.dtype) for o, f in zip(old_state, fresh_state, strict=True)
+        )
+        if not old:
+            self._high = 0
+            self._free = np.empty(0, np.int64)
+        self._cap = cap
+        self._index = ix.new_index(cap)
+        ix.rebuild(self._index, self._keys, self._created[: self._high] >= 0)
+
+    def _alloc_pending(self, cap: int) -> None:
+        old = getattr(self, "_pcap", 0)
+        pending = np.empty(cap, PENDING_ENTRY)
+        pending["last_seen"] = -1  # -1: free entry
+        if old:
+            pending[:old] = self._pending
+        self._pending = pending
+        self._pkeys = pending["key"]
+        self._pshow = pending["show"]
+        self._pclick = pending["click"]
+        self._plast = pending["last_seen"]
+        self._pcap = cap
+        self._pindex = ix.new_index(cap)
+        ix.rebuild(self._pindex, self._pkeys, self._plast >= 0)
+        self._pfree = np.arange(cap - 1, old - 1, -1, dtype=np.int64)  # a stack, low first
+
+    def _take_rows(self, k: int) -> np.ndarray:
+        n_free = len(self._free)
+        if self._high + max(0, k - n_free) > self._cap:
+            need = self._high + k - n_free
+            self._alloc_rows(max(need, int(self._cap * _GROWTH)))
+        from_free = min(k, n_free)
+        rows = self._free[n_free - from_free :][::-1]
+        self._free = self._free[: n_free - from_free]
+        fresh = np.arange(self._high, self._high + k - from_free, dtype=np.int64)
+        self._high += k - from_free
+        return np.concatenate([rows, fresh])
+
+    # ------------------------------------------------------------------ pull
+
+    def pull(self, ids: np.ndarray, *, train: bool) -> np.ndarray:
+        """Rows for ``ids`` as a new (n, dim) float32 array, in the order given.
+
+        ``train=True`` counts a sighting of each occurrence and may create rows (subject to
+        admission); ``train=False`` reads only. Keys without a row read the default row.
+        """
+        ids = check_ids(ids)
+        n = len(ids)
+        out = np.empty((n, self._dim), np.float32)
+        rows = np.empty(n, np.int64)
+        with self._lock:
+            n_miss = K.pull_existing(
+                self._index, self._keys, self._emb, self._show, self._click, self._last_seen,
+                self._changed, ids, out, rows, self.config.admission.default_value, train,
+                self._clock, self.config.eviction.decay,
+            )  # fmt: skip
+            if train:
+                self._train_pulls += 1
+                if n_miss:
+                    miss = np.flatnonzero(rows < 0)
+                    new_rows = self._admit(ids[miss])
+                    got = new_rows >= 0
+                    out[miss[got]] = self._emb[new_rows[got]]
+        return out
+
+    def _admit(self, miss_ids: np.ndarray) -> np.ndarray:
+        """Admission for ids without a row; returns each one's new row or -1."""
+        adm = self.config.admission
+        uniq, inverse, counts = ix.unique_with_inverse(miss_ids)
+        shows = counts.astype(np.float32)
+        clicks = np.zeros(len(uniq), np.float32)
+        if adm.kind == "always":
+            admit = np.ones(len(uniq), bool)
+        elif adm.kind == "probability":
+            admit = self._draws(uniq) < 1.0 - (1.0 - adm.p) ** counts
+        else:
+            entries = np.empty(len(uniq), np.int64)
+            ix.find_many(self._pindex, self._pkeys, uniq, entries)
+            known = entries >= 0
+            e = entries[known]
+            shows[known] += self._pshow[e]
+            clicks[known] = self._pclick[e]
+            if adm.kind == "count_filter":
+                admit = shows >= adm.n
+            else:
+                score = (shows - clicks) * adm.nonclk_coeff + clicks * adm.click_coeff
+                admit = score >= adm.threshold
+            # Admitted keys leave the pending table; the rest update or join it.
+            self._drop_pending(entries[known & admit])
+            stay = known & ~admit
+            self._pshow[entries[stay]] = np.minimum(shows[stay], _U16_MAX).astype(np.uint16)
+            self._plast[entries[stay]] = self._clock
+            self._add_pending(uniq[~known & ~admit], shows[~known & ~admit])
+        rows_of_uniq = np.full(len(uniq), -1, np.int64)
+        if admit.any():
+            rows_of_uniq[admit] = self._create_rows(uniq[admit], shows[admit], clicks[admit])
+        return rows_of_uniq[inverse]
+
+    def _draws(self, uniq: np.ndarray) -> np.ndarray:
+        """Uniform [0, 1) draws, a function of (seed, key, number of training pulls)."""
+        nonce = mix64_np(np.array([self._train_pulls], np.uint64) ^ self._admit_salt)[0]
+        return unit_float_np(mix64_np(uniq.view(np.uint64) ^ nonce))
+
+    def _create_rows(self, keys: np.ndarray, shows: np.ndarray, clicks: np.ndarray) -> np.ndarray:
+        rows = self._take_rows(len(keys))
+        K.insert_rows(self._index, self._keys, keys, rows)
+        write_initial_rows(
+            self._emb, rows, keys, self._init_code, self.config.initializer.scale, self._init_salt
+        )
+        for arr, init in zip(self._state, self._opt.init(len(rows), self._dim), strict=True):
+            arr[rows] = init
+        self._show[rows] = shows
+        self._click[rows] = clicks
+        self._last_seen[rows] = self._clock
+        self._created[rows] = self._clock
+        self._updates[rows] = 0
+        self._changed[rows] = 1
+        self.totals["admitted"] += len(rows)
+        return rows
+
+    # ------------------------------------------------------------------ pending counters
+
+    def _add_pending(self, keys: np.ndarray, shows: np.ndarray) -> None:
+        if not len(keys):
+            return
+        adm = self.config.admission
+        if len(self._pfree) < len(keys) and self._pcap < adm.max_pending:
+            want = max(int(self._pcap * 2), self._pcap - len(self._pfree) + len(keys))
+            self._alloc_pending(min(adm.max_pending, want))
+        if len(self._pfree) < len(keys):
+            self._expire_pending()
+        room = min(len(keys), len(self._pfree))
+        self.totals["rejected"] += len(keys) - room
+        keys, shows = keys[:room], shows[:room]
+        entries = self._pfree[len(self._pfree) - room :][::-1]
+        self._pfree = self._pfree[: len(self._pfree) - room]
+        K.insert_rows(self._pindex, self._pkeys, keys, entries)
+        self._pshow[entries] = np.minimum(shows, _U16_MAX).astype(np.uint16)
+        self._pclick[entries] = 0
+        self._plast[entries] = self._clock
+
+    def _drop_pending(self, entries: np.ndarray) -> None:
+        if len(entries):
+            ix.delete_many(self._pindex, self._pkeys, self._pkeys[entries])
+            self._plast[entries] = -1
+            self._pfree = np.concatenate([self._pfree, entries[::-1]])
+
+    def _expire_pending(self) -> int:
+        live = self._plast >= 0
+        old = np.flatnonzero(live & (self._clock - self._plast >= self.config.admission.pending_ttl))
+        self._drop_pending(old)
+        self.totals["expired_pending"] += len(old)
+        return len(old)
+
+    # ------------------------------------------------------------------ push
+
+    def push(
+        self,
+        ids: np.ndarray,
+        grads: np.ndarray,
+        *,
+        shows: np.ndarray | None = None,
+        clicks: np.ndarray | None = None,
+    ) -> None:
+        """Applies the optimizer to the rows of ``ids`` with ``grads`` (n, dim).
+
+        Duplicate ids have their gradients, shows and clicks summed first. ``clicks`` (and
+        optional extra ``shows``) are per-occurrence counts added to the key's statistics;
+        pending keys keep them toward admission, their gradients are dropped.
+        """
+        ids = check_ids(ids)
+        n = len(ids)
+        if not isinstance(grads, np.ndarray) or not np.issubdtype(grads.dtype, np.floating):
+            raise ValueError("grads must be a floating-point numpy array")
+        if grads.shape != (n, self._dim):
+            raise ValueError(
+                f"grads must have shape ({n}, {self._dim}) for {n} ids in table "
+                f"{self.config.name!r} (dim {self._dim}), got {grads.shape}"
+            )
+        grads = np.ascontiguousarray(grads, dtype=np.float32)
+        if not np.all(np.isfinite(grads)):
+            raise ValueError(f"grads for table {self.config.name!r} contain NaN or Inf")
+        shows = _check_per_id(shows, n, "shows")
+        clicks = _check_per_id(clicks, n, "clicks")
+        with self._lock:
+            rows, agg, counts, missing = K.gather_push(
+                self._index, self._keys, ids, grads, shows, clicks, self._clock,
+                self.config.eviction.decay, self._show, self._click, self._last_seen,
+                self._changed, self._updates,
+            )  # fmt: skip
+            self._apply_optimizer(rows, agg, counts)
+            if len(missing) and self.config.admission.uses_counters:
+                self._count_pending(ids[missing], shows[missing], clicks[missing])
+
+    def _apply_optimizer(self, rows: np.ndarray, grads: np.ndarray, counts: np.ndarray) -> None:
+        """Gathers touched rows into blocks, updates them, scatters them back.
+
+        Blocks of _CHUNK rows stay in L2 between the gather and the scatter, and the
+        optimizer's loop runs over contiguous memory instead of waiting on random rows.
+        """
+        hp = self._opt.hparams(self._clock)
+        for lo in range(0, len(rows), _CHUNK):
+            r = rows[lo : lo + _CHUNK]
+            block = self._emb.take(r, axis=0)
+            state = tuple(s.take(r, axis=0) for s in self._state)
+            hi = lo + len(r)
+            self._opt.apply(block, state, grads[lo:hi], counts[lo:hi], hp, *self._bounds)
+            self._emb[r] = block
+            for s, b in zip(self._state, state, strict=True):
+                s[r] = b
+
+    def _count_pending(self, keys: np.ndarray, shows: np.ndarray, clicks: np.ndarray) -> None:
+        uniq, inverse, _ = ix.unique_with_inverse(keys)
+        entries = np.empty(len(uniq), np.int64)
+        ix.find_many(self._pindex, self._pkeys, uniq, entries)
+        known = entries >= 0
+        s = np.bincount(inverse, weights=shows, minlength=len(uniq))[known]
+        c = np.bincount(inverse, weights=clicks, minlength=len(uniq))[known]
+        e = entries[known]
+        self._pshow[e] = np.minimum(self._pshow[e] + np.rint(s), _U16_MAX).astype(np.uint16)
+        self._pclick[e] = np.minimum(self._pclick[e] + np.rint(c), _U16_MAX).astype(np.uint16)
+        self._plast[e] = self._clock
+
+    # ------------------------------------------------------------------ clock and eviction
+
+    @property
+    def clock(self) -> int:
+        return self._clock
+
+    def advance_clock(self, n: int = 1) -> None:
+        """Ticks the stream clock (a pass, an hour or a day: the caller's unit)."""
+        if n < 0:
+            raise ValueError(f"advance_clock needs n >= 0, got {n}")
+        with self._lock:
+            self._clock += int(n)
+
+    def live_rows(self) -> np.ndarray:
+        return np.flatnonzero(self._created[: self._high] >= 0)
+
+    def scores(self, rows: np.ndarray) -> np.ndarray:
+        """Decayed show/click score of rows at the current clock (float64)."""
+        ev = self.config.eviction
+        factor = ev.decay ** (self._clock - self._last_seen[rows]).astype(np.float64)
+        show = (self._show[rows] * factor).astype(np.float32).astype(np.float64)
+        click = (self._click[rows] * factor).astype(np.float32).astype(np.float64)
+        return (show - click) * ev.nonclk_coeff + click * ev.click_coeff
+
+    def shrink(self) -> int:
+        """One eviction pass (unseen, score, max_rows) plus pending expiry; returns rows evicted."""
+        ev = self.config.eviction
+        with self._lock:
+            rows = self.live_rows()
+            score = self.scores(rows)
+            kill = np.zeros(len(rows), bool)
+            if ev.unseen_ticks is not None:
+                kill |= self._clock - self._last_seen[rows] >= ev.unseen_ticks
+            if ev.min_score is not None:
+                kill |= score < ev.min_score
+            keep = np.flatnonzero(~kill)
+            if ev.max_rows is not None and len(keep) > ev.max_rows:
+                r = rows[keep]
+                order = np.lexsort((self._keys[r], self._last_seen[r], score[keep]))
+                kill[keep[order[: len(keep) - ev.max_rows]]] = True
+            self._delete_rows(rows[kill])
+            self._expire_pending()
+            return int(kill.sum())
+
+    def _delete_rows(self, rows: np.ndarray) -> None:
+        if not len(rows):
+            return
+        keys = self._keys[rows].copy()
+        ix.delete_many(self._index, self._keys, keys)
+        self._created[rows] = -1
+        self._free = np.concatenate([self._free, rows[::-1]])
+        self._evicted_keys.append(keys)
+        self.totals["evicted"] += len(rows)
+
+    # ------------------------------------------------------------------ introspection
+
+    def __len__(self) -> int:
+        return self._high - len(self._free)
+
+    def pending_count(self) -> int:
+        return self._pcap - len(self._pfree)
+
+    def evicted_keys(self) -> np.ndarray:
+        """Keys evicted since the last snapshot (what a delta must delete)."""
+        with self._lock:
+            return np.concatenate(self._evicted_keys) if self._evicted_keys else np.empty(0, np.int64)
+
+    def memory_bytes(self) -> dict[str, int]:
+        rows = sum(a.nbytes for a in (self._meta, self._emb, *self._state))
+        pending = self._pending.nbytes
+        return {
+            "row_bytes": rows,
+            "row_index_bytes": self._index.nbytes + self._free.nbytes,
+            "pending_bytes": pending,
+            "pending_index_bytes": self._pindex.nbytes + self._pfree.nbytes,
+        }
+
+    def bytes_per_row(self) -> float:
+        """Bytes of one row slot at full capacity, index share included."""
+        per = ROW_META.itemsize + 4 * self._dim + self._opt.state_bytes_per_row(self._dim)
+        return per + 4 / ix.MAX_LOAD
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            mem = self.memory_bytes()
+            return {
+                "name": self.config.name,
+                "rows": len(self),
+                "capacity": self._cap,
+                "pending": self.pending_count(),
+                "clock": self._clock,
+                "bytes": sum(mem.values()),
+                "bytes_per_row_at_capacity": self.bytes_per_row(),
+                **mem,
+                **self.totals,
+            }
+
+    def row_stats(self, ids: np.ndarray) -> dict[str, np.ndarray]:
+        """Statistics of ids at the current clock (decay applied); absent ids read NaN/-1."""
+        ids = check_ids(ids)
+        with self._lock:
+            rows = np.empty(len(ids), np.int64)
+            ix.find_many(self._index, self._keys, ids, rows)
+            ok = rows >= 0
+            r = rows[ok]
+            factor = self.config.eviction.decay ** (self._clock - self._last_seen[r]).astype(float)
+            out = {
+                "present": ok,
+                "show": np.full(len(ids), math.nan, np.float32),
+                "click": np.full(len(ids), math.nan, np.float32),
+                "last_seen": np.full(len(ids), -1, np.int64),
+                "created": np.full(len(ids), -1, np.int64),
+                "updates": np.full(len(ids), -1, np.int64),
+            }
+            out["show"][ok] = (self._show[r] * factor).astype(np.float32)
+            out["click"][ok] = (self._click[r] * factor).astype(np.float32)
+            out["last_seen"][ok] = self._last_seen[r]
+            out["created"][ok] = self._created[r]
+            out["updates"][ok] = self._updates[r]
+            return out
+
+    def pending_stats(self, ids: np.ndarray) -> dict[str, np.ndarray]:
+        """Pending counters (show, click; -1 where the key is not pending)."""
+        ids = check_ids(ids)
+        with self._lock:
+            e = np.empty(len(ids), np.int64)
+            ix.find_many(self._pindex, self._pkeys, ids, e)
+            ok = e >= 0
+            show = np.full(len(ids), -1, np.int64)
+            click = np.full(len(ids), -1, np.int64)
+            show[ok] = self._pshow[e[ok]]
+            click[ok] = self._pclick[e[ok]]
+            return {"pending": ok, "show": show, "click": click}
