@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import resource
+import os
+import pathlib
+import platform
+import re
 import threading
 import time
 
@@ -35,11 +38,6 @@ class StoreBenchConfig:
     seed: int = 0
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize()
-
-
 def _best(fn, repeats: int) -> float:
     times = []
     for _ in range(repeats):
@@ -65,15 +63,19 @@ def _fill(table: EmbeddingTable, keys: np.ndarray, chunk: int = 1_000_000) -> fl
     for i in range(0, len(keys), chunk):
         table.pull(keys[i : i + chunk], train=True)
         if (i // chunk) % 5 == 4:
-            log.info("filled %d / %d rows (%.1fM rows/s)", i + chunk, len(keys),
-                     (i + chunk) / (time.perf_counter() - t) / 1e6)
+            log.info(
+                "filled %d / %d rows (%.1fM rows/s)",
+                i + chunk,
+                len(keys),
+                (i + chunk) / (time.perf_counter() - t) / 1e6,
+            )
     return time.perf_counter() - t
 
 
 def _batches(rng, keys, n_batches, batch, new_fraction):
     n_new = int(batch * new_fraction)
     out = []
-    for b in range(n_batches):
+    for _ in range(n_batches):
         old = rng.choice(len(keys), batch - n_new, replace=False)
         new = rng.integers(-(2**63), 2**63 - 1, n_new, dtype=np.int64, endpoint=True)
         out.append(np.concatenate([keys[old], new]))
@@ -125,29 +127,26 @@ def run(cfg: StoreBenchConfig) -> dict[str, float]:
     res["numpy_take_rows_per_s"] = cfg.lookup_batch / _best(
         lambda: ref_emb.take(rng.integers(0, len(keys), cfg.lookup_batch), axis=0), 3
     )
-    del table, ref_emb, ref_acc
 
     # --- memory per stored feature and per pending key ----------------------------------
-    for name, opt in (("rowwise_adagrad", optimizers.rowwise_adagrad(0.05)),
-                      ("adagrad", optimizers.adagrad(0.05))):
-        before = _rss_bytes()
+    for name, opt in (
+        ("rowwise_adagrad", optimizers.rowwise_adagrad(0.05)),
+        ("adagrad", optimizers.adagrad(0.05)),
+    ):
         t = EmbeddingTable(C.TableConfig("mem", cfg.memory_dim, optimizer=opt))
-        mkeys = rng.integers(-(2**63), 2**63 - 1, cfg.memory_rows, dtype=np.int64, endpoint=True)
-        _fill(t, mkeys)
-        res[f"rss_bytes_per_row_dim{cfg.memory_dim}_{name}"] = (_rss_bytes() - before) / len(t)
-        res[f"capacity_bytes_per_row_dim{cfg.memory_dim}_{name}"] = t.bytes_per_row()
-        del t
-    before = _rss_bytes()
-    t = EmbeddingTable(C.TableConfig(
-        "pending", cfg.memory_dim, admission=C.count_filter(1000, max_pending=cfg.pending_keys)))
-    pkeys = rng.integers(-(2**63), 2**63 - 1, 2 * cfg.pending_keys, dtype=np.int64, endpoint=True)
-    _fill(t, pkeys)
+        _fill(t, rng.integers(-(2**63), 2**63 - 1, cfg.memory_rows, dtype=np.int64, endpoint=True))
+        st = t.stats()
+        res[f"allocated_bytes_per_row_{name}"] = st["bytes"] / st["rows"]
+        res[f"capacity_bytes_per_row_{name}"] = st["bytes_per_row_at_capacity"]
+    t = EmbeddingTable(
+        C.TableConfig(
+            "pending", cfg.memory_dim, admission=C.count_filter(1000, max_pending=cfg.pending_keys)
+        )
+    )
+    _fill(t, rng.integers(-(2**63), 2**63 - 1, cfg.pending_keys, dtype=np.int64, endpoint=True))
     st = t.stats()
     res["pending_keys"] = st["pending"]
-    res["pending_rejected"] = st["rejected"]
-    res["rss_bytes_per_pending_key"] = (_rss_bytes() - before) / st["pending"]
     res["bytes_per_pending_key"] = (st["pending_bytes"] + st["pending_index_bytes"]) / st["pending"]
-    del t
 
     # --- scaling: 2 shards on 2 threads vs 1 shard on 1 thread ---------------------------
     res.update(_scaling(rng, cfg))
@@ -173,7 +172,6 @@ def _scaling(rng, cfg: StoreBenchConfig) -> dict[str, float]:
     t = time.perf_counter()
     drive(one, list(zip(batches, grads)))
     one_s = time.perf_counter() - t
-    del one
 
     shard_keys = shard_of(keys, 2)
     shards = [make() for _ in range(2)]
@@ -191,5 +189,79 @@ def _scaling(rng, cfg: StoreBenchConfig) -> dict[str, float]:
     for th in threads:
         th.join()
     two_s = time.perf_counter() - t
-    return {"one_shard_one_thread_s": one_s, "two_shards_two_threads_s": two_s,
-            "two_shard_speedup": one_s / two_s}
+    return {
+        "one_shard_one_thread_s": one_s,
+        "two_shards_two_threads_s": two_s,
+        "two_shard_speedup": one_s / two_s,
+    }
+
+
+def markdown(cfg: StoreBenchConfig, r: dict[str, float]) -> str:
+    d = cfg.memory_dim
+    rows = [
+        (f"table rows (dim {cfg.dim}, per-element AdaGrad)", f"{r['rows']:,.0f}"),
+        ("fill (insert) rate", f"{r['fill_rows_per_s'] / 1e6:.2f} M rows/s"),
+        (
+            f"pull(train) of {cfg.batch_unique:,} ids, {cfg.new_fraction:.0%} new",
+            f"{r['pull_ms']:.2f} ms",
+        ),
+        ("push of the same ids", f"{r['push_ms']:.2f} ms"),
+        ("reference: numpy take + AdaGrad + scatter, same rows", f"{r['reference_ms']:.2f} ms"),
+        ("**(pull + push) / reference** (target <= 2)", f"**{r['pull_push_vs_reference']:.2f}x**"),
+        ("pull + push keys/s", f"{r['pull_push_keys_per_s'] / 1e6:.2f} M"),
+        (
+            f"read-only lookups (pull train=False, batch {cfg.lookup_batch:,})",
+            f"{r['lookups_per_s'] / 1e6:.1f} M/s",
+        ),
+        ("reference: numpy take of random rows", f"{r['numpy_take_rows_per_s'] / 1e6:.1f} M/s"),
+        (
+            f"bytes per feature, dim {d}, rowwise AdaGrad, at capacity (target <= 80)",
+            f"{r['capacity_bytes_per_row_rowwise_adagrad']:.1f}",
+        ),
+        (
+            f"bytes per feature, dim {d}, rowwise AdaGrad, allocated / rows "
+            f"({cfg.memory_rows:,} rows)",
+            f"{r['allocated_bytes_per_row_rowwise_adagrad']:.1f}",
+        ),
+        (
+            f"bytes per feature, dim {d}, per-element AdaGrad, at capacity",
+            f"{r['capacity_bytes_per_row_adagrad']:.1f}",
+        ),
+        (
+            f"bytes per feature, dim {d}, per-element AdaGrad, allocated / rows",
+            f"{r['allocated_bytes_per_row_adagrad']:.1f}",
+        ),
+        (
+            f"bytes per pending key ({r['pending_keys']:,.0f} pending; target <= 24)",
+            f"{r['bytes_per_pending_key']:.1f}",
+        ),
+        ("1 shard, 1 thread: pull+push of the batches", f"{r['one_shard_one_thread_s']:.3f} s"),
+        (
+            "2 shards, 2 threads: same batches split by key hash",
+            f"{r['two_shards_two_threads_s']:.3f} s",
+        ),
+        ("**2-shard speedup**", f"**{r['two_shard_speedup']:.2f}x**"),
+    ]
+    lines = ["| measure | value |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rows]
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    return f"{cpu}, {os.cpu_count()} cores, numpy {np.__version__}"
+
+
+def write_section(name: str, body: str, path: str = "BENCHMARKS.md") -> None:
+    p = pathlib.Path(path)
+    header = "# Benchmarks\n\nMeasured by `experiments/bench_*.py`; each rewrites its own section.\n"
+    text = p.read_text() if p.exists() else header
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    section = f"{start}\n## {name}\n\n_{stamp}; {machine()}_\n\n{body.strip()}\n{end}"
+    if start in text:
+        text = re.sub(
+            re.escape(start) + ".*?" + re.escape(end), lambda _: section, text, flags=re.S
+        )
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    p.write_text(text)

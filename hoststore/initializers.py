@@ -42,8 +42,8 @@ def write_initial_rows(out, rows, keys, kind, scale, salt):
             else:
                 u1 = unit_float(mix64(base + np.uint64(2 * j) * _GOLDEN))
                 u2 = unit_float(mix64(base + np.uint64(2 * j + 1) * _GOLDEN))
-                out[r, j] = scale * math.sqrt(-2.0 * math.log(1.0 - u1)) * math.cos(
-                    2.0 * math.pi * u2
+                out[r, j] = (
+                    scale * math.sqrt(-2.0 * math.log(1.0 - u1)) * math.cos(2.0 * math.pi * u2)
                 )
 
 

@@ -59,8 +59,15 @@ class SparseOptimizer(NamedTuple):
         grads = np.ascontiguousarray(grads, dtype=np.float32)
         if counts is None:
             counts = np.ones(params.shape[0], dtype=np.float32)
-        self.apply(params, state, grads, np.asarray(counts, np.float32),
-                   self.hparams(clock), float(bounds[0]), float(bounds[1]))
+        self.apply(
+            params,
+            state,
+            grads,
+            np.asarray(counts, np.float32),
+            self.hparams(clock),
+            float(bounds[0]),
+            float(bounds[1]),
+        )
         return params, state
 
     def state_bytes_per_row(self, dim: int) -> int:

@@ -267,7 +267,9 @@ class EmbeddingTable:
 
     def _expire_pending(self) -> int:
         live = self._plast >= 0
-        old = np.flatnonzero(live & (self._clock - self._plast >= self.config.admission.pending_ttl))
+        old = np.flatnonzero(
+            live & (self._clock - self._plast >= self.config.admission.pending_ttl)
+        )
         self._drop_pending(old)
         self.totals["expired_pending"] += len(old)
         return len(old)
@@ -406,7 +408,9 @@ class EmbeddingTable:
     def evicted_keys(self) -> np.ndarray:
         """Keys evicted since the last snapshot (what a delta must delete)."""
         with self._lock:
-            return np.concatenate(self._evicted_keys) if self._evicted_keys else np.empty(0, np.int64)
+            return (
+                np.concatenate(self._evicted_keys) if self._evicted_keys else np.empty(0, np.int64)
+            )
 
     def memory_bytes(self) -> dict[str, int]:
         rows = sum(a.nbytes for a in (self._meta, self._emb, *self._state))

@@ -20,7 +20,8 @@ CONFIGS = {
         "t", DIM, optimizer=opt.adagrad(0.1), eviction=hs.Eviction(unseen_ticks=2), seed=3
     ),
     "count_filter_sgd_maxrows": hs.TableConfig(
-        "t", DIM, optimizer=opt.sgd(0.5), admission=hs.count_filter(3, max_pending=4, pending_ttl=2),
+        "t", DIM, optimizer=opt.sgd(0.5),
+        admission=hs.count_filter(3, max_pending=4, pending_ttl=2),
         eviction=hs.Eviction(max_rows=4), initializer=hs.normal(0.1),
     ),
     "show_click_adam_decay_score": hs.TableConfig(

@@ -1,0 +1,221 @@
+"""EmbeddingTable behaviour: keys, admission, eviction, bad input, threads, memory bounds."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+import hoststore as hs
+from hoststore import optimizers as opt
+
+I64 = np.iinfo(np.int64)
+EDGE = np.array([0, -1, 1, I64.min, I64.max, I64.min + 1, I64.max - 1], np.int64)
+
+
+def table(dim=4, **kw):
+    return hs.EmbeddingTable(hs.TableConfig("t", dim, **kw))
+
+
+def test_edge_keys_are_distinct_rows():
+    t = table(initializer=hs.uniform(1.0))
+    rows = t.pull(EDGE, train=True)
+    assert len(t) == len(EDGE)
+    assert len({r.tobytes() for r in rows}) == len(EDGE)
+    np.testing.assert_array_equal(t.pull(EDGE[::-1], train=False), rows[::-1])
+
+
+def test_uint64_keys_are_reinterpreted():
+    t = table()
+    u = np.array([2**64 - 1, 2**63], np.uint64)
+    a = t.pull(u, train=True)
+    np.testing.assert_array_equal(a, t.pull(np.array([-1, I64.min], np.int64), train=False))
+
+
+def test_eval_pull_changes_nothing():
+    t = table(admission=hs.count_filter(2))
+    t.pull(np.array([1, 2], np.int64), train=True)
+    before = t.stats()
+    out = t.pull(np.array([1, 2, 3, 3], np.int64), train=False)
+    assert (out == 0).all() and t.stats() == before
+    assert not t.pending_stats(np.array([3], np.int64))["pending"][0]
+
+
+@pytest.mark.parametrize("seed", [0, 5])
+def test_initial_rows_depend_only_on_seed_and_key(seed):
+    keys = np.random.default_rng(0).integers(I64.min, I64.max, 500, dtype=np.int64)
+    init = hs.normal(0.3)
+    a = table(dim=8, initializer=init, seed=seed).pull(keys, train=True)
+    # Reverse order, arriving in small batches, split over 3 shards.
+    shard = hs.shard_of(keys, 3)
+    got = np.empty_like(a)
+    for s in range(3):
+        t = table(dim=8, initializer=init, seed=seed)
+        idx = np.flatnonzero(shard == s)[::-1]
+        for chunk in np.array_split(idx, 7):
+            got[chunk] = t.pull(keys[chunk], train=True)
+    np.testing.assert_array_equal(a, got)
+    np.testing.assert_allclose(a, hs.initial_rows(init, seed, keys, 8), rtol=1e-6)
+    assert abs(a.std() - 0.3) < 0.02
+    other = table(dim=8, initializer=init, seed=seed + 1).pull(keys, train=True)
+    assert not np.allclose(a, other)
+
+
+def test_count_filter_admits_at_nth_sighting_and_pending_pulls_default():
+    t = table(admission=hs.count_filter(3, default_value=0.5), initializer=hs.uniform(0.01))
+    k = np.array([77], np.int64)
+    for _ in range(2):
+        assert (t.pull(k, train=True) == 0.5).all()
+        t.push(k, np.ones((1, 4), np.float32))  # dropped: not admitted
+    assert len(t) == 0 and t.pending_count() == 1
+    row = t.pull(k, train=True)
+    assert len(t) == 1 and t.pending_count() == 0 and np.abs(row).max() <= 0.01
+    st = t.row_stats(k)
+    assert st["show"][0] == 3 and st["updates"][0] == 0
+    assert t.stats()["admitted"] == 1
+
+
+def test_duplicates_in_one_pull_count_as_sightings():
+    t = table(admission=hs.count_filter(3))
+    out = t.pull(np.array([9, 9, 9, 4], np.int64), train=True)
+    assert len(t) == 1 and (out[3] == 0).all() and (out[0] == out[2]).all() and out[0].any()
+
+
+def test_show_click_admission_uses_pushed_clicks():
+    t = table(admission=hs.show_click(2.0, nonclk_coeff=0.1, click_coeff=1.0))
+    k = np.array([5], np.int64)
+    t.pull(k, train=True)
+    t.push(k, np.zeros((1, 4), np.float32), clicks=np.array([2.0]))
+    assert len(t) == 0
+    assert t.pending_stats(k)["click"][0] == 2
+    t.pull(k, train=True)  # score = (2 - 2) * 0.1 + 2 * 1 = 2 >= 2
+    assert len(t) == 1
+    assert t.row_stats(k)["click"][0] == 2
+
+
+def test_probability_admission_rate():
+    t = table(admission=hs.probability(0.25))
+    keys = np.arange(20_000, dtype=np.int64)
+    t.pull(keys, train=True)
+    assert 0.23 < len(t) / len(keys) < 0.27
+    assert t.pending_count() == 0
+
+
+def test_pending_counters_are_bounded_and_expire():
+    t = table(admission=hs.count_filter(5, max_pending=1000, pending_ttl=2))
+    flood = np.arange(5000, dtype=np.int64)
+    t.pull(flood, train=True)
+    st = t.stats()
+    assert st["pending"] == 1000 and st["rejected"] == 4000 and st["rows"] == 0
+    assert st["pending_bytes"] + st["pending_index_bytes"] <= 24 * 1000
+    t.advance_clock(2)
+    t.pull(np.arange(10_000, 10_500, dtype=np.int64), train=True)  # full: expired ones go
+    st = t.stats()
+    assert st["pending"] == 500 and st["expired_pending"] == 1000
+
+
+def test_unseen_eviction_and_slot_reuse():
+    t = table(eviction=hs.Eviction(unseen_ticks=2))
+    t.pull(np.arange(100, dtype=np.int64), train=True)
+    cap = t.stats()["capacity"]
+    t.advance_clock(1)
+    t.pull(np.arange(50, dtype=np.int64), train=True)
+    t.advance_clock(1)
+    assert t.shrink() == 50 and len(t) == 50
+    assert sorted(t.evicted_keys().tolist()) == list(range(50, 100))
+    assert (t.pull(np.arange(50, 100, dtype=np.int64), train=False) == 0).all()
+    t.pull(np.arange(1000, 1050, dtype=np.int64), train=True)
+    assert t.stats()["capacity"] == cap  # freed slots reused
+
+
+def test_max_rows_keeps_the_highest_scores():
+    t = table(eviction=hs.Eviction(max_rows=3))
+    keys = np.arange(6, dtype=np.int64)
+    t.pull(keys, train=True)
+    t.push(keys, np.zeros((6, 4), np.float32), clicks=np.array([0, 3, 0, 2, 1, 0], np.float32))
+    assert t.shrink() == 3
+    assert t.row_stats(keys)["present"].tolist() == [False, True, False, True, True, False]
+
+
+def test_decay_is_lazy_and_applies_to_scores():
+    t = table(eviction=hs.Eviction(decay=0.5, min_score=0.2, nonclk_coeff=1.0))
+    t.pull(np.array([1, 1, 1, 1, 2], np.int64), train=True)
+    t.advance_clock(2)  # show: 4 -> 1.0 and 1 -> 0.25
+    np.testing.assert_allclose(t.row_stats(np.array([1, 2], np.int64))["show"], [1.0, 0.25])
+    t.advance_clock(1)  # 0.5 and 0.125 < 0.2
+    assert t.shrink() == 1 and len(t) == 1
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda t: t.pull([1, 2], train=True), "numpy array"),
+        (lambda t: t.pull(np.array([1.0]), train=True), "dtype int64"),
+        (lambda t: t.pull(np.zeros((2, 2), np.int64), train=True), "1-D"),
+        (lambda t: t.push(np.array([1], np.int64), np.zeros((2, 4), np.float32)), "shape"),
+        (lambda t: t.push(np.array([1], np.int64), np.zeros((1, 3), np.float32)), "dim 4"),
+        (lambda t: t.push(np.array([1], np.int64), np.full((1, 4), np.nan, np.float32)), "NaN"),
+        (lambda t: t.push(np.array([1], np.int64), np.full((1, 4), np.inf)), "NaN or Inf"),
+        (lambda t: t.push(np.array([1], np.int64), np.zeros((1, 4), np.int32)), "floating"),
+        (lambda t: t.push(np.array([1], np.int64), np.zeros((1, 4)), clicks=[1, 2]), "clicks"),
+        (lambda t: t.push(np.array([1], np.int64), np.zeros((1, 4)), shows=[-1.0]), "shows"),
+        (lambda t: t.advance_clock(-1), "n >= 0"),
+    ],
+)
+def test_bad_input_raises_and_leaves_table_unchanged(call, match):
+    t = table(optimizer=opt.sgd(1.0))
+    keys = np.array([1, 2], np.int64)
+    before = t.pull(keys, train=True).copy()
+    stats = t.stats()
+    with pytest.raises(ValueError, match=match):
+        call(t)
+    assert t.stats() == stats
+    np.testing.assert_array_equal(t.pull(keys, train=False), before)
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: hs.TableConfig("t", 0), "dim"),
+        (lambda: hs.TableConfig("", 4), "name"),
+        (lambda: hs.probability(1.5), "probability"),
+        (lambda: hs.count_filter(0), "n must be"),
+        (lambda: hs.Eviction(decay=0.0), "decay"),
+        (lambda: hs.Initializer("magic"), "initializer"),
+        (lambda: hs.TableConfig("t", 4, weight_bounds=(1.0, -1.0)), "weight_bounds"),
+    ],
+)
+def test_bad_config_raises(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_growth_keeps_every_row():
+    t = table(dim=2, initial_capacity=16, initializer=hs.uniform(1.0))
+    keys = np.random.default_rng(3).permutation(200_000).astype(np.int64) * 7919 - 10**6
+    first = np.concatenate([t.pull(c, train=True) for c in np.array_split(keys, 37)])
+    assert len(t) == len(keys)
+    np.testing.assert_array_equal(t.pull(keys, train=False), first)
+
+
+def test_threads_pushing_the_same_keys():
+    t = table(optimizer=opt.sgd(1.0), initializer=hs.zeros())
+    keys = np.arange(64, dtype=np.int64)
+    t.pull(keys, train=True)
+    ones = np.ones((len(keys), 4), np.float32)
+    n_threads, n_pushes = 4, 200
+
+    def work():
+        for _ in range(n_pushes):
+            t.push(keys, ones)
+            t.pull(keys, train=True)
+
+    threads = [threading.Thread(target=work) for _ in range(n_threads)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    # SGD with lr 1 and gradient 1: every push subtracts exactly 1 from every coordinate.
+    np.testing.assert_array_equal(t.pull(keys, train=False), -n_threads * n_pushes)
+    assert (t.row_stats(keys)["updates"] == n_threads * n_pushes).all()
