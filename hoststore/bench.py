@@ -253,7 +253,7 @@ def machine() -> str:
 
 def write_section(name: str, body: str, path: str = "BENCHMARKS.md") -> None:
     p = pathlib.Path(path)
-    header = "# Benchmarks\n\nMeasured by `experiments/bench_*.py`; each rewrites its own section.\n"
+    header = "# Benchmarks\n\nMeasured by `experiments/bench_*.py`, one section each.\n"
     text = p.read_text() if p.exists() else header
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
