@@ -1,0 +1,94 @@
+"""Training configuration: one frozen dataclass, a default and a tiny smoke variant."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import hoststore as hs
+from jaxstream.data.synthetic import StreamConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    # --- data
+    data_root: str | None = None  # None: generate a synthetic stream under workdir/data
+    format: str = "criteo"  # criteo | avazu | slot
+    slot_names: tuple[str, ...] = ()  # for format=slot: the slot numbers to read
+    slot_max_len: int = 8
+    synthetic: StreamConfig = StreamConfig(hours=12, rows_per_hour=20_000)
+    pattern: str = r"(?P<day>\d{8})/(?P<hour>\d{2})"
+    max_partitions: int | None = None
+    wait: bool = False
+    poll_seconds: float = 5.0
+    idle_timeout_seconds: float = 600.0
+    # --- model and optimizers
+    model: str = "dnn"
+    hidden: tuple[int, ...] = (400, 400, 400)
+    embedding_dim: int = 8
+    batch_size: int = 1024
+    dense_optimizer: str = "adam"  # any optax alias taking learning_rate
+    dense_learning_rate: float = 1e-3
+    sparse_optimizer: str = "adagrad"
+    sparse_learning_rate: float = 0.05
+    initializer_scale: float = 0.01
+    # --- store policies: "always", "count_filter:3", "probability:0.2", "show_click:2.5"
+    admission: str = "always"
+    # comma-separated: "unseen:72,score:0.5,max_rows:1000000,decay:0.98" (ticks = partitions)
+    eviction: str = ""
+    shrink_every: str = "day"  # day | partition | never
+    # --- pipeline, metrics, bookkeeping
+    staleness: int = 1
+    metrics_file: str | None = None  # default: workdir/metrics.jsonl
+    tensorboard: bool = False
+    progress: bool = True
+    seed: int = 0
+
+
+def get_config() -> TrainConfig:
+    """The embedded default: 30 generated hours (a day boundary, so one shrink) with
+    admission and eviction on; trains in well under two minutes on 2 CPU cores."""
+    return TrainConfig(
+        synthetic=StreamConfig(hours=30, rows_per_hour=20_000),
+        admission="count_filter:2",
+        eviction="unseen:24",
+    )
+
+
+def smoke_config() -> TrainConfig:
+    """Seconds on a CPU: for tests and --smoke."""
+    return TrainConfig(
+        synthetic=StreamConfig(hours=3, rows_per_hour=2_000, max_vocab=5_000),
+        hidden=(32, 16),
+        batch_size=256,
+        progress=False,
+    )
+
+
+def parse_admission(text: str) -> hs.Admission:
+    kind, _, arg = text.partition(":")
+    try:
+        if kind == "always":
+            return hs.always()
+        if kind == "probability":
+            return hs.probability(float(arg))
+        if kind == "count_filter":
+            return hs.count_filter(int(arg))
+        if kind == "show_click":
+            return hs.show_click(float(arg))
+    except ValueError as e:
+        raise ValueError(f"bad admission {text!r}: {e}") from None
+    raise ValueError(
+        f"unknown admission {text!r}; use always, probability:P, count_filter:N, show_click:T"
+    )
+
+
+def parse_eviction(text: str) -> hs.Eviction:
+    names = {"unseen": "unseen_ticks", "score": "min_score", "max_rows": "max_rows",
+             "decay": "decay"}  # fmt: skip
+    kw = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, _, val = part.partition(":")
+        if key not in names or not val:
+            raise ValueError(f"bad eviction part {part!r}; use {', '.join(names)} as key:value")
+        kw[names[key]] = float(val) if key in ("score", "decay") else int(val)
+    return hs.Eviction(**kw)

@@ -1,0 +1,144 @@
+"""CTR models in Flax NNX. Every model maps (pooled embeddings, dense features) -> logits.
+
+The contract, which custom models follow too::
+
+    model(embeddings: list[jax.Array], dense: jax.Array) -> jax.Array
+      embeddings[s]: [B, dim_s] pooled embedding of slot s, in FeatureSpec order
+      dense:         [B, num_dense]
+      returns:       [B] logits
+
+Models are built by name through :func:`build` (``MODELS`` maps names to constructors with
+the signature ``(slot_dims, num_dense, rngs, **options)``); add yours to ``MODELS`` or
+pass an instance to the trainer directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+class MLP(nnx.Module):
+    def __init__(self, sizes: Sequence[int], rngs: nnx.Rngs):
+        self.layers = nnx.List(
+            [nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
+        )
+
+    def __call__(self, x):
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = jax.nn.relu(x)
+        return x
+
+
+class Linear(nnx.Module):
+    """The wide/LR part: a weight per embedding coordinate and per dense feature."""
+
+    def __init__(self, slot_dims, num_dense, rngs):
+        self.proj = nnx.Linear(sum(slot_dims) + num_dense, 1, rngs=rngs)
+
+    def __call__(self, embeddings, dense):
+        return self.proj(jnp.concatenate([*embeddings, dense], axis=-1))[:, 0]
+
+
+class LR(nnx.Module):
+    def __init__(self, slot_dims, num_dense, rngs, **_):
+        self.linear = Linear(slot_dims, num_dense, rngs)
+
+    def __call__(self, embeddings, dense):
+        return self.linear(embeddings, dense)
+
+
+class DNN(nnx.Module):
+    """Paddle's CTR DNN: concatenated embeddings and dense features through an MLP."""
+
+    def __init__(self, slot_dims, num_dense, rngs, hidden=(400, 400, 400), **_):
+        self.mlp = MLP([sum(slot_dims) + num_dense, *hidden, 1], rngs)
+
+    def __call__(self, embeddings, dense):
+        return self.mlp(jnp.concatenate([*embeddings, dense], axis=-1))[:, 0]
+
+
+class WideDeep(nnx.Module):
+    def __init__(self, slot_dims, num_dense, rngs, hidden=(400, 400, 400), **_):
+        self.wide = Linear(slot_dims, num_dense, rngs)
+        self.deep = DNN(slot_dims, num_dense, rngs, hidden)
+
+    def __call__(self, embeddings, dense):
+        return self.wide(embeddings, dense) + self.deep(embeddings, dense)
+
+
+def _stack(embeddings):
+    dims = {e.shape[-1] for e in embeddings}
+    if len(dims) != 1:
+        raise ValueError(f"this model needs one embedding dim for every slot, got {dims}")
+    return jnp.stack(embeddings, axis=1)  # [B, S, d]
+
+
+class DeepFM(nnx.Module):
+    def __init__(self, slot_dims, num_dense, rngs, hidden=(400, 400, 400), **_):
+        self.linear = Linear(slot_dims, num_dense, rngs)
+        self.deep = DNN(slot_dims, num_dense, rngs, hidden)
+
+    def __call__(self, embeddings, dense):
+        v = _stack(embeddings)
+        fm = 0.5 * (jnp.sum(v, 1) ** 2 - jnp.sum(v**2, 1)).sum(-1)
+        return self.linear(embeddings, dense) + fm + self.deep(embeddings, dense)
+
+
+class DCNv2(nnx.Module):
+    """DCN-v2: full-rank cross layers x_{l+1} = x0 * (W x_l + b) + x_l, stacked with a DNN."""
+
+    def __init__(self, slot_dims, num_dense, rngs, hidden=(400, 400, 400), cross_layers=3, **_):
+        d = sum(slot_dims) + num_dense
+        self.cross = nnx.List([nnx.Linear(d, d, rngs=rngs) for _ in range(cross_layers)])
+        self.deep = MLP([d, *hidden], rngs)
+        self.head = nnx.Linear(d + hidden[-1], 1, rngs=rngs)
+
+    def __call__(self, embeddings, dense):
+        x0 = jnp.concatenate([*embeddings, dense], axis=-1)
+        x = x0
+        for layer in self.cross:
+            x = x0 * layer(x) + x
+        h = jax.nn.relu(self.deep(x0))
+        return self.head(jnp.concatenate([x, h], axis=-1))[:, 0]
+
+
+class DLRM(nnx.Module):
+    """DLRM: bottom MLP on dense features, pairwise dot interactions, top MLP."""
+
+    def __init__(self, slot_dims, num_dense, rngs, hidden=(400, 400, 400), bottom=(64,), **_):
+        d = slot_dims[0]
+        self.bottom = MLP([max(num_dense, 1), *bottom, d], rngs)
+        n = len(slot_dims) + 1
+        self.top = MLP([d + n * (n - 1) // 2, *hidden, 1], rngs)
+        self.num_dense = num_dense
+
+    def __call__(self, embeddings, dense):
+        if self.num_dense == 0:
+            dense = jnp.zeros((dense.shape[0], 1), dense.dtype)
+        b = jax.nn.relu(self.bottom(dense))
+        v = _stack([b, *embeddings])
+        dots = jnp.einsum("bsd,btd->bst", v, v)
+        i, j = jnp.triu_indices(v.shape[1], k=1)
+        return self.top(jnp.concatenate([b, dots[:, i, j]], axis=-1))[:, 0]
+
+
+MODELS = {
+    "lr": LR,
+    "dnn": DNN,
+    "wide_deep": WideDeep,
+    "deepfm": DeepFM,
+    "dcn_v2": DCNv2,
+    "dlrm": DLRM,
+}
+
+
+def build(name: str, slot_dims: Sequence[int], num_dense: int, seed: int = 0, **options):
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose from {sorted(MODELS)}")
+    return MODELS[name](list(slot_dims), num_dense, nnx.Rngs(seed), **options)

@@ -1,0 +1,80 @@
+"""The jitted train and eval steps: pure functions of (params, optimizer state, batch).
+
+The store rows arrive as one [U, dim] array per table (the batch's unique IDs, padded);
+the step gathers them by each slot's index, pools multi-hot slots, runs the model and
+returns the gradient of every unique row, so the host can push it to the store. Nothing
+here calls back into Python.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from jaxstream.features import FeatureSpec
+
+
+class DeviceBatch(NamedTuple):
+    rows: dict[str, jax.Array]  # table -> [U_pad, dim]
+    index: dict[str, jax.Array]  # slot -> [B, L] int32
+    mask: dict[str, jax.Array]  # slot -> [B, L]
+    dense: jax.Array  # [B, D]
+    labels: jax.Array  # [B]
+    weights: jax.Array  # [B]
+
+
+def pooled_embeddings(spec: FeatureSpec, rows, index, mask) -> list[jax.Array]:
+    out = []
+    for s in spec.slots:
+        m = mask[s.name]
+        e = (rows[s.table][index[s.name]] * m[..., None]).sum(axis=1)
+        if s.pooling == "mean":
+            e = e / jnp.maximum(m.sum(axis=1, keepdims=True), 1.0)
+        out.append(e)
+    return out
+
+
+def _logits(graphdef, spec, params, rows, batch: DeviceBatch):
+    model = nnx.merge(graphdef, params)
+    return model(pooled_embeddings(spec, rows, batch.index, batch.mask), batch.dense)
+
+
+def _weighted_logloss(logits, labels, weights):
+    return (optax.sigmoid_binary_cross_entropy(logits, labels) * weights).sum()
+
+
+def train_step(graphdef, tx, spec, params, opt_state, batch: DeviceBatch):
+    """One step. Returns (params, opt_state, row_grads, predictions, loss_sum).
+
+    Dense parameters follow the mean loss; row gradients are those of the summed loss (the
+    per-example gradients added up), the scale parameter-server optimizers expect.
+    """
+    n = jnp.maximum(batch.weights.sum(), 1.0)
+
+    def loss_fn(params, rows):
+        logits = _logits(graphdef, spec, params, rows, batch)
+        return _weighted_logloss(logits, batch.labels, batch.weights) / n, logits
+
+    (loss, logits), (g_params, g_rows) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(
+        params, batch.rows
+    )
+    updates, opt_state = tx.update(g_params, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    row_grads = jax.tree.map(lambda g: g * n, g_rows)
+    return params, opt_state, row_grads, jax.nn.sigmoid(logits), loss * n
+
+
+def eval_step(graphdef, spec, params, batch: DeviceBatch):
+    return jax.nn.sigmoid(_logits(graphdef, spec, params, batch.rows, batch))
+
+
+def make_steps(graphdef, tx, spec: FeatureSpec) -> tuple[Any, Any]:
+    """(jitted train step, jitted eval step) with the static pieces bound."""
+    train = jax.jit(functools.partial(train_step, graphdef, tx, spec), donate_argnums=(0, 1))
+    evaluate = jax.jit(functools.partial(eval_step, graphdef, spec))
+    return train, evaluate

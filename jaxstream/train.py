@@ -1,0 +1,251 @@
+"""The streaming trainer: per partition, evaluate first, then train, then record.
+
+Reads top to bottom: set up (data, feature spec, store, model, steps) -> loop over ready
+partitions (progressive evaluation, one training pass, metrics, checkpoint hook, clock and
+shrink) -> summary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+
+import jax
+import numpy as np
+import optax
+from flax import nnx
+from tqdm.auto import tqdm
+
+import hoststore as hs
+from hoststore.store import LocalStore, Store
+from jaxstream import models
+from jaxstream.batching import batches
+from jaxstream.config import TrainConfig, parse_admission, parse_eviction
+from jaxstream.data import readers
+from jaxstream.data.examples import Examples, ReadReport
+from jaxstream.data.synthetic import generate
+from jaxstream.features import FeatureSpec, single_table_spec
+from jaxstream.metrics import BinaryMetrics
+from jaxstream.pipeline import run_pass
+from jaxstream.step import make_steps
+from jaxstream.stream import Partition, PartitionSource, SourceConfig
+
+log = logging.getLogger(__name__)
+
+
+def feature_spec(cfg: TrainConfig) -> FeatureSpec:
+    table = hs.TableConfig(
+        "embedding",
+        cfg.embedding_dim,
+        optimizer=hs.optimizers.from_name(cfg.sparse_optimizer, cfg.sparse_learning_rate),
+        initializer=hs.uniform(cfg.initializer_scale),
+        admission=parse_admission(cfg.admission),
+        eviction=parse_eviction(cfg.eviction),
+        seed=cfg.seed,
+    )
+    if cfg.format == "criteo":
+        return single_table_spec(readers.CRITEO_SLOTS, readers.CRITEO_DENSE, table)
+    if cfg.format == "avazu":
+        return single_table_spec(readers.AVAZU_SLOTS, 0, table)
+    if cfg.format == "slot":
+        if not cfg.slot_names:
+            raise ValueError("format=slot needs slot_names (the slot numbers to read)")
+        return single_table_spec(cfg.slot_names, 0, table, cfg.slot_max_len)
+    raise ValueError(f"unknown format {cfg.format!r}; use criteo, avazu or slot")
+
+
+def read_partition(cfg: TrainConfig, part: Partition) -> tuple[Examples, ReadReport]:
+    parts, report = [], ReadReport()
+    for path in part.files:
+        if cfg.format == "criteo":
+            ex, rep = readers.read_criteo(path)
+        elif cfg.format == "avazu":
+            ex, rep, _ = readers.read_avazu(path)
+        else:
+            ex, rep = readers.read_slots(path, cfg.slot_names)
+        parts.append(ex)
+        report.merge(rep)
+    if not parts:
+        raise ValueError(f"partition {part.path} has no part-* files")
+    return Examples.concat(parts), report
+
+
+def _truth_metrics(part: Partition, labels: np.ndarray) -> dict[str, float]:
+    path = os.path.join(part.path, "truth.npz")
+    if not os.path.exists(path):
+        return {}
+    truth = np.load(path)
+    if len(truth["p_true"]) != len(labels):  # malformed lines were dropped: no alignment
+        return {}
+    out = {}
+    for name, key in (("oracle_auc", "p_true"), ("seen_k_auc", "p_seen")):
+        m = BinaryMetrics()
+        m.update(labels, truth[key])
+        out[name] = m.auc()
+    return out
+
+
+@dataclasses.dataclass
+class TrainState:
+    params: object
+    opt_state: object
+    cursor: str | None = None
+    cumulative: BinaryMetrics = dataclasses.field(default_factory=BinaryMetrics)
+    partitions: int = 0
+
+
+def train_and_evaluate(
+    cfg: TrainConfig,
+    workdir: str,
+    *,
+    store: Store | None = None,
+    model: nnx.Module | None = None,
+    on_partition_end: Callable[[Partition, TrainState, dict], None] | None = None,
+) -> dict:
+    """Runs the stream; returns a summary. ``store`` defaults to an in-process LocalStore,
+    ``model`` to ``models.build(cfg.model, ...)``."""
+    # ------------------------------------------------------------------ set up
+    os.makedirs(workdir, exist_ok=True)
+    data_root = cfg.data_root
+    if data_root is None:
+        data_root = os.path.join(workdir, "data")
+        if not os.path.isdir(data_root):
+            log.info("generating a synthetic stream under %s", data_root)
+            generate(data_root, cfg.synthetic)
+    spec = feature_spec(cfg)
+    store = store if store is not None else LocalStore(spec.tables)
+    if model is None:
+        model = models.build(cfg.model, spec.slot_dims(), spec.num_dense, cfg.seed,
+                             hidden=cfg.hidden)  # fmt: skip
+    graphdef, params = nnx.split(model)
+    tx = getattr(optax, cfg.dense_optimizer)(cfg.dense_learning_rate)
+    state = TrainState(params, tx.init(params))
+    train_fn, eval_fn = make_steps(graphdef, tx, spec)
+    metrics_path = cfg.metrics_file or os.path.join(workdir, "metrics.jsonl")
+    writer = _tensorboard(cfg, workdir)
+    source = PartitionSource(
+        SourceConfig(data_root, cfg.pattern, poll_seconds=cfg.poll_seconds, wait=cfg.wait,
+                     idle_timeout_seconds=cfg.idle_timeout_seconds,
+                     max_partitions=cfg.max_partitions),
+        cursor=state.cursor,
+    )  # fmt: skip
+    log.info("devices: %s", jax.devices())
+
+    # ------------------------------------------------------------------ loop
+    last_day = None
+    malformed_total = 0
+    t_run = time.perf_counter()
+    for part in source:
+        if last_day is not None and part.time.date() != last_day and cfg.shrink_every == "day":
+            evicted = store.shrink()
+            log.info("day boundary: shrink evicted %s", evicted)
+        last_day = part.time.date()
+        t0 = time.perf_counter()
+        examples, report = read_partition(cfg, part)
+        parse_s = time.perf_counter() - t0
+        malformed_total += report.malformed
+        for err in report.first_errors:
+            log.warning("malformed line %s", err)
+
+        # progressive validation: predict the partition before training on it
+        pb, progress = _progress_bar(cfg, len(examples), f"{part.key} eval")
+        ev = run_pass(store, spec, batches(examples, spec, cfg.batch_size), train=False,
+                      eval_fn=eval_fn, params=state.params, progress=progress)  # fmt: skip
+        pb.close()
+        pb, progress = _progress_bar(cfg, len(examples), f"{part.key} train")
+        tr = run_pass(store, spec, batches(examples, spec, cfg.batch_size), train=True,
+                      train_fn=train_fn, params=state.params, opt_state=state.opt_state,
+                      staleness=cfg.staleness, progress=progress)  # fmt: skip
+        pb.close()
+        state.params, state.opt_state = tr.params, tr.opt_state
+        state.cumulative = state.cumulative.merge(ev.metrics)
+        state.cursor = part.key
+        state.partitions += 1
+        if cfg.shrink_every == "partition":
+            store.shrink()
+        store.advance_clock(1)
+
+        stats = _table_totals(store.stats())
+        record = {
+            "partition": part.key,
+            "progressive_auc": ev.metrics.auc(),
+            "train_auc": tr.metrics.auc(),
+            "logloss": ev.metrics.logloss(),
+            "copc": ev.metrics.copc(),
+            "mean_pred": ev.metrics.summary()["mean_pred"],
+            "mean_label": ev.metrics.summary()["mean_label"],
+            "cumulative_auc": state.cumulative.auc(),
+            "examples": len(examples),
+            "train_examples_per_sec": len(examples) / max(tr.seconds, 1e-9),
+            "eval_examples_per_sec": len(examples) / max(ev.seconds, 1e-9),
+            "parse_lines_per_sec": report.lines / max(parse_s, 1e-9),
+            "host_seconds": tr.host_seconds,
+            "push_seconds": tr.push_seconds,
+            "train_seconds": tr.seconds,
+            "malformed_lines": report.malformed,
+            **stats,
+            **_truth_metrics(part, examples.labels),
+        }
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if writer is not None:
+            for k, v in record.items():
+                if isinstance(v, int | float) and not math.isnan(v):
+                    writer.add_scalar(k, v, state.partitions)
+        print(
+            f"[{part.key}] auc {record['progressive_auc']:.4f} (train {record['train_auc']:.4f})"
+            f"  logloss {record['logloss']:.4f}  rows {stats['table_rows']:,}"
+            f"  {record['train_examples_per_sec']:,.0f} ex/s"
+            + (f"  oracle {record['oracle_auc']:.4f}" if "oracle_auc" in record else ""),
+            flush=True,
+        )
+        if on_partition_end is not None:
+            on_partition_end(part, state, record)
+
+    # ------------------------------------------------------------------ summary
+    summary = {
+        "partitions": state.partitions,
+        "cursor": state.cursor,
+        "cumulative_auc": state.cumulative.auc(),
+        "malformed_lines": malformed_total,
+        "seconds": time.perf_counter() - t_run,
+        "metrics_file": metrics_path,
+        **_table_totals(store.stats()),
+    }
+    print("summary: " + json.dumps(summary), flush=True)
+    if writer is not None:
+        writer.close()
+    return summary
+
+
+def _progress_bar(cfg: TrainConfig, total: int, desc: str):
+    """A tqdm bar (on a terminal) and the pipeline callback that advances it."""
+    on = cfg.progress and sys.stderr.isatty()
+    pb = tqdm(total=total, desc=desc, unit="ex", leave=False, disable=not on, mininterval=2.0)
+    return pb, (lambda i, n: pb.update(n))
+
+
+def _table_totals(stats: dict[str, dict]) -> dict[str, int]:
+    return {
+        "table_rows": sum(s["rows"] for s in stats.values()),
+        "pending": sum(s["pending"] for s in stats.values()),
+        "admitted": sum(s["admitted"] for s in stats.values()),
+        "evicted": sum(s["evicted"] for s in stats.values()),
+        "table_bytes": sum(s["bytes"] for s in stats.values()),
+    }
+
+
+def _tensorboard(cfg: TrainConfig, workdir: str):
+    if not cfg.tensorboard:
+        return None
+    try:
+        from tensorboardX import SummaryWriter
+    except ImportError:
+        raise ValueError("tensorboard=True needs the [tensorboard] extra (tensorboardX)") from None
+    return SummaryWriter(os.path.join(workdir, "tb"))
