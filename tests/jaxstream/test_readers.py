@@ -1,0 +1,124 @@
+"""Readers against hand-written fixture lines, good and malformed, and a plain-Python parser."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from jaxstream.data import readers
+
+GOOD_CRITEO = [
+    "1\t1\t2\t\t-3\t4\t5\t6\t7\t8\t9\t10\t11\t12\t68fd1e64\t80e26c9b\t" + "\t".join(["ab"] * 24),
+    "0\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t",  # everything missing but the label (tabs kept)
+    "0\t5\t260.0\t1\t1\t1\t1\t1\t1\t1\t1\t1\t1\t1\tffffffffffffffff\t0",  # trimmed, 16 digits
+    "1\t0\t0\t0\t0\t0\t0\t0\t0\t0\t0\t0\t0\t0",  # all categoricals trimmed away
+]
+BAD_CRITEO = [
+    ("2\t1\t2\t3\t4\t5\t6\t7\t8\t9\t10\t11\t12\t13", "label is not 0 or 1"),
+    ("1\tx\t2\t3\t4\t5\t6\t7\t8\t9\t10\t11\t12\t13", "bad integer"),
+    ("1\t1\t2\t3\t4\t5\t6\t7\t8\t9\t10\t11\t12\t13\tzz", "bad hex"),
+    ("1\t1\t2\t3\t4\t5\t6\t7\t8\t9\t10\t11\t12\t13\t" + "f" * 17, "bad hex"),
+    ("1\t" + "\t".join(["1"] * 13) + "\t" + "\t".join(["a"] * 27), "too many fields"),
+    ("1\t1\t2", "too few fields"),
+    ("1\t1.5\t2\t3\t4\t5\t6\t7\t8\t9\t10\t11\t12\t13", "bad integer"),
+]
+
+
+def _python_criteo(line):
+    """Independent reference: split, pad, convert."""
+    f = line.split("\t")
+    f += [""] * (40 - len(f))
+    dense = [0.0 if x == "" else math.copysign(math.log1p(abs(int(float(x)))), int(float(x)))
+             for x in f[1:14]]  # fmt: skip
+    cats = [None if x == "" else np.uint64(int(x, 16)).astype(np.int64) for x in f[14:40]]
+    return int(f[0]), dense, cats
+
+
+def _write(tmp_path, name, lines):
+    p = tmp_path / name
+    p.write_text("\n".join(lines) + "\n")
+    return str(p)
+
+
+def test_criteo_good_and_malformed(tmp_path):
+    lines = []
+    for i, g in enumerate(GOOD_CRITEO):
+        lines.append(g)
+        lines.append(BAD_CRITEO[i % len(BAD_CRITEO)][0])
+    lines += [b for b, _ in BAD_CRITEO[len(GOOD_CRITEO) :]]
+    path = _write(tmp_path, "part-0", lines)
+    ex, report = readers.read_criteo(path)
+    assert len(ex) == len(GOOD_CRITEO)
+    assert report.lines == len(lines) and report.malformed == len(BAD_CRITEO)
+    assert report.first_errors[0] == "part-0:2: label is not 0 or 1"
+    assert len(report.first_errors) == readers.MAX_REPORTED
+    for i, line in enumerate(GOOD_CRITEO):
+        label, dense, cats = _python_criteo(line)
+        assert ex.labels[i] == label
+        np.testing.assert_allclose(ex.dense[i], dense, rtol=1e-6)
+        for j, name in enumerate(readers.CRITEO_SLOTS):
+            o = ex.slot_offsets[name]
+            got = ex.slot_ids[name][o[i] : o[i + 1]].tolist()
+            assert got == ([] if cats[j] is None else [int(cats[j])])
+
+
+def test_criteo_crlf_and_comma_variant(tmp_path):
+    p = tmp_path / "part-1"
+    p.write_bytes(("label,I1\r\n" + GOOD_CRITEO[0].replace("\t", ",") + "\r\n").encode())
+    ex, report = readers.read_criteo(str(p), sep=",")
+    assert len(ex) == 1 and report.malformed == 1 and ex.labels[0] == 1
+
+
+AVAZU_HEADER = ",".join(readers.AVAZU_COLUMNS)
+AVAZU_GOOD = "10000169349117863715,0,14102100,1005,0,1fbe01fe,f3845767,28905ebd,ecad2386,7801e8d9,07d7df22,a99f214a,96809ac8,711ee120,1,0,15704,320,50,1722,0,35,100084,79"  # noqa: E501
+
+
+@pytest.mark.parametrize(
+    "line, reason",
+    [
+        (AVAZU_GOOD.replace(",0,14102100", ",7,14102100"), "label"),
+        (AVAZU_GOOD.replace("14102100", "1410210"), "bad hour"),
+        (AVAZU_GOOD + ",extra", "too many fields"),
+        (AVAZU_GOOD.rsplit(",", 1)[0], "too few fields"),
+    ],
+)
+def test_avazu_malformed(tmp_path, line, reason):
+    path = _write(tmp_path, "part-0", [AVAZU_HEADER, AVAZU_GOOD, line, AVAZU_GOOD])
+    ex, report, hours = readers.read_avazu(path)
+    assert len(ex) == 2 and report.malformed == 1 and reason in report.first_errors[0]
+    assert report.first_errors[0].startswith("part-0:3:")
+    assert hours.tolist() == [14102100, 14102100]
+    # The same string in a column hashes to the same ID; different strings differ.
+    assert ex.slot_ids["site_id"][0] == ex.slot_ids["site_id"][1]
+    assert ex.slot_ids["site_id"][0] != ex.slot_ids["site_domain"][0]
+
+
+def test_slot_format_multi_hot(tmp_path):
+    lines = [
+        "1:1 11:2 12:2 13:3",
+        "0:1 21:3",
+        "0:1 5:2 bad",  # bad token
+        "1:1 7:9",  # unknown slot
+        "3:1 7:2",  # label not 0/1
+        "8:2",  # no label
+        "0:1 18446744073709551615:2",
+    ]
+    ex, report = readers.read_slots(_write(tmp_path, "part-0", lines), ("2", "3"))
+    assert len(ex) == 3 and report.malformed == 4
+    assert ex.labels.tolist() == [1, 0, 0]
+    assert ex.slot_offsets["2"].tolist() == [0, 2, 2, 3]
+    assert ex.slot_ids["2"].tolist() == [11, 12, -1]
+    assert ex.slot_offsets["3"].tolist() == [0, 1, 2, 2]
+    assert ex.slot_ids["3"].tolist() == [13, 21]
+
+
+def test_ten_thousand_malformed_lines_never_crash(tmp_path):
+    rng = np.random.default_rng(0)
+    alphabet = np.array(list("0123456789abcdefxyz\t:,. -"))
+    lines = ["".join(rng.choice(alphabet, rng.integers(0, 60))) for _ in range(10_000)]
+    lines += GOOD_CRITEO
+    ex, report = readers.read_criteo(_write(tmp_path, "part-0", lines))
+    assert report.lines == len([x for x in lines if x]) and len(ex) >= len(GOOD_CRITEO)
+    assert report.malformed + len(ex) == report.lines
