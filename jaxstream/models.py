@@ -20,10 +20,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+# Flax >= 0.12 wants sub-module lists wrapped in nnx.List; older releases take plain lists.
+_List = getattr(nnx, "List", list)
+
 
 class MLP(nnx.Module):
     def __init__(self, sizes: Sequence[int], rngs: nnx.Rngs):
-        self.layers = nnx.List(
+        self.layers = _List(
             [nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
         )
 
@@ -95,7 +98,7 @@ class DCNv2(nnx.Module):
 
     def __init__(self, slot_dims, num_dense, rngs, hidden=(400, 400, 400), cross_layers=3, **_):
         d = sum(slot_dims) + num_dense
-        self.cross = nnx.List([nnx.Linear(d, d, rngs=rngs) for _ in range(cross_layers)])
+        self.cross = _List([nnx.Linear(d, d, rngs=rngs) for _ in range(cross_layers)])
         self.deep = MLP([d, *hidden], rngs)
         self.head = nnx.Linear(d + hidden[-1], 1, rngs=rngs)
 

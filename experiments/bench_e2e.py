@@ -1,0 +1,48 @@
+"""End-to-end benchmark: quality vs a hashed baseline, admission, speed, device/host split.
+
+python experiments/bench_e2e.py             # 24 h x 50K rows; writes BENCHMARKS.md
+python experiments/bench_e2e.py --smoke     # a minute; prints only
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+
+from absl import app, flags
+
+from hoststore.bench import write_section
+from jaxstream import benchmark
+
+_SMOKE = flags.DEFINE_boolean("smoke", False, "Tiny stream; does not write BENCHMARKS.md.")
+_HOURS = flags.DEFINE_integer("hours", 24, "Hours in the generated stream.")
+_ROWS = flags.DEFINE_integer("rows_per_hour", 50_000, "Rows per hour.")
+_BATCH = flags.DEFINE_integer("batch_size", 1024, "Examples per step.")
+_BASELINE = flags.DEFINE_boolean("baseline", True, "Also run the hashed baseline.")
+_ADMISSION = flags.DEFINE_string("admission", "count_filter:3", "Admission policy to compare.")
+_SECTION = flags.DEFINE_string("section", "End to end (experiments/bench_e2e.py)", "Section.")
+_OUT = flags.DEFINE_string("out", "BENCHMARKS.md", "Where to record the table.")
+_JSON = flags.DEFINE_string("json", None, "Also dump the raw results here.")
+
+
+def main(argv):
+    del argv
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    cfg = benchmark.E2EBenchConfig(hours=_HOURS.value, rows_per_hour=_ROWS.value, batch_size=_BATCH.value,
+                                   run_baseline=_BASELINE.value, admission=_ADMISSION.value)  # fmt: skip
+    if _SMOKE.value:
+        cfg = dataclasses.replace(cfg, hours=4, rows_per_hour=5_000, skip_hours=1,
+                                  max_vocab=100_000, step_timing_reps=5)  # fmt: skip
+    res = benchmark.run(cfg)
+    table = benchmark.markdown(res)
+    print(table)
+    if _JSON.value:
+        with open(_JSON.value, "w") as f:
+            json.dump(res, f, indent=1, default=str)
+    if not _SMOKE.value:
+        write_section(_SECTION.value, table, _OUT.value)
+
+
+if __name__ == "__main__":
+    app.run(main)

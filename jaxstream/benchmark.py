@@ -1,0 +1,244 @@
+"""End-to-end benchmark as a library call (experiments/bench_e2e.py parses its flags).
+
+On one generated drifting stream, measured in one run: our trainer with the in-process
+store (admission off and on), the hashed plain-JAX baseline, the generator's oracle and
+seen-k ceiling; training speed of both; parsing speed; and the split of a training batch's
+time between the device step and the host store work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import logging
+import os
+import tempfile
+import time
+
+import jax
+import numpy as np
+import optax
+from flax import nnx
+
+from hoststore.store import LocalStore
+from jaxstream import models
+from jaxstream.baseline import run_hashed_baseline
+from jaxstream.batching import make_batch
+from jaxstream.config import TrainConfig
+from jaxstream.data import readers
+from jaxstream.data.synthetic import StreamConfig, generate
+from jaxstream.step import DeviceBatch, make_steps
+from jaxstream.train import feature_spec, train_and_evaluate
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class E2EBenchConfig:
+    hours: int = 24
+    rows_per_hour: int = 50_000
+    # A long tail: ~4.5M distinct IDs in 24 h x 50K rows, more than a 2^20 hashed table holds.
+    max_vocab: int = 10_000_000
+    zipf: float = 0.9
+    model: str = "dnn"
+    batch_size: int = 1024
+    embedding_dim: int = 8
+    admission: str = "count_filter:3"
+    baseline_rows: int = 1 << 20
+    skip_hours: int = 3
+    run_baseline: bool = True
+    run_admission: bool = True
+    step_timing_reps: int = 50
+    seed: int = 0
+
+
+def _train_cfg(cfg: E2EBenchConfig, root: str, **kw) -> TrainConfig:
+    return TrainConfig(data_root=root, model=cfg.model, batch_size=cfg.batch_size,
+                       embedding_dim=cfg.embedding_dim, progress=False, seed=cfg.seed,
+                       shrink_every="never", **kw)  # fmt: skip
+
+
+def _records(path: str) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(x) for x in f]
+
+
+def _mean(records, key, skip):
+    return float(np.mean([r[key] for r in records[skip:]]))
+
+
+def _parse_speed(root: str) -> float:
+    files = sorted(glob.glob(os.path.join(root, "*", "*", "part-*")))
+    readers.read_criteo(files[0])  # compile / warm the cache
+    lines, t = 0, 0.0
+    for f in files:
+        t0 = time.perf_counter()
+        _, rep = readers.read_criteo(f)
+        t += time.perf_counter() - t0
+        lines += rep.lines
+    return lines / t
+
+
+def _step_timing(cfg: TrainConfig, root: str, reps: int) -> dict[str, float]:
+    """Device time of one training step alone (same batch, blocked on), vs host work."""
+    spec = feature_spec(cfg)
+    files = sorted(glob.glob(os.path.join(root, "*", "*", "part-*")))
+    ex, _ = readers.read_criteo(files[0])
+    store = LocalStore(spec.tables)
+    t0 = time.perf_counter()
+    hb = make_batch(ex.take(0, cfg.batch_size), spec, cfg.batch_size)
+    t_batch = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    rows = {}
+    for t in hb.unique_ids:
+        r = np.zeros((hb.padded_rows(t), cfg.embedding_dim), np.float32)
+        r[: len(hb.unique_ids[t])] = store.pull(t, hb.unique_ids[t], train=True)
+        rows[t] = r
+    t_pull = time.perf_counter() - t0
+    graphdef, params = nnx.split(models.build(cfg.model, spec.slot_dims(), spec.num_dense,
+                                              hidden=cfg.hidden))  # fmt: skip
+    tx = optax.adam(1e-3)
+    train_fn, _ = make_steps(graphdef, tx, spec)
+    db = jax.device_put(DeviceBatch(rows, hb.index, hb.mask, hb.dense, hb.labels, hb.weights))
+    opt_state = tx.init(params)
+    params, opt_state, g, _, _ = train_fn(params, opt_state, db)
+    jax.block_until_ready(g)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        params, opt_state, g, _, _ = train_fn(params, opt_state, db)
+    jax.block_until_ready(g)
+    t_step = (time.perf_counter() - t0) / reps
+    t0 = time.perf_counter()
+    for t in hb.unique_ids:
+        u = len(hb.unique_ids[t])
+        store.push(t, hb.unique_ids[t], np.asarray(g[t])[:u], clicks=hb.clicks[t])
+    t_push = time.perf_counter() - t0
+    return {"device_step_ms": 1e3 * t_step, "batching_ms": 1e3 * t_batch,
+            "pull_ms": 1e3 * t_pull, "push_ms": 1e3 * t_push,
+            "unique_ids_per_batch": float(sum(len(u) for u in hb.unique_ids.values()))}  # fmt: skip
+
+
+def run(cfg: E2EBenchConfig, workdir: str | None = None) -> dict:
+    workdir = workdir or tempfile.mkdtemp(prefix="bench_e2e_")
+    root = os.path.join(workdir, "data")
+    if not os.path.isdir(root):
+        generate(root, StreamConfig(hours=cfg.hours, rows_per_hour=cfg.rows_per_hour,
+                                    max_vocab=cfg.max_vocab, zipf=cfg.zipf, seed=cfg.seed))  # fmt: skip
+    res: dict = {"config": dataclasses.asdict(cfg), "device": str(jax.devices()[0])}
+    res["parse_lines_per_sec_one_core"] = _parse_speed(root)
+    k = cfg.skip_hours
+
+    log.info("ours, admission always")
+    base_cfg = _train_cfg(cfg, root)
+    s = train_and_evaluate(base_cfg, os.path.join(workdir, "ours"))
+    ours = _records(s["metrics_file"])
+    res["ours"] = ours
+    res["ours_auc"] = _mean(ours, "progressive_auc", k)
+    res["oracle_auc"] = _mean(ours, "oracle_auc", k)
+    res["seen5_auc"] = _mean(ours, "seen_k_auc", k)
+    res["ours_rows"] = ours[-1]["table_rows"]
+    res["ours_train_ex_per_s"] = _mean(ours, "train_examples_per_sec", 1)
+    n_batches = -(-cfg.rows_per_hour // cfg.batch_size)
+    res["ours_batch_ms"] = 1e3 * _mean(ours, "train_seconds", 1) / n_batches
+    res["ours_host_ms_per_batch"] = 1e3 * _mean(ours, "host_seconds", 1) / n_batches
+    res["ours_push_ms_per_batch"] = 1e3 * _mean(ours, "push_seconds", 1) / n_batches
+
+    if cfg.run_admission:
+        log.info("ours, admission %s", cfg.admission)
+        s = train_and_evaluate(_train_cfg(cfg, root, admission=cfg.admission),
+                               os.path.join(workdir, "ours_admission"))  # fmt: skip
+        adm = _records(s["metrics_file"])
+        res["admission_records"] = adm
+        res["admission_auc"] = _mean(adm, "progressive_auc", k)
+        res["admission_rows"] = adm[-1]["table_rows"]
+        res["admission_pending"] = adm[-1]["pending"]
+
+    if cfg.run_baseline:
+        log.info("hashed baseline")
+        bl = run_hashed_baseline(base_cfg, root, feature_spec(base_cfg), cfg.baseline_rows)
+        res["baseline"] = bl
+        res["baseline_auc"] = _mean(bl, "progressive_auc", k)
+        res["baseline_train_ex_per_s"] = _mean(bl, "train_examples_per_sec", 1)
+        res["speedup_vs_baseline"] = res["ours_train_ex_per_s"] / res["baseline_train_ex_per_s"]
+        res["auc_gain_vs_baseline"] = res["ours_auc"] - res["baseline_auc"]
+        gap = res["seen5_auc"] - res["baseline_auc"]
+        res["gap_closed"] = res["auc_gain_vs_baseline"] / gap if gap > 0 else float("nan")
+
+    res["step_timing"] = _step_timing(base_cfg, root, cfg.step_timing_reps)
+    return res
+
+
+def markdown(res: dict) -> str:
+    c = res["config"]
+    k = c["skip_hours"]
+    lines = [
+        f"Stream: {c['hours']} h x {c['rows_per_hour']:,} rows, vocabulary up to "
+        f"{c['max_vocab']:,} per slot, Zipf {c['zipf']} (generator seed {c['seed']}); "
+        f"model {c['model']}, batch {c['batch_size']}, dim {c['embedding_dim']}; "
+        f"device `{res['device']}`. AUCs are progressive (predicted before training on the "
+        f"hour), averaged over hours {k}+.",
+        "",
+        "| measure | value |",
+        "|---|---|",
+        f"| ours (in-process store, admission always) | {res['ours_auc']:.4f} |",
+    ]
+    if "baseline_auc" in res:
+        lines += [
+            f"| hashed plain-JAX baseline (2^{int(np.log2(c['baseline_rows']))} rows, dense Adam)"
+            f" | {res['baseline_auc']:.4f} |",
+            f"| **ours - baseline** (target >= 0.03) | **{res['auc_gain_vs_baseline']:+.4f}** |",
+        ]
+    lines += [
+        f"| seen-5 ceiling | {res['seen5_auc']:.4f} |",
+        f"| oracle (true probabilities) | {res['oracle_auc']:.4f} |",
+    ]
+    if "gap_closed" in res:
+        lines.append(f"| **share of baseline -> seen-5 gap closed** (target >= 0.5) | "
+                     f"**{res['gap_closed']:.2f}** |")  # fmt: skip
+    if "admission_auc" in res:
+        cut = 1 - res["admission_rows"] / res["ours_rows"]
+        lines += [
+            f"| stored rows at the end, admission always | {res['ours_rows']:,} |",
+            f"| stored rows, {c['admission']} (+ {res['admission_pending']:,} pending counters)"
+            f" | {res['admission_rows']:,} |",
+            f"| **rows cut by admission** (target >= 50%) | **{cut:.1%}** |",
+            f"| AUC with {c['admission']} | {res['admission_auc']:.4f} |",
+            f"| **AUC cost of admission** (target <= 0.002) | "
+            f"**{res['ours_auc'] - res['admission_auc']:+.4f}** |",
+        ]
+    lines += [f"| training examples/s, ours | {res['ours_train_ex_per_s']:,.0f} |"]
+    if "baseline_train_ex_per_s" in res:
+        lines += [
+            f"| training examples/s, hashed baseline | {res['baseline_train_ex_per_s']:,.0f} |",
+            f"| **speed ratio ours / baseline** (target >= 1.5) | "
+            f"**{res['speedup_vs_baseline']:.2f}x** |",
+        ]
+    st = res["step_timing"]
+    lines += [
+        f"| Criteo parsing, one core | {res['parse_lines_per_sec_one_core']:,.0f} lines/s |",
+        f"| per training batch: wall time in the pipeline | {res['ours_batch_ms']:.2f} ms |",
+        f"| per batch: host producer (batching + pull + transfer) | "
+        f"{res['ours_host_ms_per_batch']:.2f} ms |",
+        f"| per batch: host pusher (grads back + push + metrics) | "
+        f"{res['ours_push_ms_per_batch']:.2f} ms |",
+        f"| device step alone (same batch repeated) | {st['device_step_ms']:.2f} ms |",
+        f"| one batch's batching / pull / push, timed alone | {st['batching_ms']:.2f} / "
+        f"{st['pull_ms']:.2f} / {st['push_ms']:.2f} ms ({st['unique_ids_per_batch']:,.0f} "
+        "unique IDs) |",
+    ]
+    per_hour = [
+        "",
+        "| hour | ours | baseline | admission | seen-5 | oracle |",
+        "|---|---|---|---|---|---|",
+    ]
+    for i, r in enumerate(res["ours"]):
+        b = res["baseline"][i]["progressive_auc"] if "baseline" in res else float("nan")
+        a = (
+            res["admission_records"][i]["progressive_auc"]
+            if "admission_records" in res
+            else float("nan")
+        )
+        per_hour.append(f"| {r['partition']} | {r['progressive_auc']:.4f} | {b:.4f} | {a:.4f} | "
+                        f"{r['seen_k_auc']:.4f} | {r['oracle_auc']:.4f} |")  # fmt: skip
+    return "\n".join(lines + per_hour)
