@@ -19,6 +19,7 @@ _SMOKE = flags.DEFINE_boolean("smoke", False, "Tiny stream; does not write BENCH
 _HOURS = flags.DEFINE_integer("hours", 24, "Hours in the generated stream.")
 _ROWS = flags.DEFINE_integer("rows_per_hour", 50_000, "Rows per hour.")
 _BATCH = flags.DEFINE_integer("batch_size", 1024, "Examples per step.")
+_SHARDS = flags.DEFINE_integer("store_shards", 1, "In-process store shards per table.")
 _BASELINE = flags.DEFINE_boolean("baseline", True, "Also run the hashed baseline.")
 _ADMISSION = flags.DEFINE_string("admission", "count_filter:3", "Admission policy to compare.")
 _SECTION = flags.DEFINE_string("section", "End to end (experiments/bench_e2e.py)", "Section.")
@@ -29,8 +30,10 @@ _JSON = flags.DEFINE_string("json", None, "Also dump the raw results here.")
 def main(argv):
     del argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    cfg = benchmark.E2EBenchConfig(hours=_HOURS.value, rows_per_hour=_ROWS.value, batch_size=_BATCH.value,
-                                   run_baseline=_BASELINE.value, admission=_ADMISSION.value)  # fmt: skip
+    cfg = benchmark.E2EBenchConfig(
+        hours=_HOURS.value, rows_per_hour=_ROWS.value, batch_size=_BATCH.value,
+        store_shards=_SHARDS.value, run_baseline=_BASELINE.value, admission=_ADMISSION.value,
+    )  # fmt: skip
     if _SMOKE.value:
         cfg = dataclasses.replace(cfg, hours=4, rows_per_hour=5_000, skip_hours=1,
                                   max_vocab=100_000, step_timing_reps=5)  # fmt: skip

@@ -17,6 +17,8 @@ from hoststore.config import (
 from hoststore.hashing import shard_of
 from hoststore.initializers import initial_rows
 from hoststore.optimizers import SparseOptimizer
+from hoststore.sharded import ShardedTable
+from hoststore.store import LocalStore
 from hoststore.table import EmbeddingTable
 
 __all__ = [
@@ -24,6 +26,8 @@ __all__ = [
     "EmbeddingTable",
     "Eviction",
     "Initializer",
+    "LocalStore",
+    "ShardedTable",
     "SparseOptimizer",
     "TableConfig",
     "always",

@@ -11,6 +11,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from hoststore.config import TableConfig
+from hoststore.sharded import ShardedTable
 from hoststore.table import EmbeddingTable
 
 
@@ -37,15 +38,19 @@ class Store(Protocol):
 
 
 class LocalStore:
-    """In-process store: one :class:`EmbeddingTable` per config."""
+    """In-process store: one table per config, each split over ``shards`` in-process shards
+    (1: a plain :class:`EmbeddingTable`; more: a :class:`ShardedTable` whose shards pull
+    and push in parallel threads)."""
 
-    def __init__(self, configs: list[TableConfig] | tuple[TableConfig, ...]):
+    def __init__(self, configs: list[TableConfig] | tuple[TableConfig, ...], shards: int = 1):
         names = [c.name for c in configs]
         if len(set(names)) != len(names):
             raise ValueError(f"table names must be unique, got {names}")
-        self._tables = {c.name: EmbeddingTable(c) for c in configs}
+        self._tables = {
+            c.name: EmbeddingTable(c) if shards == 1 else ShardedTable(c, shards) for c in configs
+        }
 
-    def table(self, name: str) -> EmbeddingTable:
+    def table(self, name: str) -> EmbeddingTable | ShardedTable:
         try:
             return self._tables[name]
         except KeyError:

@@ -69,6 +69,23 @@ def _check_per_id(x: Any, n: int, what: str) -> np.ndarray:
     return x
 
 
+def check_push(config: TableConfig, ids, grads, shows, clicks):
+    """Validated, normalized push arguments, or a ValueError naming the problem."""
+    ids = check_ids(ids)
+    n = len(ids)
+    if not isinstance(grads, np.ndarray) or not np.issubdtype(grads.dtype, np.floating):
+        raise ValueError("grads must be a floating-point numpy array")
+    if grads.shape != (n, config.dim):
+        raise ValueError(
+            f"grads must have shape ({n}, {config.dim}) for {n} ids in table "
+            f"{config.name!r} (dim {config.dim}), got {grads.shape}"
+        )
+    grads = np.ascontiguousarray(grads, dtype=np.float32)
+    if not np.all(np.isfinite(grads)):
+        raise ValueError(f"grads for table {config.name!r} contain NaN or Inf")
+    return ids, grads, _check_per_id(shows, n, "shows"), _check_per_id(clicks, n, "clicks")
+
+
 class EmbeddingTable:
     """A host-resident embedding table; thread-safe (one lock, kernels release the GIL)."""
 
@@ -290,20 +307,12 @@ class EmbeddingTable:
         optional extra ``shows``) are per-occurrence counts added to the key's statistics;
         pending keys keep them toward admission, their gradients are dropped.
         """
-        ids = check_ids(ids)
-        n = len(ids)
-        if not isinstance(grads, np.ndarray) or not np.issubdtype(grads.dtype, np.floating):
-            raise ValueError("grads must be a floating-point numpy array")
-        if grads.shape != (n, self._dim):
-            raise ValueError(
-                f"grads must have shape ({n}, {self._dim}) for {n} ids in table "
-                f"{self.config.name!r} (dim {self._dim}), got {grads.shape}"
-            )
-        grads = np.ascontiguousarray(grads, dtype=np.float32)
-        if not np.all(np.isfinite(grads)):
-            raise ValueError(f"grads for table {self.config.name!r} contain NaN or Inf")
-        shows = _check_per_id(shows, n, "shows")
-        clicks = _check_per_id(clicks, n, "clicks")
+        self.push_checked(*check_push(self.config, ids, grads, shows, clicks))
+
+    def push_checked(
+        self, ids: np.ndarray, grads: np.ndarray, shows: np.ndarray, clicks: np.ndarray
+    ) -> None:
+        """``push`` for arguments already normalized by :func:`check_push`."""
         with self._lock:
             rows, agg, counts, missing = K.gather_push(
                 self._index, self._keys, ids, grads, shows, clicks, self._clock,

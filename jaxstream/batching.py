@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 
+import numba as nb
 import numpy as np
 
-from hoststore.index import unique_with_inverse
+from hoststore import index as ix
+from hoststore.hashing import mix64
 from jaxstream.data.examples import Examples
-from jaxstream.features import FeatureSpec, salt_ids
+from jaxstream.features import FeatureSpec, slot_salt
 
 MIN_BUCKET = 256
 
@@ -36,18 +38,41 @@ class HostBatch:
         return bucket(len(self.unique_ids[table]))
 
 
-def _padded_slot(ex: Examples, slot: str, max_len: int, batch: int):
-    """[batch, max_len] raw IDs and mask of one slot (extra IDs beyond max_len dropped)."""
-    offs = ex.slot_offsets[slot]
-    n = len(ex)
-    lengths = np.minimum(np.diff(offs), max_len)
-    rows = np.repeat(np.arange(n), lengths)
-    cols = np.arange(len(rows)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    raw = np.zeros((batch, max_len), np.int64)
-    mask = np.zeros((batch, max_len), np.float32)
-    raw[rows, cols] = ex.slot_ids[slot][offs[rows] + cols]
-    mask[rows, cols] = 1.0
-    return raw, mask
+@nb.njit(nogil=True, cache=True)
+def _dedup_table(all_ids, bases, offsets, max_lens, salts, labels, batch, width):
+    """One table's slots -> (unique salted keys, index [S, batch, width], mask, clicks).
+
+    Slot s of example i holds all_ids[bases[s] + offsets[s, i] : ... + offsets[s, i + 1]]
+    (at most max_lens[s] kept). Unique keys come out in first-seen order.
+    """
+    n_slots = offsets.shape[0]
+    n = offsets.shape[1] - 1
+    total = 0
+    for s in range(n_slots):
+        for i in range(n):
+            total += min(offsets[s, i + 1] - offsets[s, i], max_lens[s])
+    scratch = np.full(int(total / ix.MAX_LOAD) + 9, -1, np.int32)
+    uniq = np.empty(total, np.int64)
+    clicks = np.zeros(total, np.float32)
+    index = np.zeros((n_slots, batch, width), np.int32)
+    mask = np.zeros((n_slots, batch, width), np.float32)
+    u = 0
+    for s in range(n_slots):
+        for i in range(n):
+            a = bases[s] + offsets[s, i]
+            m = min(offsets[s, i + 1] - offsets[s, i], max_lens[s])
+            for j in range(m):
+                k = np.int64(mix64(np.uint64(all_ids[a + j]) ^ salts[s]))
+                e = ix.find(scratch, uniq, k)
+                if e < 0:
+                    e = u
+                    uniq[u] = k
+                    ix.insert(scratch, uniq, k, u)
+                    u += 1
+                index[s, i, j] = e
+                mask[s, i, j] = 1.0
+                clicks[e] += labels[i]
+    return uniq[:u], index, mask, clicks[:u]
 
 
 def make_batch(ex: Examples, spec: FeatureSpec, batch_size: int) -> HostBatch:
@@ -63,27 +88,21 @@ def make_batch(ex: Examples, spec: FeatureSpec, batch_size: int) -> HostBatch:
     index, mask, unique_ids, clicks = {}, {}, {}, {}
     for table in spec.tables:
         slots = spec.slots_of(table.name)
-        keys, where = [], []
-        for s in slots:
-            raw, m = _padded_slot(ex, s.name, s.max_len, batch_size)
-            on = m > 0
-            keys.append(salt_ids(raw[on], s.name))
-            where.append(on)
-            mask[s.name] = m
-        uniq, inverse, _ = unique_with_inverse(np.concatenate(keys))
-        start = 0
-        label_sum = np.zeros(len(uniq), np.float64)
-        for s, on, k in zip(slots, where, keys, strict=True):
-            idx = np.zeros(on.shape, np.int32)
-            idx[on] = inverse[start : start + len(k)]
-            index[s.name] = idx
-            example_of = np.nonzero(on)[0]
-            label_sum += np.bincount(
-                inverse[start : start + len(k)], weights=labels[example_of], minlength=len(uniq)
-            )
-            start += len(k)
+        ids = [ex.slot_ids[s.name] for s in slots]
+        bases = np.cumsum([0] + [len(x) for x in ids[:-1]]).astype(np.int64)
+        offsets = np.stack([ex.slot_offsets[s.name] for s in slots]).astype(np.int64)
+        max_lens = np.array([s.max_len for s in slots], np.int64)
+        salts = np.array([slot_salt(s.name) for s in slots], np.uint64)
+        width = int(max_lens.max())
+        uniq, idx, msk, clk = _dedup_table(
+            np.concatenate(ids).astype(np.int64), bases, offsets, max_lens, salts, labels,
+            batch_size, width,
+        )  # fmt: skip
+        for j, s in enumerate(slots):
+            index[s.name] = idx[j, :, : s.max_len]
+            mask[s.name] = msk[j, :, : s.max_len]
         unique_ids[table.name] = uniq
-        clicks[table.name] = label_sum.astype(np.float32)
+        clicks[table.name] = clk
     return HostBatch(n, labels, weights, dense, unique_ids, clicks, index, mask)
 
 

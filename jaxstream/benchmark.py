@@ -50,13 +50,14 @@ class E2EBenchConfig:
     run_baseline: bool = True
     run_admission: bool = True
     step_timing_reps: int = 50
+    store_shards: int = 1
     seed: int = 0
 
 
 def _train_cfg(cfg: E2EBenchConfig, root: str, **kw) -> TrainConfig:
     return TrainConfig(data_root=root, model=cfg.model, batch_size=cfg.batch_size,
                        embedding_dim=cfg.embedding_dim, progress=False, seed=cfg.seed,
-                       shrink_every="never", **kw)  # fmt: skip
+                       shrink_every="never", store_shards=cfg.store_shards, **kw)  # fmt: skip
 
 
 def _records(path: str) -> list[dict]:
@@ -123,8 +124,9 @@ def run(cfg: E2EBenchConfig, workdir: str | None = None) -> dict:
     workdir = workdir or tempfile.mkdtemp(prefix="bench_e2e_")
     root = os.path.join(workdir, "data")
     if not os.path.isdir(root):
-        generate(root, StreamConfig(hours=cfg.hours, rows_per_hour=cfg.rows_per_hour,
-                                    max_vocab=cfg.max_vocab, zipf=cfg.zipf, seed=cfg.seed))  # fmt: skip
+        stream = StreamConfig(hours=cfg.hours, rows_per_hour=cfg.rows_per_hour,
+                              max_vocab=cfg.max_vocab, zipf=cfg.zipf, seed=cfg.seed)  # fmt: skip
+        generate(root, stream)
     res: dict = {"config": dataclasses.asdict(cfg), "device": str(jax.devices()[0])}
     res["parse_lines_per_sec_one_core"] = _parse_speed(root)
     k = cfg.skip_hours
@@ -175,7 +177,8 @@ def markdown(res: dict) -> str:
     lines = [
         f"Stream: {c['hours']} h x {c['rows_per_hour']:,} rows, vocabulary up to "
         f"{c['max_vocab']:,} per slot, Zipf {c['zipf']} (generator seed {c['seed']}); "
-        f"model {c['model']}, batch {c['batch_size']}, dim {c['embedding_dim']}; "
+        f"model {c['model']}, batch {c['batch_size']}, dim {c['embedding_dim']}, "
+        f"{c['store_shards']} store shard(s); "
         f"device `{res['device']}`. AUCs are progressive (predicted before training on the "
         f"hour), averaged over hours {k}+.",
         "",

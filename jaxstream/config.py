@@ -36,6 +36,7 @@ class TrainConfig:
     # comma-separated: "unseen:72,score:0.5,max_rows:1000000,decay:0.98" (ticks = partitions)
     eviction: str = ""
     shrink_every: str = "day"  # day | partition | never
+    store_shards: int = 1  # in-process shards per table; >1 pulls/pushes them in parallel
     # --- pipeline, metrics, bookkeeping
     staleness: int = 1
     metrics_file: str | None = None  # default: workdir/metrics.jsonl

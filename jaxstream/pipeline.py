@@ -1,9 +1,10 @@
 """One pass over a partition with the host work overlapped with the device step.
 
-Three threads cooperate:
+Four threads cooperate:
 
-- the producer batches, deduplicates and pulls the rows of batch t+1 from the store and
-  moves them to the device while the device runs step t;
+- the batcher parses a partition's examples into deduplicated host batches, ahead;
+- the producer pulls the rows of batch t+1 from the store and moves them to the device
+  while the device runs step t;
 - the main thread dispatches jitted steps (JAX dispatch is asynchronous);
 - the pusher takes each step's row gradients back to the host and pushes them to the
   store through a bounded queue, and accumulates the metrics.
@@ -17,6 +18,7 @@ caller; no queue wait is unbounded.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import queue
 import threading
@@ -48,7 +50,7 @@ class PassResult:
     metrics: BinaryMetrics
     batches: int
     seconds: float
-    host_seconds: float  # producer time spent batching and pulling
+    host_seconds: float  # producer time spent pulling and moving rows to the device
     push_seconds: float
     predictions: list[np.ndarray]
 
@@ -91,6 +93,7 @@ def run_pass(
     """Evaluates (``train=False``) or trains on ``batches``; returns new state and metrics."""
     if staleness < 0:
         raise ValueError("staleness must be >= 0")
+    made: queue.Queue = queue.Queue(maxsize=2)  # host batches, built ahead of their pull
     ready: queue.Queue = queue.Queue(maxsize=max(1, staleness + 1))
     to_push: queue.Queue = queue.Queue(maxsize=push_queue)
     pushed = 0
@@ -109,8 +112,17 @@ def run_pass(
                 continue
         return False
 
+    def make_batches():
+        for hb in batches:
+            if not put(made, hb):
+                return
+        put(made, _DONE)
+
     def produce():
-        for i, hb in enumerate(batches):
+        for i in itertools.count():
+            hb = get(made)
+            if hb is None or hb is _DONE:
+                break
             t0 = time.perf_counter()
             if train:
                 with pushed_cv:
@@ -128,6 +140,14 @@ def run_pass(
             if not put(ready, (hb, db)):
                 return
         put(ready, _DONE)
+
+    def get(q):
+        while not stop.is_set():
+            try:
+                return q.get(timeout=_POLL)
+            except queue.Empty:
+                continue
+        return None
 
     def push():
         nonlocal pushed
@@ -155,7 +175,8 @@ def run_pass(
                 pushed += 1
                 pushed_cv.notify_all()
 
-    workers = [_Worker("producer", produce), _Worker("pusher", push)]
+    workers = [_Worker("producer", produce), _Worker("pusher", push),
+               _Worker("batcher", make_batches)]  # fmt: skip
     for w in workers:
         w.start()
 

@@ -119,7 +119,7 @@ def train_and_evaluate(
             log.info("generating a synthetic stream under %s", data_root)
             generate(data_root, cfg.synthetic)
     spec = feature_spec(cfg)
-    store = store if store is not None else LocalStore(spec.tables)
+    store = store if store is not None else LocalStore(spec.tables, shards=cfg.store_shards)
     if model is None:
         model = models.build(cfg.model, spec.slot_dims(), spec.num_dense, cfg.seed,
                              hidden=cfg.hidden)  # fmt: skip

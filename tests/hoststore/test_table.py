@@ -14,11 +14,21 @@ I64 = np.iinfo(np.int64)
 EDGE = np.array([0, -1, 1, I64.min, I64.max, I64.min + 1, I64.max - 1], np.int64)
 
 
-def table(dim=4, **kw):
-    return hs.EmbeddingTable(hs.TableConfig("t", dim, **kw))
+def _factory(shards):
+    def make(dim=4, **kw):
+        cfg = hs.TableConfig("t", dim, **kw)
+        return hs.EmbeddingTable(cfg) if shards == 1 else hs.ShardedTable(cfg, shards)
+
+    return make
 
 
-def test_edge_keys_are_distinct_rows():
+# Every test of the interface runs on a plain table and on a 3-shard in-process table.
+@pytest.fixture(params=[1, 3], ids=["table", "sharded3"])
+def table(request):
+    return _factory(request.param)
+
+
+def test_edge_keys_are_distinct_rows(table):
     t = table(initializer=hs.uniform(1.0))
     rows = t.pull(EDGE, train=True)
     assert len(t) == len(EDGE)
@@ -26,14 +36,14 @@ def test_edge_keys_are_distinct_rows():
     np.testing.assert_array_equal(t.pull(EDGE[::-1], train=False), rows[::-1])
 
 
-def test_uint64_keys_are_reinterpreted():
+def test_uint64_keys_are_reinterpreted(table):
     t = table()
     u = np.array([2**64 - 1, 2**63], np.uint64)
     a = t.pull(u, train=True)
     np.testing.assert_array_equal(a, t.pull(np.array([-1, I64.min], np.int64), train=False))
 
 
-def test_eval_pull_changes_nothing():
+def test_eval_pull_changes_nothing(table):
     t = table(admission=hs.count_filter(2))
     t.pull(np.array([1, 2], np.int64), train=True)
     before = t.stats()
@@ -43,7 +53,7 @@ def test_eval_pull_changes_nothing():
 
 
 @pytest.mark.parametrize("seed", [0, 5])
-def test_initial_rows_depend_only_on_seed_and_key(seed):
+def test_initial_rows_depend_only_on_seed_and_key(table, seed):
     keys = np.random.default_rng(0).integers(I64.min, I64.max, 500, dtype=np.int64)
     init = hs.normal(0.3)
     a = table(dim=8, initializer=init, seed=seed).pull(keys, train=True)
@@ -62,7 +72,7 @@ def test_initial_rows_depend_only_on_seed_and_key(seed):
     assert not np.allclose(a, other)
 
 
-def test_count_filter_admits_at_nth_sighting_and_pending_pulls_default():
+def test_count_filter_admits_at_nth_sighting_and_pending_pulls_default(table):
     t = table(admission=hs.count_filter(3, default_value=0.5), initializer=hs.uniform(0.01))
     k = np.array([77], np.int64)
     for _ in range(2):
@@ -76,13 +86,13 @@ def test_count_filter_admits_at_nth_sighting_and_pending_pulls_default():
     assert t.stats()["admitted"] == 1
 
 
-def test_duplicates_in_one_pull_count_as_sightings():
+def test_duplicates_in_one_pull_count_as_sightings(table):
     t = table(admission=hs.count_filter(3))
     out = t.pull(np.array([9, 9, 9, 4], np.int64), train=True)
     assert len(t) == 1 and (out[3] == 0).all() and (out[0] == out[2]).all() and out[0].any()
 
 
-def test_show_click_admission_uses_pushed_clicks():
+def test_show_click_admission_uses_pushed_clicks(table):
     t = table(admission=hs.show_click(2.0, nonclk_coeff=0.1, click_coeff=1.0))
     k = np.array([5], np.int64)
     t.pull(k, train=True)
@@ -94,7 +104,7 @@ def test_show_click_admission_uses_pushed_clicks():
     assert t.row_stats(k)["click"][0] == 2
 
 
-def test_probability_admission_rate():
+def test_probability_admission_rate(table):
     t = table(admission=hs.probability(0.25))
     keys = np.arange(20_000, dtype=np.int64)
     t.pull(keys, train=True)
@@ -102,20 +112,20 @@ def test_probability_admission_rate():
     assert t.pending_count() == 0
 
 
-def test_pending_counters_are_bounded_and_expire():
-    t = table(admission=hs.count_filter(5, max_pending=1000, pending_ttl=2))
+def test_pending_counters_are_bounded_and_expire(table):
+    t = table(admission=hs.count_filter(5, max_pending=999, pending_ttl=2))
     flood = np.arange(5000, dtype=np.int64)
     t.pull(flood, train=True)
     st = t.stats()
-    assert st["pending"] == 1000 and st["rejected"] == 4000 and st["rows"] == 0
-    assert st["pending_bytes"] + st["pending_index_bytes"] <= 24 * 1000
+    assert st["pending"] == 999 and st["rejected"] == 4001 and st["rows"] == 0
+    assert st["pending_bytes"] + st["pending_index_bytes"] <= 24 * 999
     t.advance_clock(2)
     t.pull(np.arange(10_000, 10_500, dtype=np.int64), train=True)  # full: expired ones go
     st = t.stats()
-    assert st["pending"] == 500 and st["expired_pending"] == 1000
+    assert st["pending"] == 500 and st["expired_pending"] == 999
 
 
-def test_unseen_eviction_and_slot_reuse():
+def test_unseen_eviction_and_slot_reuse(table):
     t = table(eviction=hs.Eviction(unseen_ticks=2))
     t.pull(np.arange(100, dtype=np.int64), train=True)
     cap = t.stats()["capacity"]
@@ -130,7 +140,7 @@ def test_unseen_eviction_and_slot_reuse():
 
 
 def test_max_rows_keeps_the_highest_scores():
-    t = table(eviction=hs.Eviction(max_rows=3))
+    t = _factory(1)(eviction=hs.Eviction(max_rows=3))
     keys = np.arange(6, dtype=np.int64)
     t.pull(keys, train=True)
     t.push(keys, np.zeros((6, 4), np.float32), clicks=np.array([0, 3, 0, 2, 1, 0], np.float32))
@@ -138,7 +148,7 @@ def test_max_rows_keeps_the_highest_scores():
     assert t.row_stats(keys)["present"].tolist() == [False, True, False, True, True, False]
 
 
-def test_decay_is_lazy_and_applies_to_scores():
+def test_decay_is_lazy_and_applies_to_scores(table):
     t = table(eviction=hs.Eviction(decay=0.5, min_score=0.2, nonclk_coeff=1.0))
     t.pull(np.array([1, 1, 1, 1, 2], np.int64), train=True)
     t.advance_clock(2)  # show: 4 -> 1.0 and 1 -> 0.25
@@ -163,7 +173,7 @@ def test_decay_is_lazy_and_applies_to_scores():
         (lambda t: t.advance_clock(-1), "n >= 0"),
     ],
 )
-def test_bad_input_raises_and_leaves_table_unchanged(call, match):
+def test_bad_input_raises_and_leaves_table_unchanged(table, call, match):
     t = table(optimizer=opt.sgd(1.0))
     keys = np.array([1, 2], np.int64)
     before = t.pull(keys, train=True).copy()
@@ -191,7 +201,7 @@ def test_bad_config_raises(make, match):
         make()
 
 
-def test_growth_keeps_every_row():
+def test_growth_keeps_every_row(table):
     t = table(dim=2, initial_capacity=16, initializer=hs.uniform(1.0))
     keys = np.random.default_rng(3).permutation(200_000).astype(np.int64) * 7919 - 10**6
     first = np.concatenate([t.pull(c, train=True) for c in np.array_split(keys, 37)])
@@ -199,7 +209,14 @@ def test_growth_keeps_every_row():
     np.testing.assert_array_equal(t.pull(keys, train=False), first)
 
 
-def test_threads_pushing_the_same_keys():
+def test_sharded_max_rows_is_split_over_shards():
+    t = _factory(3)(eviction=hs.Eviction(max_rows=30))
+    t.pull(np.arange(300, dtype=np.int64), train=True)
+    t.shrink()
+    assert all(len(s) == 10 for s in t.shards) and len(t) == 30
+
+
+def test_threads_pushing_the_same_keys(table):
     t = table(optimizer=opt.sgd(1.0), initializer=hs.zeros())
     keys = np.arange(64, dtype=np.int64)
     t.pull(keys, train=True)

@@ -1,0 +1,136 @@
+"""ShardedTable: one logical table split by key hash over N in-process tables.
+
+Each shard has its own lock, and the compiled kernels release the GIL, so a pull or push
+runs its shards in parallel threads, and a pull and a push of different shards never wait
+for each other. Shards route keys with :func:`hoststore.shard_of`, the same fixed hash a
+multi-process deployment uses, and initial rows depend only on (seed, key), so a key's row
+is the same whatever the shard count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numba as nb
+import numpy as np
+
+from hoststore.config import TableConfig
+from hoststore.hashing import SHARD_SALT, mix64
+from hoststore.table import EmbeddingTable, check_ids, check_push
+
+_S32 = np.uint64(32)
+
+
+@nb.njit(nogil=True, cache=True)
+def split_by_shard(ids, num_shards):
+    """(perm, offsets): ids[perm[offsets[s]:offsets[s+1]]] are shard s's ids, in order."""
+    n = ids.shape[0]
+    shard = np.empty(n, np.int64)
+    counts = np.zeros(num_shards + 1, np.int64)
+    for i in range(n):
+        h = mix64(np.uint64(ids[i]) ^ SHARD_SALT)
+        s = np.int64(((h >> _S32) * np.uint64(num_shards)) >> _S32)
+        shard[i] = s
+        counts[s + 1] += 1
+    offsets = np.cumsum(counts)
+    fill = offsets[:-1].copy()
+    perm = np.empty(n, np.int64)
+    for i in range(n):
+        perm[fill[shard[i]]] = i
+        fill[shard[i]] += 1
+    return perm, offsets
+
+
+class ShardedTable:
+    """The EmbeddingTable interface over ``num_shards`` EmbeddingTables."""
+
+    def __init__(self, config: TableConfig, num_shards: int):
+        if num_shards < 1:
+            raise ValueError(f"num_shards must be >= 1, got {num_shards}")
+        self.config = config
+        # Capacity limits are global: each shard gets its share.
+        share = lambda x: None if x is None else -(-x // num_shards)  # noqa: E731
+        shard_cfg = dataclasses.replace(
+            config,
+            eviction=dataclasses.replace(config.eviction, max_rows=share(config.eviction.max_rows)),
+            admission=dataclasses.replace(
+                config.admission, max_pending=share(config.admission.max_pending)
+            ),
+        )
+        self.shards = [EmbeddingTable(shard_cfg) for _ in range(num_shards)]
+        self._pool = ThreadPoolExecutor(num_shards, thread_name_prefix=f"shard-{config.name}")
+
+    def _map(self, fn, items):
+        return list(self._pool.map(fn, items))
+
+    def pull(self, ids: np.ndarray, *, train: bool) -> np.ndarray:
+        ids = check_ids(ids)
+        perm, off = split_by_shard(ids, len(self.shards))
+        out = np.empty((len(ids), self.config.dim), np.float32)
+
+        def one(s):
+            p = perm[off[s] : off[s + 1]]
+            out[p] = self.shards[s].pull(ids[p], train=train)
+
+        self._map(one, range(len(self.shards)))
+        return out
+
+    def push(self, ids, grads, *, shows=None, clicks=None) -> None:
+        # Validate once, before any shard changes: a bad push changes nothing anywhere.
+        ids, grads, shows, clicks = check_push(self.config, ids, grads, shows, clicks)
+        perm, off = split_by_shard(ids, len(self.shards))
+
+        def one(s):
+            p = perm[off[s] : off[s + 1]]
+            self.shards[s].push_checked(ids[p], grads[p], shows[p], clicks[p])
+
+        self._map(one, range(len(self.shards)))
+
+    def shrink(self) -> int:
+        return sum(self._map(lambda t: t.shrink(), self.shards))
+
+    def advance_clock(self, n: int = 1) -> None:
+        if n < 0:
+            raise ValueError(f"advance_clock needs n >= 0, got {n}")
+        for t in self.shards:
+            t.advance_clock(n)
+
+    @property
+    def clock(self) -> int:
+        return self.shards[0].clock
+
+    def __len__(self) -> int:
+        return sum(len(t) for t in self.shards)
+
+    def pending_count(self) -> int:
+        return sum(t.pending_count() for t in self.shards)
+
+    def row_stats(self, ids: np.ndarray) -> dict[str, np.ndarray]:
+        return self._gather_stats(ids, "row_stats")
+
+    def pending_stats(self, ids: np.ndarray) -> dict[str, np.ndarray]:
+        return self._gather_stats(ids, "pending_stats")
+
+    def _gather_stats(self, ids, method):
+        ids = check_ids(ids)
+        perm, off = split_by_shard(ids, len(self.shards))
+        out = {}
+        for s, t in enumerate(self.shards):
+            p = perm[off[s] : off[s + 1]]
+            for k, v in getattr(t, method)(ids[p]).items():
+                out.setdefault(k, np.empty(len(ids), v.dtype))[p] = v
+        return out
+
+    def evicted_keys(self) -> np.ndarray:
+        return np.concatenate([t.evicted_keys() for t in self.shards])
+
+    def stats(self) -> dict[str, Any]:
+        per = [t.stats() for t in self.shards]
+        out = dict(per[0])
+        for k, v in per[0].items():
+            if isinstance(v, int | np.integer) and k != "clock":
+                out[k] = sum(p[k] for p in per)
+        out["shards"] = len(self.shards)
+        return out
