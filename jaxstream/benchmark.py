@@ -221,7 +221,7 @@ def markdown(res: dict) -> str:
     lines += [
         f"| Criteo parsing, one core | {res['parse_lines_per_sec_one_core']:,.0f} lines/s |",
         f"| per training batch: wall time in the pipeline | {res['ours_batch_ms']:.2f} ms |",
-        f"| per batch: host producer (batching + pull + transfer) | "
+        f"| per batch: host producer (pull + transfer to device) | "
         f"{res['ours_host_ms_per_batch']:.2f} ms |",
         f"| per batch: host pusher (grads back + push + metrics) | "
         f"{res['ours_push_ms_per_batch']:.2f} ms |",

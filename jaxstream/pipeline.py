@@ -123,13 +123,13 @@ def run_pass(
             hb = get(made)
             if hb is None or hb is _DONE:
                 break
-            t0 = time.perf_counter()
             if train:
                 with pushed_cv:
                     while pushed < i - staleness and not stop.is_set():
                         pushed_cv.wait(_POLL)
             if stop.is_set():
                 return
+            t0 = time.perf_counter()
             rows = {
                 t: _pad_rows(store.pull(t, hb.unique_ids[t], train=train), hb.padded_rows(t))
                 for t in hb.unique_ids
