@@ -105,3 +105,49 @@ def insert_rows(index, keys, new_keys, rows):
     for i in range(rows.shape[0]):
         keys[rows[i]] = new_keys[i]
         ix.insert(index, keys, new_keys[i], rows[i])
+
+
+@nb.njit(nogil=True, cache=True)
+def touch_push_unique(
+    index,
+    keys,
+    created,
+    ids,
+    hint,
+    shows,
+    clicks,
+    clock,
+    decay,
+    show,
+    click,
+    last_seen,
+    changed,
+    updates,
+):
+    """``gather_push`` for ids known to be distinct: no dedup, no gradient copy.
+
+    ``hint`` holds each id's row as a recent pull found it (or is empty); a hinted row is
+    used only if it still holds that key, otherwise the index is probed. Returns
+    (row of each id or -1, number of ids without a row).
+    """
+    n = ids.shape[0]
+    rows = np.empty(n, np.int64)
+    n_miss = 0
+    if hint.shape[0] == n:
+        for i in range(n):
+            r = hint[i]
+            if r < 0 or created[r] < 0 or keys[r] != ids[i]:
+                r = ix.find(index, keys, ids[i])
+            rows[i] = r
+    else:
+        ix.find_many(index, keys, ids, rows)
+    for i in range(n):
+        r = rows[i]
+        if r < 0:
+            n_miss += 1
+            continue
+        touch(r, clock, decay, show, click, last_seen, changed)
+        updates[r] += 1
+        show[r] += shows[i]
+        click[r] += clicks[i]
+    return rows, n_miss

@@ -107,7 +107,7 @@ def run(cfg: StoreBenchConfig) -> dict[str, float]:
         t0 = time.perf_counter()
         table.pull(ids, train=True)
         t1 = time.perf_counter()
-        table.push(ids, grads)
+        table.push(ids, grads, assume_unique=True)
         t2 = time.perf_counter()
         _reference_adagrad(ref_emb, ref_acc, slots, grads)
         t3 = time.perf_counter()
@@ -165,7 +165,7 @@ def _scaling(rng, cfg: StoreBenchConfig) -> dict[str, float]:
     def drive(table, parts):
         for ids, g in parts:
             table.pull(ids, train=True)
-            table.push(ids, g)
+            table.push(ids, g, assume_unique=True)
 
     one = make()
     _fill(one, keys)

@@ -77,14 +77,14 @@ class ShardedTable:
         self._map(one, range(len(self.shards)))
         return out
 
-    def push(self, ids, grads, *, shows=None, clicks=None) -> None:
+    def push(self, ids, grads, *, shows=None, clicks=None, assume_unique=False) -> None:
         # Validate once, before any shard changes: a bad push changes nothing anywhere.
         ids, grads, shows, clicks = check_push(self.config, ids, grads, shows, clicks)
         perm, off = split_by_shard(ids, len(self.shards))
 
         def one(s):
             p = perm[off[s] : off[s + 1]]
-            self.shards[s].push_checked(ids[p], grads[p], shows[p], clicks[p])
+            self.shards[s].push_checked(ids[p], grads[p], shows[p], clicks[p], assume_unique)
 
         self._map(one, range(len(self.shards)))
 

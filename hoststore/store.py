@@ -28,6 +28,7 @@ class Store(Protocol):
         *,
         shows: np.ndarray | None = None,
         clicks: np.ndarray | None = None,
+        assume_unique: bool = False,
     ) -> None: ...
 
     def shrink(self) -> dict[str, int]: ...
@@ -62,8 +63,8 @@ class LocalStore:
     def pull(self, table: str, ids: np.ndarray, *, train: bool) -> np.ndarray:
         return self.table(table).pull(ids, train=train)
 
-    def push(self, table, ids, grads, *, shows=None, clicks=None) -> None:
-        self.table(table).push(ids, grads, shows=shows, clicks=clicks)
+    def push(self, table, ids, grads, *, shows=None, clicks=None, assume_unique=False) -> None:
+        self.table(table).push(ids, grads, shows=shows, clicks=clicks, assume_unique=assume_unique)
 
     def shrink(self) -> dict[str, int]:
         return {n: t.shrink() for n, t in self._tables.items()}

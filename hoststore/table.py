@@ -17,6 +17,7 @@ Semantics of one training step:
 
 from __future__ import annotations
 
+import collections
 import math
 import threading
 from typing import Any
@@ -40,6 +41,8 @@ PENDING_ENTRY = np.dtype(
 )
 _GROWTH = 1.5
 _CHUNK = 4096
+_RECENT_PULLS = 4
+_NO_HINT = np.empty(0, np.int64)
 
 
 def check_ids(ids: Any, what: str = "ids") -> np.ndarray:
@@ -102,6 +105,9 @@ class EmbeddingTable:
         self._bounds = (float(config.weight_bounds[0]), float(config.weight_bounds[1]))
         self.totals = {"admitted": 0, "evicted": 0, "rejected": 0, "expired_pending": 0}
         self._evicted_keys: list[np.ndarray] = []
+        # Rows found by the last few training pulls: the push of the same ids (the usual
+        # next call) starts from them instead of probing the index again.
+        self._recent: collections.deque = collections.deque(maxlen=_RECENT_PULLS)
         self._alloc_rows(max(16, config.initial_capacity))
         self._alloc_pending(min(1024, config.admission.max_pending))
 
@@ -196,8 +202,10 @@ class EmbeddingTable:
                 if n_miss:
                     miss = np.flatnonzero(rows < 0)
                     new_rows = self._admit(ids[miss])
+                    rows[miss] = new_rows
                     got = new_rows >= 0
                     out[miss[got]] = self._emb[new_rows[got]]
+                self._recent.append((ids, rows))
         return out
 
     def _admit(self, miss_ids: np.ndarray) -> np.ndarray:
@@ -300,19 +308,29 @@ class EmbeddingTable:
         *,
         shows: np.ndarray | None = None,
         clicks: np.ndarray | None = None,
+        assume_unique: bool = False,
     ) -> None:
         """Applies the optimizer to the rows of ``ids`` with ``grads`` (n, dim).
 
         Duplicate ids have their gradients, shows and clicks summed first. ``clicks`` (and
         optional extra ``shows``) are per-occurrence counts added to the key's statistics;
         pending keys keep them toward admission, their gradients are dropped.
+        ``assume_unique=True`` is a promise that ids has no duplicates (a trainer's deduped
+        batch): it skips the dedup pass; a duplicate would then be applied twice in a row.
         """
-        self.push_checked(*check_push(self.config, ids, grads, shows, clicks))
+        self.push_checked(*check_push(self.config, ids, grads, shows, clicks), assume_unique)
 
     def push_checked(
-        self, ids: np.ndarray, grads: np.ndarray, shows: np.ndarray, clicks: np.ndarray
+        self,
+        ids: np.ndarray,
+        grads: np.ndarray,
+        shows: np.ndarray,
+        clicks: np.ndarray,
+        assume_unique: bool = False,
     ) -> None:
         """``push`` for arguments already normalized by :func:`check_push`."""
+        if assume_unique:
+            return self._push_unique(ids, grads, shows, clicks)
         with self._lock:
             rows, agg, counts, missing = K.gather_push(
                 self._index, self._keys, ids, grads, shows, clicks, self._clock,
@@ -322,6 +340,24 @@ class EmbeddingTable:
             self._apply_optimizer(rows, agg, counts)
             if len(missing) and self.config.admission.uses_counters:
                 self._count_pending(ids[missing], shows[missing], clicks[missing])
+
+    def _push_unique(self, ids, grads, shows, clicks) -> None:
+        with self._lock:
+            hint = next((r for i, r in reversed(self._recent)
+                         if i is ids or (len(i) == len(ids) and np.array_equal(i, ids))),
+                        _NO_HINT)  # fmt: skip
+            rows, n_miss = K.touch_push_unique(
+                self._index, self._keys, self._created, ids, hint, shows, clicks, self._clock,
+                self.config.eviction.decay, self._show, self._click, self._last_seen,
+                self._changed, self._updates,
+            )  # fmt: skip
+            if n_miss:
+                found = rows >= 0
+                self._apply_optimizer(rows[found], grads[found], np.ones(found.sum(), np.float32))
+                if self.config.admission.uses_counters:
+                    self._count_pending(ids[~found], shows[~found], clicks[~found])
+            else:
+                self._apply_optimizer(rows, grads, np.ones(len(rows), np.float32))
 
     def _apply_optimizer(self, rows: np.ndarray, grads: np.ndarray, counts: np.ndarray) -> None:
         """Gathers touched rows into blocks, updates them, scatters them back.

@@ -166,7 +166,8 @@ def run_pass(
             if row_grads is not None:
                 for t, g in row_grads.items():
                     u = len(hb.unique_ids[t])
-                    store.push(t, hb.unique_ids[t], np.asarray(g)[:u], clicks=hb.clicks[t])
+                    store.push(t, hb.unique_ids[t], np.asarray(g)[:u], clicks=hb.clicks[t],
+                               assume_unique=True)  # fmt: skip
             metrics.update(hb.labels[: hb.size], preds)
             if keep_predictions:
                 predictions.append(preds)

@@ -236,3 +236,31 @@ def test_threads_pushing_the_same_keys(table):
     # SGD with lr 1 and gradient 1: every push subtracts exactly 1 from every coordinate.
     np.testing.assert_array_equal(t.pull(keys, train=False), -n_threads * n_pushes)
     assert (t.row_stats(keys)["updates"] == n_threads * n_pushes).all()
+
+
+@pytest.mark.parametrize("evict_between", [False, True])
+def test_assume_unique_push_equals_the_general_push(table, evict_between):
+    """The fast path (no dedup, rows remembered from the pull) changes nothing observable,
+    also when eviction frees and reuses rows between the pull and the push."""
+    kw = dict(optimizer=opt.adagrad(0.3), admission=hs.count_filter(2),
+              eviction=hs.Eviction(unseen_ticks=1))  # fmt: skip
+    a, b = table(**kw), table(**kw)
+    rng = np.random.default_rng(0)
+    for step in range(6):
+        ids = rng.choice(np.arange(-40, 40, dtype=np.int64), 30, replace=False)
+        grads = rng.normal(size=(30, 4)).astype(np.float32)
+        clicks = rng.integers(0, 2, 30).astype(np.float32)
+        for t in (a, b):
+            t.pull(ids, train=True)
+            if evict_between and step % 2:
+                t.advance_clock(1)
+                t.shrink()
+                t.pull(rng.integers(1000, 2000, 20) + 1000 * step, train=True)  # reuse slots
+        rng = np.random.default_rng(step)  # the same extra keys for both tables
+        a.push(ids, grads, clicks=clicks)
+        b.push(ids.copy(), grads, clicks=clicks, assume_unique=True)
+    probe = np.arange(-40, 40, dtype=np.int64)
+    np.testing.assert_array_equal(a.pull(probe, train=False), b.pull(probe, train=False))
+    for k in ("present", "show", "click", "updates", "last_seen"):
+        np.testing.assert_array_equal(a.row_stats(probe)[k], b.row_stats(probe)[k])
+    np.testing.assert_array_equal(a.pending_stats(probe)["show"], b.pending_stats(probe)["show"])
