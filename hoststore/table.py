@@ -432,15 +432,90 @@ class EmbeddingTable:
             self._expire_pending()
             return int(kill.sum())
 
-    def _delete_rows(self, rows: np.ndarray) -> None:
+    def _delete_rows(self, rows: np.ndarray, record: bool = True) -> None:
         if not len(rows):
             return
         keys = self._keys[rows].copy()
         ix.delete_many(self._index, self._keys, keys)
         self._created[rows] = -1
         self._free = np.concatenate([self._free, rows[::-1]])
-        self._evicted_keys.append(keys)
-        self.totals["evicted"] += len(rows)
+        if record:
+            self._evicted_keys.append(keys)
+            self.totals["evicted"] += len(rows)
+
+    # ------------------------------------------------------------------ snapshot state
+    # Columns of a row as snapshots store them; ``state_i`` is the optimizer's i-th array.
+
+    def row_columns(self) -> list[str]:
+        return ["key", "emb", *(f"state_{i}" for i in range(len(self._state))),
+                "show", "click", "last_seen", "created", "updates"]  # fmt: skip
+
+    def _column(self, name: str) -> np.ndarray:
+        if name == "emb":
+            return self._emb
+        if name.startswith("state_"):
+            return self._state[int(name[6:])]
+        return self._meta[name]
+
+    def export_rows(self, changed_only: bool = False) -> dict[str, np.ndarray]:
+        """Every live row (or those changed since the last snapshot), column by column."""
+        with self._lock:
+            rows = self.live_rows()
+            if changed_only:
+                rows = rows[self._changed[rows] != 0]
+            return {c: self._column(c)[rows] for c in self.row_columns()}
+
+    def export_pending(self) -> dict[str, np.ndarray]:
+        with self._lock:
+            e = np.flatnonzero(self._plast >= 0)
+            return {c: self._pending[c][e] for c in ("key", "show", "click", "last_seen")}
+
+    def export_scalars(self) -> dict[str, Any]:
+        with self._lock:
+            return {"clock": self._clock, "train_pulls": self._train_pulls, **self.totals}
+
+    def mark_snapshot(self) -> None:
+        """Called once a snapshot is committed: nothing has changed since, nothing evicted."""
+        with self._lock:
+            self._changed[: self._high] = 0
+            self._evicted_keys = []
+
+    def apply_snapshot(
+        self,
+        rows: dict[str, np.ndarray],
+        deleted: np.ndarray,
+        pending: dict[str, np.ndarray],
+        scalars: dict[str, Any],
+    ) -> None:
+        """Applies one snapshot on top of this table: delete ``deleted`` keys, upsert
+        ``rows``, replace the pending counters and the scalars. A base is applied to an
+        empty table; deltas in order after it."""
+        with self._lock:
+            found = np.empty(len(deleted), np.int64)
+            ix.find_many(self._index, self._keys, np.ascontiguousarray(deleted, np.int64), found)
+            self._delete_rows(found[found >= 0], record=False)
+            keys = np.ascontiguousarray(rows["key"], np.int64)
+            where = np.empty(len(keys), np.int64)
+            ix.find_many(self._index, self._keys, keys, where)
+            new = where < 0
+            if new.any():
+                where[new] = self._take_rows(int(new.sum()))
+                K.insert_rows(self._index, self._keys, keys[new], where[new])
+            for c in self.row_columns()[1:]:
+                self._column(c)[where] = rows[c]
+            self._changed[where] = 0
+            self._pcap = 0
+            n = len(pending["key"])
+            self._alloc_pending(max(n, min(1024, self.config.admission.max_pending)))
+            entries = self._pfree[len(self._pfree) - n :][::-1]
+            self._pfree = self._pfree[: len(self._pfree) - n]
+            K.insert_rows(self._pindex, self._pkeys, pending["key"].astype(np.int64), entries)
+            for c in ("show", "click", "last_seen"):
+                self._pending[c][entries] = pending[c]
+            self._clock = int(scalars["clock"])
+            self._train_pulls = int(scalars["train_pulls"])
+            self.totals = {k: int(scalars[k]) for k in self.totals}
+            self._evicted_keys = []
 
     # ------------------------------------------------------------------ introspection
 
