@@ -118,8 +118,8 @@ def save(
     else:
         rows = _concat([s.export_rows(changed_only=kind == "delta") for s in shards])
         cols.update({f"rows.{k}": v for k, v in rows.items()})
-        cols.update({f"pending.{k}": v
-                     for k, v in _concat([s.export_pending() for s in shards]).items()})  # fmt: skip
+        pending = _concat([s.export_pending() for s in shards])
+        cols.update({f"pending.{k}": v for k, v in pending.items()})
         if kind == "delta":
             cols["deleted.key"] = np.concatenate([s.evicted_keys() for s in shards])
     files = {}
