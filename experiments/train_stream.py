@@ -36,6 +36,8 @@ flags.DEFINE_float("dense_learning_rate", None, "Dense learning rate.")
 flags.DEFINE_integer("max_partitions", None, "Stop after this many partitions.")
 flags.DEFINE_boolean("wait", None, "Keep polling for new partitions.")
 flags.DEFINE_integer("staleness", None, "Pulls may run this many batches ahead of pushes (0, 1).")
+flags.DEFINE_enum("shrink_every", None, ["day", "partition", "never"], "When to shrink.")
+flags.DEFINE_boolean("checkpoint", None, "Checkpoint every partition and resume from workdir.")
 flags.DEFINE_integer("store_shards", None, "In-process store shards per table (parallel).")
 flags.DEFINE_boolean("tensorboard", None, "Also write TensorBoard scalars.")
 flags.DEFINE_boolean("smoke", False, "Tiny stream and model: seconds.")
@@ -50,7 +52,8 @@ def main(argv):
         for name in ("data_root", "format", "model", "metrics_file", "batch_size",
                      "embedding_dim", "admission", "eviction", "sparse_optimizer",
                      "sparse_learning_rate", "dense_optimizer", "dense_learning_rate",
-                     "max_partitions", "wait", "staleness", "store_shards", "tensorboard")
+                     "max_partitions", "wait", "staleness", "store_shards", "tensorboard",
+                     "shrink_every", "checkpoint")
         if F[name].present or (name == "format" and F[name].value != cfg.format)
     }  # fmt: skip
     if F.slot_names:

@@ -51,6 +51,13 @@ class LocalStore:
             c.name: EmbeddingTable(c) if shards == 1 else ShardedTable(c, shards) for c in configs
         }
 
+    @classmethod
+    def from_tables(cls, tables: dict[str, EmbeddingTable | ShardedTable]) -> LocalStore:
+        """A store over tables built elsewhere (e.g. loaded from snapshots)."""
+        store = cls.__new__(cls)
+        store._tables = dict(tables)
+        return store
+
     def table(self, name: str) -> EmbeddingTable | ShardedTable:
         try:
             return self._tables[name]

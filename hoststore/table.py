@@ -165,7 +165,9 @@ class EmbeddingTable:
         self._pcap = cap
         self._pindex = ix.new_index(cap)
         ix.rebuild(self._pindex, self._pkeys, self._plast >= 0)
-        self._pfree = np.arange(cap - 1, old - 1, -1, dtype=np.int64)  # a stack, low first
+        # A stack of free entries (popped from the end): the new ones below the old ones.
+        fresh = np.arange(cap - 1, old - 1, -1, dtype=np.int64)
+        self._pfree = np.concatenate([fresh, self._pfree]) if old else fresh
 
     def _take_rows(self, k: int) -> np.ndarray:
         n_free = len(self._free)

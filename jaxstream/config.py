@@ -37,6 +37,9 @@ class TrainConfig:
     eviction: str = ""
     shrink_every: str = "day"  # day | partition | never
     store_shards: int = 1  # in-process shards per table; >1 pulls/pushes them in parallel
+    # --- checkpoints: one per partition; a base at the first hour of each day, else deltas
+    checkpoint: bool = True
+    keep_bases: int = 2
     # --- pipeline, metrics, bookkeeping
     staleness: int = 1
     metrics_file: str | None = None  # default: workdir/metrics.jsonl

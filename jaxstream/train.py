@@ -8,6 +8,7 @@ shrink) -> summary.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import logging
 import math
@@ -26,6 +27,7 @@ import hoststore as hs
 from hoststore.store import LocalStore, Store
 from jaxstream import models
 from jaxstream.batching import batches
+from jaxstream.checkpoint import CheckpointManager
 from jaxstream.config import TrainConfig, parse_admission, parse_eviction
 from jaxstream.data import readers
 from jaxstream.data.examples import Examples, ReadReport
@@ -119,6 +121,7 @@ def train_and_evaluate(
             log.info("generating a synthetic stream under %s", data_root)
             generate(data_root, cfg.synthetic)
     spec = feature_spec(cfg)
+    own_store = store is None
     store = store if store is not None else LocalStore(spec.tables, shards=cfg.store_shards)
     if model is None:
         model = models.build(cfg.model, spec.slot_dims(), spec.num_dense, cfg.seed,
@@ -128,6 +131,19 @@ def train_and_evaluate(
     state = TrainState(params, tx.init(params))
     train_fn, eval_fn = make_steps(graphdef, tx, spec)
     metrics_path = cfg.metrics_file or os.path.join(workdir, "metrics.jsonl")
+
+    # ------------------------------------------------------------------ restore
+    ckpt = CheckpointManager(workdir, cfg.keep_bases) if cfg.checkpoint else None
+    restored = None
+    if ckpt is not None and own_store:
+        restored = ckpt.restore(state.params, state.opt_state, list(spec.tables), cfg.store_shards)
+    if restored is not None:
+        store = restored.store
+        state = TrainState(restored.params, restored.opt_state, restored.cursor,
+                           restored.cumulative, restored.step)  # fmt: skip
+        _truncate_metrics(metrics_path, restored.cursor)
+        print(f"resumed from checkpoint {restored.step} after partition {restored.cursor}",
+              flush=True)  # fmt: skip
     writer = _tensorboard(cfg, workdir)
     source = PartitionSource(
         SourceConfig(data_root, cfg.pattern, poll_seconds=cfg.poll_seconds, wait=cfg.wait,
@@ -138,7 +154,9 @@ def train_and_evaluate(
     log.info("devices: %s", jax.devices())
 
     # ------------------------------------------------------------------ loop
-    last_day = None
+    last_day = (
+        None if state.cursor is None else dt.datetime.strptime(state.cursor, "%Y%m%d/%H").date()
+    )
     malformed_total = 0
     t_run = time.perf_counter()
     for part in source:
@@ -171,6 +189,16 @@ def train_and_evaluate(
             store.shrink()
         store.advance_clock(1)
 
+        if ckpt is not None:
+            t0 = time.perf_counter()
+            ckpt.save(
+                state.partitions, state.params, state.opt_state, store, state.cursor,
+                state.cumulative, dataclasses.asdict(cfg), base=part.is_day_start,
+            )  # fmt: skip
+            checkpoint_s = time.perf_counter() - t0
+        else:
+            checkpoint_s = 0.0
+
         stats = _table_totals(store.stats())
         record = {
             "partition": part.key,
@@ -189,6 +217,7 @@ def train_and_evaluate(
             "push_seconds": tr.push_seconds,
             "train_seconds": tr.seconds,
             "malformed_lines": report.malformed,
+            "checkpoint_seconds": checkpoint_s,
             **stats,
             **_truth_metrics(part, examples.labels),
         }
@@ -222,6 +251,27 @@ def train_and_evaluate(
     if writer is not None:
         writer.close()
     return summary
+
+
+def _truncate_metrics(path: str, cursor: str) -> None:
+    """After a restore: keep one line per partition up to the cursor, drop the rest (lines
+    a killed run wrote for partitions it had not checkpointed)."""
+    if not os.path.exists(path):
+        return
+    kept, seen = [], set()
+    with open(path) as f:
+        for line in f:
+            try:
+                p = json.loads(line)["partition"]
+            except (ValueError, KeyError):
+                continue
+            if p <= cursor and p not in seen:
+                seen.add(p)
+                kept.append(line if line.endswith("\n") else line + "\n")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.writelines(kept)
+    os.replace(tmp, path)
 
 
 def _progress_bar(cfg: TrainConfig, total: int, desc: str):

@@ -264,3 +264,19 @@ def test_assume_unique_push_equals_the_general_push(table, evict_between):
     for k in ("present", "show", "click", "updates", "last_seen"):
         np.testing.assert_array_equal(a.row_stats(probe)[k], b.row_stats(probe)[k])
     np.testing.assert_array_equal(a.pending_stats(probe)["show"], b.pending_stats(probe)["show"])
+
+
+def test_pending_count_is_exact_across_growth_and_expiry(table):
+    t = table(admission=hs.count_filter(99, pending_ttl=2))
+    rng = np.random.default_rng(1)
+    last: dict[int, int] = {}  # key -> clock of its last sighting
+    for clock in range(12):
+        ids = rng.integers(0, 5000, 700).astype(np.int64)
+        t.pull(ids, train=True)
+        last.update((k, clock) for k in ids.tolist())
+        t.advance_clock(1)
+        if clock % 3 == 2:
+            t.shrink()
+            last = {k: c for k, c in last.items() if clock + 1 - c < 2}
+        keys = np.array(sorted(last), np.int64)
+        assert t.pending_count() == len(last) == t.pending_stats(keys)["pending"].sum()

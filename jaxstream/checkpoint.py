@@ -1,0 +1,189 @@
+"""One checkpoint per partition: Orbax dense state + store snapshots + cursor + metrics.
+
+Layout under ``workdir/checkpoints/``::
+
+    000007/                     step = partitions trained so far
+      dense/                    Orbax checkpoint of the flattened (params, opt_state)
+      store/<table>/            hoststore snapshot (base or delta) of each table
+      meta.json                 cursor, metric state, config, snapshot chains, checksums
+
+``meta.json`` is written last (atomically), so a step without it was interrupted and is
+ignored. Restore takes the newest step whose every file verifies (store snapshots carry
+sha256s, the dense files' sha256s are in meta.json) and falls back to older steps, saying
+so, when one is damaged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from hoststore import snapshot as snap
+from hoststore.config import TableConfig
+from hoststore.store import LocalStore
+from jaxstream.metrics import BinaryMetrics
+
+log = logging.getLogger(__name__)
+META = "meta.json"
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+@dataclasses.dataclass
+class Restored:
+    step: int
+    params: Any
+    opt_state: Any
+    cursor: str
+    cumulative: BinaryMetrics
+    store: LocalStore
+    meta: dict
+
+
+def _sha_tree(root: str) -> dict[str, str]:
+    out = {}
+    for dirpath, _, files in os.walk(root):
+        for f in sorted(files):
+            p = os.path.join(dirpath, f)
+            with open(p, "rb") as fh:
+                out[os.path.relpath(p, root)] = hashlib.sha256(fh.read()).hexdigest()
+    return out
+
+
+def _write_json_atomic(path: str, obj: dict) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class CheckpointManager:
+    """Saves and restores steps; keeps the ``keep_bases`` newest bases and their deltas."""
+
+    def __init__(self, workdir: str, keep_bases: int = 2):
+        self.root = os.path.join(workdir, "checkpoints")
+        os.makedirs(self.root, exist_ok=True)
+        self.keep_bases = keep_bases
+        self._orbax = ocp.StandardCheckpointer()
+        self._last_meta: dict | None = None
+
+    def steps(self) -> list[int]:
+        """Committed steps, oldest first."""
+        names = [d for d in os.listdir(self.root) if d.isdigit()]
+        return sorted(int(d) for d in names if os.path.exists(os.path.join(self.root, d, META)))
+
+    def _dir(self, step: int) -> str:
+        return os.path.join(self.root, f"{step:06d}")
+
+    # ------------------------------------------------------------------ save
+
+    def save(self, step: int, params, opt_state, store: LocalStore, cursor: str,
+             cumulative: BinaryMetrics, config: dict, base: bool) -> dict:  # fmt: skip
+        """Writes step ``step``; ``base`` forces full store snapshots (else deltas on the
+        previous step's, when there is one)."""
+        path = self._dir(step)
+        if os.path.exists(path):  # an interrupted earlier attempt at this step
+            shutil.rmtree(path)
+        prev = self._last_meta
+        base = base or prev is None
+        leaves = jax.tree_util.tree_leaves((params, opt_state))
+        self._orbax.save(os.path.join(path, "dense"),
+                         {str(i): np.asarray(x) for i, x in enumerate(leaves)})  # fmt: skip
+        self._orbax.wait_until_finished()
+        chains, manifests = {}, {}
+        for name in store.tables():
+            rel = os.path.join(f"{step:06d}", "store", name)
+            if base:
+                m = snap.save(store.table(name), os.path.join(self.root, rel), "base")
+                chains[name] = [rel]
+            else:
+                m = snap.save(store.table(name), os.path.join(self.root, rel), "delta",
+                              prev["store_manifests"][name])  # fmt: skip
+                chains[name] = prev["store_chains"][name] + [rel]
+            manifests[name] = {k: m[k] for k in ("id", "kind", "rows", "deleted")}
+        meta = {
+            "step": step,
+            "cursor": cursor,
+            "base_step": step if base else prev["base_step"],
+            "store_chains": chains,
+            "store_manifests": manifests,
+            "metrics": cumulative.state_dict(),
+            "dense_sha256": _sha_tree(os.path.join(path, "dense")),
+            "num_leaves": len(leaves),
+            "config": config,
+        }
+        _write_json_atomic(os.path.join(path, META), meta)
+        self._last_meta = meta
+        if base:
+            self._prune()
+        return meta
+
+    def _prune(self) -> None:
+        metas = {s: self._read_meta(s) for s in self.steps()}
+        bases = sorted({m["base_step"] for m in metas.values() if m})
+        keep = set(bases[-self.keep_bases :])
+        for s, m in metas.items():
+            if m and m["base_step"] not in keep:
+                shutil.rmtree(self._dir(s), ignore_errors=True)
+
+    def _read_meta(self, step: int) -> dict | None:
+        try:
+            with open(os.path.join(self._dir(step), META)) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return None
+
+    # ------------------------------------------------------------------ restore
+
+    def restore(self, params, opt_state, tables: list[TableConfig],
+                store_shards: int = 1) -> Restored | None:  # fmt: skip
+        """The newest step that verifies, or None. ``params``/``opt_state`` give the tree
+        structure to fill."""
+        for step in reversed(self.steps()):
+            try:
+                r = self._restore_step(step, params, opt_state, tables, store_shards)
+            except (CheckpointError, snap.SnapshotError, OSError, ValueError) as e:
+                log.warning("checkpoint %d is unusable (%s); falling back to the previous one",
+                            step, e)  # fmt: skip
+                continue
+            self._last_meta = r.meta
+            log.info("restored checkpoint %d (cursor %s)", step, r.cursor)
+            return r
+        return None
+
+    def _restore_step(self, step, params, opt_state, tables, store_shards) -> Restored:
+        path = self._dir(step)
+        meta = self._read_meta(step)
+        if meta is None:
+            raise CheckpointError(f"{path}/{META} unreadable")
+        dense = os.path.join(path, "dense")
+        if _sha_tree(dense) != meta["dense_sha256"]:
+            raise CheckpointError(f"{dense}: files do not match their sha256 in {META}")
+        leaves, treedef = jax.tree_util.tree_flatten((params, opt_state))
+        if len(leaves) != meta["num_leaves"]:
+            raise CheckpointError(f"{dense}: {meta['num_leaves']} arrays, model has {len(leaves)}")
+        saved = self._orbax.restore(dense)
+        new_leaves = [jax.numpy.asarray(saved[str(i)], x.dtype) for i, x in enumerate(leaves)]
+        p, o = jax.tree_util.tree_unflatten(treedef, new_leaves)
+        by_name = {t.name: t for t in tables}
+        loaded = {}
+        for name, chain in meta["store_chains"].items():
+            if name not in by_name:
+                raise CheckpointError(f"checkpoint has table {name!r}, the config does not")
+            paths = [os.path.join(self.root, c) for c in chain]
+            loaded[name] = snap.load(paths, by_name[name], shards=store_shards)
+        return Restored(step, p, o, meta["cursor"], BinaryMetrics.from_state(meta["metrics"]),
+                        LocalStore.from_tables(loaded), meta)  # fmt: skip

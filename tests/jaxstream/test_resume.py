@@ -1,0 +1,118 @@
+"""Checkpoints and resume: a stopped (or kill -9'd) run continues exactly where it stopped."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxstream import config, models, train
+from jaxstream.checkpoint import CheckpointManager
+from jaxstream.data.synthetic import StreamConfig, generate
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DETERMINISTIC = ("partition", "progressive_auc", "train_auc", "logloss", "copc", "table_rows",
+                 "pending", "admitted", "evicted", "cumulative_auc")  # fmt: skip
+
+
+def _cfg(root, **kw):
+    stream = StreamConfig(hours=5, rows_per_hour=1500, max_vocab=3000, start="20260101")
+    if not os.path.isdir(root):
+        generate(root, stream)
+    base = config.smoke_config()
+    return dataclasses.replace(base, data_root=root, synthetic=stream, staleness=0,
+                               admission="count_filter:2", eviction="unseen:2",
+                               shrink_every="partition", **kw)  # fmt: skip
+
+
+def _lines(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [{k: json.loads(x)[k] for k in DETERMINISTIC} for x in f]
+
+
+def _final_store(workdir, cfg):
+    spec = train.feature_spec(cfg)
+    graphdef, params = nnx.split(models.build(cfg.model, spec.slot_dims(), spec.num_dense,
+                                              cfg.seed, hidden=cfg.hidden))  # fmt: skip
+    import optax
+
+    tx = getattr(optax, cfg.dense_optimizer)(cfg.dense_learning_rate)
+    r = CheckpointManager(workdir).restore(params, tx.init(params), list(spec.tables))
+    rows = r.store.table("embedding").export_rows()
+    order = np.argsort(rows["key"])
+    return r, {k: v[order] for k, v in rows.items()}
+
+
+def _assert_same_run(work_a, work_b, cfg):
+    assert _lines(work_a) == _lines(work_b)
+    ra, rows_a = _final_store(work_a, cfg)
+    rb, rows_b = _final_store(work_b, cfg)
+    assert ra.cursor == rb.cursor
+    for k in rows_a:
+        np.testing.assert_array_equal(rows_a[k], rows_b[k], err_msg=k)
+    for a, b in zip(
+        np.asarray(ra.params["mlp"]["layers"][0]["kernel"][...]).ravel(),
+        np.asarray(rb.params["mlp"]["layers"][0]["kernel"][...]).ravel(),
+        strict=True,
+    ):
+        assert a == b
+
+
+def test_stop_and_resume_equals_an_uninterrupted_run(tmp_path):
+    root = str(tmp_path / "data")
+    cfg = _cfg(root)
+    train.train_and_evaluate(cfg, str(tmp_path / "whole"))
+    part = str(tmp_path / "parts")
+    train.train_and_evaluate(dataclasses.replace(cfg, max_partitions=2), part)
+    s = train.train_and_evaluate(cfg, part)  # resumes after partition 2
+    assert s["partitions"] == 5
+    _assert_same_run(str(tmp_path / "whole"), part, cfg)
+
+
+def test_damaged_newest_checkpoint_falls_back(tmp_path, caplog):
+    root = str(tmp_path / "data")
+    cfg = _cfg(root, max_partitions=3)
+    work = str(tmp_path / "w")
+    train.train_and_evaluate(cfg, work)
+    ckpt = os.path.join(work, "checkpoints")
+    os.makedirs(os.path.join(ckpt, "000004", "dense"))  # a save killed before its meta.json
+    emb = os.path.join(ckpt, "000003", "store", "embedding", "rows.emb.npy")
+    with open(emb, "r+b") as f:
+        f.seek(-3, 2)
+        f.write(b"xyz")
+    with caplog.at_level("WARNING"):
+        s = train.train_and_evaluate(dataclasses.replace(cfg, max_partitions=1), work)
+    assert "checkpoint 3 is unusable" in caplog.text and "sha256 mismatch" in caplog.text
+    lines = _lines(work)
+    assert [x["partition"] for x in lines] == ["20260101/00", "20260101/01", "20260101/02"]
+    assert s["cursor"] == "20260101/02"  # partition 3 was trained again, none skipped
+
+
+@pytest.mark.timeout(300)
+def test_kill_9_during_training_then_resume(tmp_path):
+    root = str(tmp_path / "data")
+    cfg = _cfg(root)
+    train.train_and_evaluate(cfg, str(tmp_path / "whole"))
+    work = str(tmp_path / "killed")
+    cmd = [sys.executable, "experiments/train_stream.py", "--smoke", f"--data_root={root}",
+           f"--workdir={work}", "--staleness=0", "--admission=count_filter:2",
+           "--eviction=unseen:2", "--shrink_every=partition"]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    meta = os.path.join(work, "checkpoints", "000002", "meta.json")
+    deadline = time.time() + 240
+    while not os.path.exists(meta) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "resumed from checkpoint" in done.stdout
+    _assert_same_run(str(tmp_path / "whole"), work, cfg)
