@@ -164,11 +164,16 @@ def read_manifest(path: str) -> dict:
     return m
 
 
-def read_columns(path: str, manifest: dict | None = None) -> dict[str, np.ndarray]:
-    """Every file of a snapshot, each checked against the manifest's size and sha256."""
+def read_columns(
+    path: str, manifest: dict | None = None, only: tuple[str, ...] | None = None
+) -> dict[str, np.ndarray]:
+    """The files of a snapshot (all, or those named in ``only``), each checked against the
+    manifest's size and sha256."""
     m = manifest or read_manifest(path)
     out = {}
     for fname, meta in m["files"].items():
+        if only is not None and fname[: -len(".npy")] not in only:
+            continue
         fpath = os.path.join(path, fname)
         try:
             with open(fpath, "rb") as f:
@@ -240,3 +245,17 @@ def load_serving(path: str) -> tuple[np.ndarray, np.ndarray]:
         raise SnapshotError(f"{path}: not a serving snapshot ({m['kind']})")
     cols = read_columns(path, m)
     return cols["rows.key"], cols["rows.emb"]
+
+
+def compact(paths: list[str], out: str, config: TableConfig | None = None) -> dict:
+    """Folds a base and its deltas into one new base at ``out`` (offline). Without a
+    config, the table's signature in the manifests is enough."""
+    if config is None:
+        sig = read_manifest(paths[0])["table"]
+        from hoststore import optimizers
+
+        name = sig["optimizer"]
+        config = TableConfig(sig["name"], sig["dim"], optimizer=optimizers.from_name(name, 0.0))
+        if table_signature(config) != sig:
+            raise SnapshotError(f"cannot rebuild the table of {paths[0]} from its manifest")
+    return save(load(paths, config), out, "base")

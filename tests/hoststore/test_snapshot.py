@@ -155,3 +155,21 @@ def test_serving_export_filters_and_halves(tmp_path):
     keys, w = snap.load_serving(str(tmp_path / "serve"))
     assert m["rows"] == 1 and keys.tolist() == [1] and w.dtype == np.float16
     np.testing.assert_allclose(w[0], t.pull(np.array([1], np.int64), train=False)[0], atol=1e-3)
+
+
+def test_compaction_folds_a_chain_into_one_base(tmp_path):
+    t = hs.EmbeddingTable(CFG)
+    paths = [str(tmp_path / "base")]
+    last = snap.save(t, paths[0], "base")
+    rng = np.random.default_rng(3)
+    for i in range(4):
+        ids = rng.choice(UNIVERSE, 8)
+        t.pull(ids, train=True)
+        t.push(ids, rng.normal(size=(8, 3)).astype(np.float32))
+        t.advance_clock()
+        t.shrink()
+        paths.append(str(tmp_path / f"d{i}"))
+        last = snap.save(t, paths[-1], "delta", last)
+    m = snap.compact(paths, str(tmp_path / "compacted"))
+    assert m["kind"] == "base"
+    assert_same(snap.load(paths, CFG), snap.load([str(tmp_path / "compacted")], CFG))

@@ -1,0 +1,128 @@
+"""Serving: predictions from the newest checkpoint, refreshed as new deltas land.
+
+The Predictor reads only what serving needs from a training workdir: the dense parameters
+(Orbax) and, from each store snapshot of the chain, the keys, weights and deleted keys (no
+optimizer state, checksums verified). ``refresh()`` applies the deltas of newer checkpoints
+in place, or reloads everything when a new base appeared, without a restart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+import hoststore as hs
+from hoststore import snapshot as snap
+from jaxstream import models
+from jaxstream.batching import batches
+from jaxstream.checkpoint import CheckpointManager
+from jaxstream.config import TrainConfig
+from jaxstream.data.examples import Examples
+from jaxstream.data.synthetic import StreamConfig
+from jaxstream.metrics import BinaryMetrics
+from jaxstream.step import DeviceBatch, make_steps
+
+log = logging.getLogger(__name__)
+
+
+def config_from_dict(d: dict) -> TrainConfig:
+    d = dict(d)
+    d["synthetic"] = StreamConfig(**d["synthetic"])
+    for k in ("hidden", "slot_names"):
+        d[k] = tuple(d[k])
+    return TrainConfig(**d)
+
+
+class Predictor:
+    """Scores examples with the model of the newest checkpoint under ``workdir``."""
+
+    def __init__(self, workdir: str, batch_size: int | None = None):
+        from jaxstream.train import feature_spec  # the trainer's spec, not a copy
+
+        self._ckpt = CheckpointManager(workdir)
+        steps = self._ckpt.steps()
+        if not steps:
+            raise FileNotFoundError(f"no committed checkpoint under {self._ckpt.root}")
+        meta = self._ckpt._read_meta(steps[-1])
+        self.config = config_from_dict(meta["config"])
+        self.batch_size = batch_size or self.config.batch_size
+        self.spec = feature_spec(self.config)
+        model = models.build(self.config.model, self.spec.slot_dims(), self.spec.num_dense,
+                             self.config.seed, hidden=self.config.hidden)  # fmt: skip
+        self._graphdef, self._params_template = nnx.split(model)
+        _, self._eval = make_steps(self._graphdef, None, self.spec)
+        self._orbax = ocp.StandardCheckpointer()
+        self.step = None
+        self._base_step = None
+        self._applied: dict[str, int] = {}
+        self.refresh()
+
+    def _serving_table(self, name: str) -> hs.EmbeddingTable:
+        cfg = dataclasses.replace(self.spec.table(name), optimizer=hs.optimizers.sgd(0.0))
+        return hs.EmbeddingTable(cfg)
+
+    def refresh(self) -> bool:
+        """Loads checkpoints newer than the one served; True when something changed."""
+        steps = self._ckpt.steps()
+        if not steps or steps[-1] == self.step:
+            return False
+        step = steps[-1]
+        meta = self._ckpt._read_meta(step)
+        if meta["base_step"] != self._base_step:
+            self.tables = {n: self._serving_table(n) for n in meta["store_chains"]}
+            self._applied = {n: 0 for n in meta["store_chains"]}
+        for name, chain in meta["store_chains"].items():
+            for rel in chain[self._applied[name] :]:
+                self._apply(self.tables[name], os.path.join(self._ckpt.root, rel))
+            self._applied[name] = len(chain)
+        self._params = self._load_params(step, meta)
+        log.info("serving checkpoint %d (cursor %s)", step, meta["cursor"])
+        self.step, self._base_step, self.cursor = step, meta["base_step"], meta["cursor"]
+        return True
+
+    @staticmethod
+    def _apply(table: hs.EmbeddingTable, path: str) -> None:
+        m = snap.read_manifest(path)
+        cols = snap.read_columns(path, m, only=("rows.key", "rows.emb", "deleted.key"))
+        n = len(cols["rows.key"])
+        zeros = np.zeros(n, np.int32)
+        rows = {"key": cols["rows.key"], "emb": cols["rows.emb"], "show": zeros,
+                "click": zeros, "last_seen": zeros, "created": zeros, "updates": zeros}  # fmt: skip
+        pending = {"key": np.empty(0, np.int64), "show": np.empty(0, np.uint16),
+                   "click": np.empty(0, np.uint16), "last_seen": np.empty(0, np.int32)}  # fmt: skip
+        scalars = {"clock": 0, "train_pulls": 0, "admitted": 0, "evicted": 0, "rejected": 0,
+                   "expired_pending": 0}  # fmt: skip
+        table.apply_snapshot(rows, cols.get("deleted.key", np.empty(0, np.int64)), pending,
+                             scalars)  # fmt: skip
+
+    def _load_params(self, step: int, meta: dict):
+        dense = os.path.join(self._ckpt.root, f"{step:06d}", "dense")
+        leaves, treedef = jax.tree_util.tree_flatten(self._params_template)
+        saved = self._orbax.restore(dense)
+        return jax.tree_util.tree_unflatten(
+            treedef, [jax.numpy.asarray(saved[str(i)], x.dtype) for i, x in enumerate(leaves)]
+        )
+
+    def predict(self, examples: Examples) -> np.ndarray:
+        """Click probabilities of ``examples``, in order."""
+        out = []
+        for hb in batches(examples, self.spec, self.batch_size):
+            rows = {}
+            for t, ids in hb.unique_ids.items():
+                r = np.zeros((hb.padded_rows(t), self.spec.table(t).dim), np.float32)
+                r[: len(ids)] = self.tables[t].pull(ids, train=False)
+                rows[t] = r
+            db = DeviceBatch(rows, hb.index, hb.mask, hb.dense, hb.labels, hb.weights)
+            out.append(np.asarray(self._eval(self._params, jax.device_put(db)))[: hb.size])
+        return np.concatenate(out) if out else np.empty(0, np.float32)
+
+    def evaluate(self, examples: Examples) -> BinaryMetrics:
+        m = BinaryMetrics()
+        m.update(examples.labels, self.predict(examples))
+        return m

@@ -1,0 +1,74 @@
+"""Serving from checkpoints, refresh without restart, retention of bases, the predict CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+
+import hoststore as hs
+from hoststore.store import LocalStore
+from jaxstream import config, train
+from jaxstream.checkpoint import CheckpointManager
+from jaxstream.data.synthetic import StreamConfig, generate
+from jaxstream.metrics import BinaryMetrics
+from jaxstream.serving import Predictor
+from jaxstream.stream import Partition
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_predictor_matches_the_trainers_eval_and_refreshes(tmp_path):
+    root = str(tmp_path / "data")
+    stream = StreamConfig(hours=4, rows_per_hour=1500, max_vocab=3000)
+    generate(root, stream)
+    cfg = dataclasses.replace(config.smoke_config(), data_root=root, synthetic=stream,
+                              staleness=0, admission="count_filter:2")  # fmt: skip
+    work = str(tmp_path / "w")
+    train.train_and_evaluate(dataclasses.replace(cfg, max_partitions=2), work)
+
+    predictor = Predictor(work)
+    assert predictor.step == 2 and predictor.cursor == "20260101/01"
+    part = Partition("20260101/02", os.path.join(root, "20260101", "02"), None)
+    examples, _ = train.read_partition(cfg, part)
+    before = predictor.predict(examples)
+    m = BinaryMetrics()
+    m.update(examples.labels, before)
+
+    train.train_and_evaluate(dataclasses.replace(cfg, max_partitions=1), work)  # trains hour 2
+    rec = [json.loads(x) for x in open(os.path.join(work, "metrics.jsonl"))][-1]
+    assert rec["partition"] == "20260101/02"
+    # The trainer evaluated hour 2 with the state of checkpoint 2: the predictor's scores.
+    assert m.auc() == rec["progressive_auc"]
+    assert abs(m.logloss() - rec["logloss"]) < 1e-9
+
+    assert predictor.refresh() and predictor.step == 3
+    after = predictor.predict(examples)
+    assert not np.array_equal(before, after)
+    np.testing.assert_array_equal(after, Predictor(work).predict(examples))
+    assert not predictor.refresh()
+
+    out = subprocess.run(
+        [sys.executable, "experiments/predict.py", f"--workdir={work}",
+         f"--partition={part.path}"], cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["checkpoint"] == 3 and res["examples"] == len(examples)
+
+
+def test_keeps_the_newest_bases_and_their_deltas(tmp_path):
+    mgr = CheckpointManager(str(tmp_path), keep_bases=2)
+    store = LocalStore([hs.TableConfig("t", 2)])
+    params = {"w": jnp.ones(3)}
+    for step, base in enumerate([True, False, False, True, False, True, False], start=1):
+        store.pull("t", np.array([step], np.int64), train=True)
+        mgr.save(step, params, (), store, f"c{step}", BinaryMetrics(), {}, base=base)
+    assert mgr.steps() == [4, 5, 6, 7]
+    r = mgr.restore(params, (), [hs.TableConfig("t", 2)])
+    assert r.step == 7 and len(r.store.table("t")) == 7
