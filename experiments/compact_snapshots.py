@@ -1,6 +1,6 @@
 """Folds a base snapshot and its deltas into one new base, offline.
 
-  python experiments/compact_snapshots.py --out=/snap/base2 /snap/base /snap/d1 /snap/d2
+python experiments/compact_snapshots.py --out=/snap/base2 /snap/base /snap/d1 /snap/d2
 """
 
 from __future__ import annotations

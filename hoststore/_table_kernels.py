@@ -132,16 +132,16 @@ def touch_push_unique(
     """
     n = ids.shape[0]
     rows = np.empty(n, np.int64)
+    hinted = hint.shape[0] == n
+    if not hinted:
+        ix.find_many(index, keys, ids, rows)
     n_miss = 0
-    if hint.shape[0] == n:
-        for i in range(n):
+    for i in range(n):
+        if hinted:
             r = hint[i]
             if r < 0 or created[r] < 0 or keys[r] != ids[i]:
                 r = ix.find(index, keys, ids[i])
             rows[i] = r
-    else:
-        ix.find_many(index, keys, ids, rows)
-    for i in range(n):
         r = rows[i]
         if r < 0:
             n_miss += 1

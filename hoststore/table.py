@@ -148,7 +148,7 @@ class EmbeddingTable:
             self._high = 0
             self._free = np.empty(0, np.int64)
         self._cap = cap
-        self._index = ix.new_index(cap)
+        self._index = ix.new_index(cap, tagged=True)
         ix.rebuild(self._index, self._keys, self._created[: self._high] >= 0)
 
     def _alloc_pending(self, cap: int) -> None:
@@ -547,7 +547,7 @@ class EmbeddingTable:
     def bytes_per_row(self) -> float:
         """Bytes of one row slot at full capacity, index share included."""
         per = ROW_META.itemsize + 4 * self._dim + self._opt.state_bytes_per_row(self._dim)
-        return per + 4 / ix.MAX_LOAD
+        return per + self._index.itemsize / ix.MAX_LOAD
 
     def stats(self) -> dict[str, Any]:
         with self._lock:

@@ -12,6 +12,7 @@ from hoststore import index as ix
 I64 = np.iinfo(np.int64)
 
 
+@pytest.mark.parametrize("tagged", [False, True])
 @settings(max_examples=200, deadline=None)
 @given(
     ops=st.lists(
@@ -19,9 +20,9 @@ I64 = np.iinfo(np.int64)
         max_size=200,
     )
 )
-def test_insert_delete_find_match_a_dict(ops):
+def test_insert_delete_find_match_a_dict(tagged, ops):
     cap = 256
-    index = ix.new_index(cap)
+    index = ix.new_index(cap, tagged=tagged)
     keys = np.zeros(cap, np.int64)
     ref: dict[int, int] = {}
     free = list(range(cap))
