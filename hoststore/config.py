@@ -6,6 +6,7 @@ They hold no state and execute nothing; :class:`hoststore.EmbeddingTable` runs t
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 from hoststore import optimizers as optim
@@ -154,3 +155,29 @@ class TableConfig:
             raise ValueError(f"dim must be >= 1, got {self.dim}")
         if self.weight_bounds[0] > self.weight_bounds[1]:
             raise ValueError(f"weight_bounds must be (low, high), got {self.weight_bounds}")
+
+
+def config_to_json(cfg: TableConfig) -> str:
+    """A TableConfig as JSON (to create the table on remote shards)."""
+    spec = cfg.optimizer.spec
+    if spec is None or callable(spec.get("learning_rate")):
+        raise ValueError(
+            f"table {cfg.name!r}: only optimizers built by hoststore.optimizers with a constant "
+            "learning rate can be sent to a remote store (schedules are Python callables)"
+        )
+    d = dataclasses.asdict(dataclasses.replace(cfg, optimizer=None))
+    d["optimizer"] = spec
+    return json.dumps(d, sort_keys=True)
+
+
+def config_from_json(text: str) -> TableConfig:
+    try:
+        d = json.loads(text)
+        return TableConfig(
+            name=d["name"], dim=int(d["dim"]), optimizer=optim.from_spec(d["optimizer"]),
+            initializer=Initializer(**d["initializer"]), admission=Admission(**d["admission"]),
+            eviction=Eviction(**d["eviction"]), seed=int(d["seed"]),
+            weight_bounds=tuple(d["weight_bounds"]), initial_capacity=int(d["initial_capacity"]),
+        )  # fmt: skip
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"bad table config JSON: {e!r}") from None

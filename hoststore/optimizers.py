@@ -39,6 +39,9 @@ class SparseOptimizer(NamedTuple):
     # row i receives grads[i]; the table gathers touched rows into blocks and scatters back.
     apply: Callable[..., None]
     hparams: Callable[[int], np.ndarray]
+    # The factory and keyword arguments that rebuild this optimizer (configs travel as JSON
+    # to remote shards).
+    spec: dict | None = None
 
     def update(
         self,
@@ -102,6 +105,7 @@ def sgd(learning_rate: Schedule) -> SparseOptimizer:
         lambda n, dim: (),
         _sgd_apply,
         lambda clock: np.array([_resolve(learning_rate, clock)]),
+        {"factory": "sgd", "learning_rate": learning_rate},
     )
 
 
@@ -131,6 +135,12 @@ def adagrad(
         lambda n, dim: (np.full((n, dim), initial_accumulator_value, np.float32),),
         _adagrad_apply,
         lambda clock: np.array([_resolve(learning_rate, clock), eps]),
+        {
+            "factory": "adagrad",
+            "learning_rate": learning_rate,
+            "initial_accumulator_value": initial_accumulator_value,
+            "eps": eps,
+        },
     )
 
 
@@ -180,6 +190,14 @@ def rowwise_adagrad(
         lambda clock: np.array(
             [_resolve(learning_rate, clock), eps, float(paddle_style), initial_g2sum]
         ),
+        {
+            "factory": "rowwise_adagrad",
+            "learning_rate": learning_rate,
+            "initial_accumulator_value": initial_accumulator_value,
+            "eps": eps,
+            "paddle_style": paddle_style,
+            "initial_g2sum": initial_g2sum,
+        },
     )
 
 
@@ -222,6 +240,7 @@ def adam(
         ),
         _adam_apply,
         lambda clock: np.array([_resolve(learning_rate, clock), b1, b2, eps]),
+        {"factory": "adam", "learning_rate": learning_rate, "b1": b1, "b2": b2, "eps": eps},
     )
 
 
@@ -262,6 +281,7 @@ def ftrl(
         lambda n, dim: (np.zeros((n, dim), np.float32), np.zeros((n, dim), np.float32)),
         _ftrl_apply,
         lambda clock: np.array([_resolve(learning_rate, clock), beta, l1, l2]),
+        {"factory": "ftrl", "learning_rate": learning_rate, "beta": beta, "l1": l1, "l2": l2},
     )
 
 
@@ -278,3 +298,13 @@ def from_name(name: str, learning_rate: Schedule) -> SparseOptimizer:
     if name not in factories:
         raise ValueError(f"unknown sparse optimizer {name!r}; choose from {sorted(factories)}")
     return factories[name](learning_rate)
+
+
+def from_spec(spec: dict) -> SparseOptimizer:
+    """The optimizer a ``SparseOptimizer.spec`` describes."""
+    kw = dict(spec)
+    factory = {"sgd": sgd, "adagrad": adagrad, "rowwise_adagrad": rowwise_adagrad,
+               "adam": adam, "ftrl": ftrl}.get(kw.pop("factory", None))  # fmt: skip
+    if factory is None:
+        raise ValueError(f"unknown optimizer spec {spec!r}")
+    return factory(**kw)

@@ -123,6 +123,9 @@ def train_and_evaluate(
     spec = feature_spec(cfg)
     own_store = store is None
     store = store if store is not None else LocalStore(spec.tables, shards=cfg.store_shards)
+    if hasattr(store, "create_table"):  # a remote store: make sure the tables exist there
+        for table in spec.tables:
+            store.create_table(table)
     if model is None:
         model = models.build(cfg.model, spec.slot_dims(), spec.num_dense, cfg.seed,
                              hidden=cfg.hidden)  # fmt: skip
@@ -133,7 +136,11 @@ def train_and_evaluate(
     metrics_path = cfg.metrics_file or os.path.join(workdir, "metrics.jsonl")
 
     # ------------------------------------------------------------------ restore
-    ckpt = CheckpointManager(workdir, cfg.keep_bases) if cfg.checkpoint else None
+    ckpt = None
+    if cfg.checkpoint and isinstance(store, LocalStore):
+        ckpt = CheckpointManager(workdir, cfg.keep_bases)
+    elif cfg.checkpoint:
+        log.warning("checkpoints need the in-process store; this run writes none")
     restored = None
     if ckpt is not None and own_store:
         restored = ckpt.restore(state.params, state.opt_state, list(spec.tables), cfg.store_shards)

@@ -15,9 +15,17 @@ from jaxstream import config, train
 from jaxstream.data.synthetic import StreamConfig, generate
 
 REQUIRED = {
-    "partition", "progressive_auc", "train_auc", "logloss", "examples",
-    "train_examples_per_sec", "table_rows", "admitted", "evicted", "malformed_lines",
-}  # fmt: skip
+    "partition",
+    "progressive_auc",
+    "train_auc",
+    "logloss",
+    "examples",
+    "train_examples_per_sec",
+    "table_rows",
+    "admitted",
+    "evicted",
+    "malformed_lines",
+}
 
 
 def _cfg(tmp_path, **kw):
@@ -32,8 +40,7 @@ def _cfg(tmp_path, **kw):
 
 
 def test_three_partitions_end_to_end(tmp_path):
-    cfg = _cfg(tmp_path, admission="count_filter:2", eviction="unseen:1",
-               shrink_every="partition")  # fmt: skip
+    cfg = _cfg(tmp_path, admission="count_filter:2", eviction="unseen:1", shrink_every="partition")
     summary = train.train_and_evaluate(cfg, str(tmp_path / "work"))
     lines = [json.loads(x) for x in open(summary["metrics_file"])]
     assert [x["partition"] for x in lines] == ["20260101/00", "20260101/01", "20260101/02"]
@@ -66,19 +73,30 @@ def test_custom_model_plugs_in(tmp_path):
     model = TinyTower(spec.slot_dims(), spec.num_dense, nnx.Rngs(0))
     seen = []
     summary = train.train_and_evaluate(
-        cfg, str(tmp_path / "work"), model=model,
+        cfg,
+        str(tmp_path / "work"),
+        model=model,
         on_partition_end=lambda part, state, rec: seen.append((part.key, rec["train_auc"])),
-    )  # fmt: skip
+    )
     assert summary["partitions"] == 2 and [k for k, _ in seen] == ["20260101/00", "20260101/01"]
 
 
 def test_cli_smoke(tmp_path):
     out = subprocess.run(
-        [sys.executable, "experiments/train_stream.py", "--smoke", f"--workdir={tmp_path}",
-         "--max_partitions=2", "--model=deepfm", "--admission=count_filter:2"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "experiments/train_stream.py",
+            "--smoke",
+            f"--workdir={tmp_path}",
+            "--max_partitions=2",
+            "--model=deepfm",
+            "--admission=count_filter:2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
         cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
-    )  # fmt: skip
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.count("] auc ") == 2 and "summary:" in out.stdout
     assert len(open(tmp_path / "metrics.jsonl").readlines()) == 2
@@ -91,3 +109,28 @@ def test_bad_policy_strings_name_the_problem():
         config.parse_admission("often")
     with pytest.raises(ValueError, match="bad eviction part 'forever:1'"):
         config.parse_eviction("unseen:3,forever:1")
+
+
+def test_training_through_a_two_shard_grpc_store_equals_in_process(tmp_path, cluster):
+    from hoststore.client import ShardedStore
+
+    root = str(tmp_path / "data")
+    stream = StreamConfig(hours=2, rows_per_hour=2000, max_vocab=3000)
+    generate(root, stream)
+    cfg = dataclasses.replace(
+        config.smoke_config(),
+        data_root=root,
+        synthetic=stream,
+        staleness=0,
+        admission="count_filter:2",
+        checkpoint=False,
+    )
+    local = train.train_and_evaluate(cfg, str(tmp_path / "local"))
+    remote_store = ShardedStore(cluster.addresses, token=cluster.token)
+    remote = train.train_and_evaluate(cfg, str(tmp_path / "remote"), store=remote_store)
+    keys = ("partition", "progressive_auc", "train_auc", "logloss", "table_rows", "admitted")
+    lines = [
+        [{k: json.loads(x)[k] for k in keys} for x in open(s["metrics_file"])]
+        for s in (local, remote)
+    ]
+    assert lines[0] == lines[1] and len(lines[0]) == 2

@@ -1,0 +1,183 @@
+"""ShardedStore: the store interface over shard servers.
+
+Each request is split by key hash (:func:`hoststore.shard_of`, the servers' routing), sent
+to the shards in parallel with a deadline, and reassembled in the caller's order. Only
+idempotent calls are retried (read-only pulls, stats, table creation, loads); a shard that
+cannot be reached is an error naming its address.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+import numpy as np
+
+from hoststore.config import TableConfig, config_from_json, config_to_json
+from hoststore.proto import store_pb2, store_pb2_grpc
+from hoststore.server import grpc_options
+from hoststore.sharded import split_by_shard
+from hoststore.table import check_ids, check_push
+
+_RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+class StoreError(RuntimeError):
+    """A shard failed or refused a call; the message names the shard and its address."""
+
+    def __init__(self, message: str, code: grpc.StatusCode | None = None):
+        super().__init__(message)
+        self.code = code
+
+
+class ShardedStore:
+    def __init__(
+        self,
+        addresses: list[str],
+        *,
+        token: str | None = None,
+        root_certificates: bytes | None = None,
+        timeout: float = 30.0,
+        retries: int = 2,
+    ):
+        if not addresses:
+            raise ValueError("ShardedStore needs at least one shard address")
+        self.addresses = list(addresses)
+        self.timeout = timeout
+        self.retries = retries
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        opts = grpc_options()
+        if root_certificates is not None:
+            creds = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+            self._channels = [grpc.secure_channel(a, creds, options=opts) for a in addresses]
+        else:
+            self._channels = [grpc.insecure_channel(a, options=opts) for a in addresses]
+        self._stubs = [store_pb2_grpc.EmbeddingStoreStub(c) for c in self._channels]
+        self._pool = ThreadPoolExecutor(len(addresses), thread_name_prefix="shard-rpc")
+        self._configs: dict[str, TableConfig] = {}
+
+    @property
+    def num_shards(self) -> int:
+        return len(self.addresses)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)
+        for c in self._channels:
+            c.close()
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _call(self, shard: int, method: str, request, idempotent: bool):
+        rpc = getattr(self._stubs[shard], method)
+        for attempt in range(self.retries + 1 if idempotent else 1):
+            try:
+                return rpc(request, timeout=self.timeout, metadata=self._metadata)
+            except grpc.RpcError as e:
+                code = e.code()
+                if idempotent and code in _RETRYABLE and attempt < self.retries:
+                    time.sleep(0.1 * 2**attempt)
+                    continue
+                raise StoreError(f"shard {shard} at {self.addresses[shard]}: {method} failed: "
+                                 f"{code.name}: {e.details()}", code) from None  # fmt: skip
+
+    def _all(self, method: str, requests: list, idempotent: bool) -> list:
+        futures = [self._pool.submit(self._call, i, method, r, idempotent)
+                   for i, r in enumerate(requests)]  # fmt: skip
+        return [f.result() for f in futures]
+
+    def _config(self, table: str) -> TableConfig:
+        if table not in self._configs:
+            stats = json.loads(self._call(0, "Stats", store_pb2.StatsRequest(), True).stats_json)
+            if table not in stats:
+                raise ValueError(f"unknown table {table!r}; have {sorted(self.tables())}")
+            self._configs[table] = config_from_json(stats[table]["config_json"])
+        return self._configs[table]
+
+    # ------------------------------------------------------------------ the store interface
+
+    def create_table(self, config: TableConfig) -> None:
+        req = store_pb2.CreateTableRequest(config_json=config_to_json(config))
+        self._all("CreateTable", [req] * self.num_shards, idempotent=True)
+        self._configs[config.name] = config
+
+    def tables(self) -> dict[str, TableConfig]:
+        stats = json.loads(self._call(0, "Stats", store_pb2.StatsRequest(), True).stats_json)
+        for name, s in stats.items():
+            if name != "_shard" and name not in self._configs:
+                self._configs[name] = config_from_json(s["config_json"])
+        return dict(self._configs)
+
+    def pull(self, table: str, ids: np.ndarray, *, train: bool) -> np.ndarray:
+        ids = check_ids(ids)
+        dim = self._config(table).dim
+        perm, off = split_by_shard(ids, self.num_shards)
+        parts = [perm[off[s] : off[s + 1]] for s in range(self.num_shards)]
+        reqs = [store_pb2.PullRequest(table=table, ids=ids[p].astype("<i8").tobytes(), train=train)
+                for p in parts]  # fmt: skip
+        out = np.empty((len(ids), dim), np.float32)
+        for p, resp in zip(parts, self._all("Pull", reqs, idempotent=not train), strict=True):
+            out[p] = np.frombuffer(resp.rows, "<f4").reshape(len(p), dim)
+        return out
+
+    def push(self, table, ids, grads, *, shows=None, clicks=None, assume_unique=False) -> None:
+        ids, grads, shows, clicks = check_push(self._config(table), ids, grads, shows, clicks)
+        perm, off = split_by_shard(ids, self.num_shards)
+        reqs = []
+        for s in range(self.num_shards):
+            p = perm[off[s] : off[s + 1]]
+            reqs.append(store_pb2.PushRequest(
+                table=table, ids=ids[p].astype("<i8").tobytes(),
+                grads=grads[p].astype("<f4").tobytes(), shows=shows[p].astype("<f4").tobytes(),
+                clicks=clicks[p].astype("<f4").tobytes(), assume_unique=assume_unique,
+            ))  # fmt: skip
+        self._all("Push", reqs, idempotent=False)
+
+    def shrink(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for resp in self._all("Shrink", [store_pb2.ShrinkRequest()] * self.num_shards, False):
+            for name, n in resp.evicted.items():
+                out[name] = out.get(name, 0) + n
+        return out
+
+    def advance_clock(self, n: int = 1) -> None:
+        if n < 0:
+            raise ValueError(f"advance_clock needs n >= 0, got {n}")
+        self._all("AdvanceClock", [store_pb2.AdvanceClockRequest(n=n)] * self.num_shards, False)
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        reqs = [store_pb2.StatsRequest()] * self.num_shards
+        per = [json.loads(r.stats_json) for r in self._all("Stats", reqs, True)]
+        out = {}
+        for name in per[0]:
+            if name == "_shard":
+                continue
+            merged = {k: v for k, v in per[0][name].items() if k != "config_json"}
+            for k, v in merged.items():
+                if isinstance(v, int) and k != "clock":
+                    merged[k] = sum(p[name][k] for p in per)
+            merged["shards"] = self.num_shards
+            out[name] = merged
+        return out
+
+    # ------------------------------------------------------------------ snapshots
+
+    def snapshot(self, table: str, path: str, kind: str, parents: list[dict] | None = None,
+                 min_score: float | None = None, float16: bool = False) -> list[dict]:  # fmt: skip
+        """Each shard writes ``path/shard-<i>``; returns the manifests, one per shard (pass
+        them as ``parents`` of the next delta)."""
+        reqs = [store_pb2.SnapshotRequest(
+            table=table, path=path, kind=kind,
+            parent_manifest_json=json.dumps(parents[i]) if parents else "",
+            min_score=min_score or 0.0, has_min_score=min_score is not None, float16=float16,
+        ) for i in range(self.num_shards)]  # fmt: skip
+        return [json.loads(r.manifest_json) for r in self._all("Snapshot", reqs, False)]
+
+    def load(self, table: str, chains: list[list[str]]) -> int:
+        """Replaces ``table`` on every shard by the snapshot chains (one per shard that wrote
+        them, any count); returns the rows loaded."""
+        req = store_pb2.LoadRequest(table=table,
+                                    chains=[store_pb2.Chain(paths=c) for c in chains])  # fmt: skip
+        return sum(r.rows for r in self._all("Load", [req] * self.num_shards, True))

@@ -1,0 +1,276 @@
+"""The store over gRPC: real shard processes on loopback, the same interface as in process."""
+
+from __future__ import annotations
+
+import dataclasses
+import filecmp
+import os
+import signal
+import subprocess
+import uuid
+
+import grpc
+import numpy as np
+import pytest
+
+import hoststore as hs
+from hoststore import snapshot as snap
+from hoststore.client import ShardedStore, StoreError
+from hoststore.config import config_to_json
+from hoststore.proto import regenerate, store_pb2, store_pb2_grpc
+from hoststore.store import LocalStore
+from tests.conftest import REPO, Cluster
+
+DIM = 4
+
+
+def _cfg(name, **kw):
+    base = dict(
+        optimizer=hs.optimizers.adagrad(0.2),
+        admission=hs.count_filter(2),
+        eviction=hs.Eviction(decay=0.9, unseen_ticks=2),
+        initializer=hs.uniform(0.1),
+    )
+    base.update(kw)
+    return hs.TableConfig(name, DIM, **base)
+
+
+@pytest.fixture(params=["local", "remote"])
+def store(request, cluster):
+    if request.param == "local":
+        yield LocalStore([])
+    else:
+        s = ShardedStore(cluster.addresses, token=cluster.token, timeout=20)
+        yield s
+        s.close()
+
+
+def _create(store, cfg):
+    if isinstance(store, LocalStore):
+        store._tables[cfg.name] = hs.EmbeddingTable(cfg)
+    else:
+        store.create_table(cfg)
+
+
+def test_interface_matches_an_in_process_reference(store):
+    cfg = _cfg(f"t{uuid.uuid4().hex[:8]}")
+    _create(store, cfg)
+    ref = LocalStore([cfg])
+    rng = np.random.default_rng(0)
+    universe = np.array([0, -1, 2**63 - 1, -(2**63)] + list(range(1, 60)), np.int64)
+    for step in range(25):
+        ids = rng.choice(universe, 40)
+        for s in (store, ref):
+            rows = s.pull(cfg.name, ids, train=True)
+        np.testing.assert_array_equal(rows, ref.pull(cfg.name, ids, train=False))
+        grads = rng.normal(size=(40, DIM)).astype(np.float32)
+        clicks = rng.integers(0, 2, 40).astype(np.float32)
+        for s in (store, ref):
+            s.push(cfg.name, ids, grads, clicks=clicks)
+        if step % 5 == 4:
+            for s in (store, ref):
+                s.advance_clock(1)
+            assert store.shrink()[cfg.name] == ref.shrink()[cfg.name]
+    np.testing.assert_array_equal(
+        store.pull(cfg.name, universe, train=False), ref.pull(cfg.name, universe, train=False)
+    )
+    got, want = store.stats()[cfg.name], ref.stats()[cfg.name]
+    for k in ("rows", "pending", "admitted", "evicted", "rejected", "clock"):
+        assert got[k] == want[k], k
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda s, t: s.push(t, np.array([1], np.int64), np.zeros((1, 3), np.float32)), "shape"),
+        (lambda s, t: s.push(t, np.array([1], np.int64), np.full((1, DIM), np.nan)), "NaN"),
+        (lambda s, t: s.pull(t, np.array([1.5]), train=True), "int64"),
+        (lambda s, t: s.pull("nope", np.array([1], np.int64), train=True), "unknown table"),
+    ],
+)
+def test_bad_calls_raise_value_error_on_both(store, call, match):
+    cfg = _cfg(f"t{uuid.uuid4().hex[:8]}")
+    _create(store, cfg)
+    with pytest.raises(ValueError, match=match):
+        call(store, cfg.name)
+
+
+def _raw(cluster, shard=0, token=True):
+    ch = grpc.insecure_channel(cluster.addresses[shard])
+    md = (("authorization", f"Bearer {cluster.token}"),) if token else ()
+    return store_pb2_grpc.EmbeddingStoreStub(ch), md
+
+
+def test_malformed_rpcs_are_invalid_argument_and_change_nothing(cluster):
+    cfg = _cfg(f"t{uuid.uuid4().hex[:8]}", admission=hs.always())
+    client = ShardedStore(cluster.addresses, token=cluster.token)
+    client.create_table(cfg)
+    keys = np.arange(100, dtype=np.int64)
+    before = client.pull(cfg.name, keys, train=True)
+    stats = client.stats()[cfg.name]
+    stub, md = _raw(cluster)
+    mine = keys[hs.shard_of(keys, 2) == 0]
+    other = keys[hs.shard_of(keys, 2) == 1]
+    ids = mine[:3].tobytes()
+    bad = [
+        (
+            "Pull",
+            store_pb2.PullRequest(table=cfg.name, ids=b"\x00" * 12, train=True),
+            "multiple of 8",
+        ),
+        ("Pull", store_pb2.PullRequest(table="missing", ids=ids, train=True), "unknown table"),
+        ("Pull", store_pb2.PullRequest(table=cfg.name, ids=other[:2].tobytes()), "other shards"),
+        ("Push", store_pb2.PushRequest(table=cfg.name, ids=ids, grads=b"\x00" * 4), "dim 4"),
+        (
+            "Push",
+            store_pb2.PushRequest(
+                table=cfg.name, ids=ids, grads=np.full(12, np.nan, "<f4").tobytes()
+            ),
+            "NaN",
+        ),
+        (
+            "Push",
+            store_pb2.PushRequest(
+                table=cfg.name, ids=ids, grads=np.zeros(12, "<f4").tobytes(), clicks=b"\x00\x00"
+            ),
+            "multiple of 4",
+        ),
+        (
+            "Push",
+            store_pb2.PushRequest(
+                table=cfg.name,
+                ids=ids,
+                grads=np.zeros(12, "<f4").tobytes(),
+                clicks=np.full(3, -1, "<f4").tobytes(),
+            ),
+            "non-negative",
+        ),
+        ("CreateTable", store_pb2.CreateTableRequest(config_json="{not json"), "config"),
+        (
+            "CreateTable",
+            store_pb2.CreateTableRequest(
+                config_json=config_to_json(dataclasses.replace(cfg, dim=7))
+            ),
+            "another config",
+        ),
+        ("AdvanceClock", store_pb2.AdvanceClockRequest(n=-1), ">= 0"),
+        (
+            "Load",
+            store_pb2.LoadRequest(table=cfg.name, chains=[store_pb2.Chain(paths=["/no"])]),
+            "never committed",
+        ),
+    ]
+    for method, req, reason in bad:
+        with pytest.raises(grpc.RpcError) as e:
+            getattr(stub, method)(req, metadata=md, timeout=10)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (method, e.value.details())
+        assert reason in e.value.details(), (method, e.value.details())
+    assert client.stats()[cfg.name] == stats
+    np.testing.assert_array_equal(client.pull(cfg.name, keys, train=False), before)
+
+
+def test_missing_token_is_unauthenticated(cluster):
+    stub, _ = _raw(cluster, token=False)
+    with pytest.raises(grpc.RpcError) as e:
+        stub.Stats(store_pb2.StatsRequest(), timeout=10)
+    assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(StoreError, match="UNAUTHENTICATED"):
+        ShardedStore(cluster.addresses, token="wrong").stats()
+
+
+def test_snapshot_and_load_into_another_shard_count(cluster, tmp_path):
+    cfg = _cfg(f"t{uuid.uuid4().hex[:8]}")
+    client = ShardedStore(cluster.addresses, token=cluster.token)
+    client.create_table(cfg)
+    keys = np.arange(-50, 50, dtype=np.int64)
+    for _ in range(2):
+        client.pull(cfg.name, keys, train=True)
+    client.push(cfg.name, keys, np.ones((100, DIM), np.float32))
+    base = client.snapshot(cfg.name, str(tmp_path / "base"), "base")
+    client.push(cfg.name, keys[:10], np.ones((10, DIM), np.float32))
+    client.advance_clock(3)
+    client.shrink()  # everything unseen for 3 ticks goes: the delta must carry deletions
+    client.pull(cfg.name, keys[:5], train=True)
+    client.pull(cfg.name, keys[:5], train=True)
+    client.snapshot(cfg.name, str(tmp_path / "d1"), "delta", base)
+    want = client.pull(cfg.name, keys, train=False)
+    chains = [
+        [str(tmp_path / "base" / f"shard-{i}"), str(tmp_path / "d1" / f"shard-{i}")]
+        for i in range(2)
+    ]
+    # A 1-shard deployment loads the 2-shard snapshot.
+    one = Cluster(1, token="t1", tmp=str(tmp_path))
+    try:
+        single = ShardedStore(one.addresses, token="t1")
+        single.create_table(cfg)
+        assert single.load(cfg.name, chains) == 5
+        np.testing.assert_array_equal(single.pull(cfg.name, keys, train=False), want)
+        assert single.stats()[cfg.name]["rows"] == client.stats()[cfg.name]["rows"]
+    finally:
+        one.stop()
+    # And in process, each shard's chain loads on its own.
+    rows = sum(len(snap.load(c, cfg)) for c in chains)
+    assert rows == 5
+
+
+def test_down_shard_is_a_clear_error(tmp_path):
+    c = Cluster(2, tmp=str(tmp_path))
+    client = ShardedStore(c.addresses, timeout=5, retries=1)
+    cfg = _cfg("t")
+    client.create_table(cfg)
+    c.procs[1].kill()
+    c.procs[1].wait()
+    with pytest.raises(StoreError, match=f"shard 1 at {c.addresses[1]}.*UNAVAILABLE"):
+        client.pull("t", np.arange(50, dtype=np.int64), train=False)
+    c.stop()
+
+
+def test_tls_and_graceful_shutdown_with_last_snapshot(tmp_path):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    creds = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
+    out = tmp_path / "last"
+    c = Cluster(
+        1, [f"--tls_cert={cert}", f"--tls_key={key}", f"--snapshot_on_exit={out}"], creds=creds
+    )
+    client = ShardedStore(c.addresses, root_certificates=cert.read_bytes())
+    cfg = _cfg("t", admission=hs.always())
+    client.create_table(cfg)
+    rows = client.pull("t", np.arange(10, dtype=np.int64), train=True)
+    with pytest.raises(StoreError):  # plaintext to a TLS port fails
+        ShardedStore(c.addresses, timeout=3, retries=0).stats()
+    c.stop(signal.SIGTERM)
+    assert c.procs[0].returncode == 0, c.procs[0].stderr.read().decode()[-2000:]
+    restored = snap.load([str(out / "t" / "shard-0")], cfg)
+    np.testing.assert_array_equal(restored.pull(np.arange(10, dtype=np.int64), train=False), rows)
+
+
+def test_regenerating_the_stubs_changes_nothing(tmp_path):
+    regenerate.generate(str(tmp_path))
+    for name in ("store_pb2.py", "store_pb2_grpc.py"):
+        assert filecmp.cmp(
+            tmp_path / "hoststore" / "proto" / name,
+            os.path.join(REPO, "hoststore", "proto", name),
+            shallow=False,
+        ), name
