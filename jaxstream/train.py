@@ -196,16 +196,6 @@ def train_and_evaluate(
             store.shrink()
         store.advance_clock(1)
 
-        if ckpt is not None:
-            t0 = time.perf_counter()
-            ckpt.save(
-                state.partitions, state.params, state.opt_state, store, state.cursor,
-                state.cumulative, dataclasses.asdict(cfg), base=part.is_day_start,
-            )  # fmt: skip
-            checkpoint_s = time.perf_counter() - t0
-        else:
-            checkpoint_s = 0.0
-
         stats = _table_totals(store.stats())
         record = {
             "partition": part.key,
@@ -224,12 +214,21 @@ def train_and_evaluate(
             "push_seconds": tr.push_seconds,
             "train_seconds": tr.seconds,
             "malformed_lines": report.malformed,
-            "checkpoint_seconds": checkpoint_s,
             **stats,
             **_truth_metrics(part, examples.labels),
         }
+        # The record goes out before the checkpoint commits: a run killed in between
+        # retrains this partition on resume, and the restore drops the stale line.
         with open(metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
+        checkpoint_s = 0.0
+        if ckpt is not None:
+            t0 = time.perf_counter()
+            ckpt.save(
+                state.partitions, state.params, state.opt_state, store, state.cursor,
+                state.cumulative, dataclasses.asdict(cfg), base=part.is_day_start,
+            )  # fmt: skip
+            checkpoint_s = time.perf_counter() - t0
         if writer is not None:
             for k, v in record.items():
                 if isinstance(v, int | float) and not math.isnan(v):
@@ -237,7 +236,7 @@ def train_and_evaluate(
         print(
             f"[{part.key}] auc {record['progressive_auc']:.4f} (train {record['train_auc']:.4f})"
             f"  logloss {record['logloss']:.4f}  rows {stats['table_rows']:,}"
-            f"  {record['train_examples_per_sec']:,.0f} ex/s"
+            f"  {record['train_examples_per_sec']:,.0f} ex/s  ckpt {checkpoint_s:.2f}s"
             + (f"  oracle {record['oracle_auc']:.4f}" if "oracle_auc" in record else ""),
             flush=True,
         )
