@@ -15,6 +15,7 @@ import tempfile
 
 from absl import app, flags
 
+from hoststore.client import ShardedStore
 from jaxstream import config as config_lib
 from jaxstream import train
 
@@ -40,6 +41,9 @@ flags.DEFINE_enum("shrink_every", None, ["day", "partition", "never"], "When to 
 flags.DEFINE_boolean("checkpoint", None, "Checkpoint every partition and resume from workdir.")
 flags.DEFINE_integer("store_shards", None, "In-process store shards per table (parallel).")
 flags.DEFINE_boolean("tensorboard", None, "Also write TensorBoard scalars.")
+flags.DEFINE_list("store_addresses", [], "Shard servers host:port,... (default: in process).")
+flags.DEFINE_string("store_token_file", None, "Bearer token for the shard servers.")
+flags.DEFINE_string("store_root_cert", None, "PEM root certificate: talk TLS to the shards.")
 flags.DEFINE_boolean("smoke", False, "Tiny stream and model: seconds.")
 
 
@@ -60,7 +64,12 @@ def main(argv):
         overrides["slot_names"] = tuple(F.slot_names)
     cfg = dataclasses.replace(cfg, **overrides)
     workdir = F.workdir or tempfile.mkdtemp(prefix="jaxstream_")
-    train.train_and_evaluate(cfg, workdir)
+    store = None
+    if F.store_addresses:
+        token = open(F.store_token_file).read().strip() if F.store_token_file else None
+        cert = open(F.store_root_cert, "rb").read() if F.store_root_cert else None
+        store = ShardedStore(F.store_addresses, token=token, root_certificates=cert)
+    train.train_and_evaluate(cfg, workdir, store=store)
 
 
 if __name__ == "__main__":

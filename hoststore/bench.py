@@ -325,3 +325,69 @@ def snapshot_markdown(cfg: SnapshotBenchConfig, r: dict[str, float]) -> str:
         ("restore base + delta", f"{r['base_plus_delta_restore_s']:.1f} s"),
     ]  # fmt: skip
     return "\n".join(["| measure | value |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rows])
+
+
+@dataclasses.dataclass(frozen=True)
+class GrpcBenchConfig:
+    rows: int = 1_000_000
+    dim: int = 16
+    batch_unique: int = 50_000
+    batches: int = 10
+    seed: int = 0
+
+
+def run_grpc(cfg: GrpcBenchConfig) -> dict[str, dict[str, float]]:
+    """Pull/push latency and keys/s in process and through 1 and 2 gRPC shards."""
+    from hoststore.client import ShardedStore
+    from hoststore.launch import LocalCluster
+    from hoststore.store import LocalStore
+
+    rng = np.random.default_rng(cfg.seed)
+    tcfg = C.TableConfig("bench", cfg.dim, optimizer=optimizers.adagrad(0.05))
+    keys = rng.integers(-(2**63), 2**63 - 1, cfg.rows, dtype=np.int64, endpoint=True)
+    batches = _batches(rng, keys, cfg.batches + 1, cfg.batch_unique, 0.1)
+    grads = rng.normal(size=(cfg.batch_unique, cfg.dim)).astype(np.float32)
+
+    def measure(store) -> dict[str, float]:
+        for i in range(0, len(keys), 250_000):
+            store.pull("bench", keys[i : i + 250_000], train=True)
+        pulls, pushes = [], []
+        for b, ids in enumerate(batches):
+            t0 = time.perf_counter()
+            store.pull("bench", ids, train=True)
+            t1 = time.perf_counter()
+            store.push("bench", ids, grads, assume_unique=True)
+            t2 = time.perf_counter()
+            if b:
+                pulls.append(t1 - t0)
+                pushes.append(t2 - t1)
+        pull, push = float(np.median(pulls)), float(np.median(pushes))
+        return {"pull_ms": 1e3 * pull, "push_ms": 1e3 * push,
+                "keys_per_s": cfg.batch_unique / (pull + push)}  # fmt: skip
+
+    out = {"in process": measure(LocalStore([tcfg]))}
+    for n in (1, 2):
+        log.info("starting %d shard server(s)", n)
+        with LocalCluster(n) as cluster:
+            store = ShardedStore(cluster.addresses)
+            store.create_table(tcfg)
+            out[f"gRPC, {n} shard{'s' if n > 1 else ''}"] = measure(store)
+            store.close()
+    return out
+
+
+def grpc_markdown(cfg: GrpcBenchConfig, r: dict[str, dict[str, float]]) -> str:
+    base = r["in process"]["keys_per_s"]
+    lines = [
+        f"{cfg.rows:,} rows, dim {cfg.dim}, AdaGrad; batches of {cfg.batch_unique:,} unique ids "
+        "(10% new); shard servers are local processes on loopback (this machine's 2 cores "
+        "are shared by client and servers).",
+        "",
+        "| store | pull ms | push ms | keys/s (pull+push) | vs in process |",
+        "|---|---|---|---|---|",
+    ]
+    for name, m in r.items():
+        kps = m["keys_per_s"]
+        lines.append(f"| {name} | {m['pull_ms']:.1f} | {m['push_ms']:.1f} | "
+                     f"{kps / 1e6:.2f} M | {kps / base:.2f}x |")  # fmt: skip
+    return "\n".join(lines)

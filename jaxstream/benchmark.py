@@ -51,6 +51,7 @@ class E2EBenchConfig:
     run_admission: bool = True
     step_timing_reps: int = 50
     store_shards: int = 1
+    grpc_shards: int = 0  # > 0: also train through that many local gRPC shard servers
     seed: int = 0
 
 
@@ -158,6 +159,20 @@ def run(cfg: E2EBenchConfig, workdir: str | None = None) -> dict:
         res["admission_rows"] = adm[-1]["table_rows"]
         res["admission_pending"] = adm[-1]["pending"]
 
+    if cfg.grpc_shards:
+        from hoststore.client import ShardedStore
+        from hoststore.launch import LocalCluster
+
+        log.info("ours through %d gRPC shard servers", cfg.grpc_shards)
+        with LocalCluster(cfg.grpc_shards) as cluster:
+            store = ShardedStore(cluster.addresses)
+            s = train_and_evaluate(base_cfg, os.path.join(workdir, "ours_grpc"), store=store)
+            store.close()
+        g = _records(s["metrics_file"])
+        res["grpc_train_ex_per_s"] = _mean(g, "train_examples_per_sec", 1)
+        res["grpc_vs_in_process"] = res["grpc_train_ex_per_s"] / res["ours_train_ex_per_s"]
+        res["grpc_auc"] = _mean(g, "progressive_auc", k)
+
     if cfg.run_baseline:
         log.info("hashed baseline")
         bl = run_hashed_baseline(base_cfg, root, feature_spec(base_cfg), cfg.baseline_rows)
@@ -213,6 +228,12 @@ def markdown(res: dict) -> str:
             f"**{res['ours_auc'] - res['admission_auc']:+.4f}** |",
         ]
     lines += [f"| training examples/s, ours | {res['ours_train_ex_per_s']:,.0f} |"]
+    if "grpc_train_ex_per_s" in res:
+        lines += [
+            f"| training examples/s through {c['grpc_shards']} gRPC shard servers (AUC "
+            f"{res['grpc_auc']:.4f}) | {res['grpc_train_ex_per_s']:,.0f} |",
+            f"| **gRPC / in process** (target >= 0.7) | **{res['grpc_vs_in_process']:.2f}x** |",
+        ]
     if "baseline_train_ex_per_s" in res:
         lines += [
             f"| training examples/s, hashed baseline | {res['baseline_train_ex_per_s']:,.0f} |",
