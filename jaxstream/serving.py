@@ -42,7 +42,9 @@ def config_from_dict(d: dict) -> TrainConfig:
 class Predictor:
     """Scores examples with the model of the newest checkpoint under ``workdir``."""
 
-    def __init__(self, workdir: str, batch_size: int | None = None):
+    def __init__(
+        self, workdir: str, batch_size: int | None = None, model: nnx.Module | None = None
+    ):
         from jaxstream.train import feature_spec  # the trainer's spec, not a copy
 
         self._ckpt = CheckpointManager(workdir)
@@ -53,8 +55,10 @@ class Predictor:
         self.config = config_from_dict(meta["config"])
         self.batch_size = batch_size or self.config.batch_size
         self.spec = feature_spec(self.config)
-        model = models.build(self.config.model, self.spec.slot_dims(), self.spec.num_dense,
-                             self.config.seed, hidden=self.config.hidden)  # fmt: skip
+        if model is None:  # a custom tower is passed in, built the way it was trained
+            c = self.config
+            model = models.build(c.model, self.spec.slot_dims(), self.spec.num_dense, c.seed,
+                                 hidden=c.hidden)  # fmt: skip
         self._graphdef, self._params_template = nnx.split(model)
         _, self._eval = make_steps(self._graphdef, None, self.spec)
         self._orbax = ocp.StandardCheckpointer()
