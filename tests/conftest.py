@@ -29,3 +29,16 @@ def cluster(tmp_path_factory):
     c = Cluster(2, token="s3cret", tmp=str(tmp_path_factory.mktemp("cluster")))
     yield c
     c.stop()
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--load-seconds",
+        type=float,
+        default=20.0,
+        help="duration of the concurrent-load reliability test",
+    )
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "reliability: faults, fuzzing and load (RELIABILITY.md)")
