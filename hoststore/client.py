@@ -49,7 +49,11 @@ class ShardedStore:
         self.timeout = timeout
         self.retries = retries
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        opts = grpc_options()
+        # A channel of its own (not the process-wide subchannel pool, which would hand a new
+        # client the reconnect backoff of an old one) that retries a restarted shard soon.
+        opts = grpc_options() + [("grpc.use_local_subchannel_pool", 1),
+                                 ("grpc.initial_reconnect_backoff_ms", 100),
+                                 ("grpc.max_reconnect_backoff_ms", 2000)]  # fmt: skip
         if root_certificates is not None:
             creds = grpc.ssl_channel_credentials(root_certificates=root_certificates)
             self._channels = [grpc.secure_channel(a, creds, options=opts) for a in addresses]

@@ -51,20 +51,30 @@ class LocalCluster:
         self.ports = [free_port() for _ in range(num_shards)]
         self.addresses = [f"127.0.0.1:{p}" for p in self.ports]
         args = list(extra_args) + ([f"--token_file={token_file}"] if token_file else [])
-        self.procs = []
-        for i, port in enumerate(self.ports):
-            out = open(os.path.join(log_dir, f"shard-{i}.log"), "w") if log_dir else None
-            self.procs.append(subprocess.Popen(
-                [sys.executable, "-m", "hoststore.server", f"--port={port}",
-                 f"--shard_index={i}", f"--num_shards={num_shards}", *args],
-                stdout=out or subprocess.DEVNULL, stderr=out or subprocess.PIPE,
-            ))  # fmt: skip
+        self._args, self._log_dir, self._credentials = args, log_dir, credentials
+        self.procs = [self._start(i) for i in range(num_shards)]
         try:
             for a in self.addresses:
                 wait_serving(a, credentials=credentials)
         except TimeoutError:
             self.stop()
             raise
+
+    def _start(self, i: int) -> subprocess.Popen:
+        out = open(os.path.join(self._log_dir, f"shard-{i}.log"), "a") if self._log_dir else None
+        return subprocess.Popen(
+            [sys.executable, "-m", "hoststore.server", f"--port={self.ports[i]}",
+             f"--shard_index={i}", f"--num_shards={len(self.ports)}", *self._args],
+            stdout=out or subprocess.DEVNULL, stderr=out or subprocess.PIPE,
+        )  # fmt: skip
+
+    def restart(self, i: int) -> None:
+        """Starts shard ``i`` again (empty) on its address, e.g. after it was killed."""
+        if self.procs[i].poll() is None:
+            self.procs[i].kill()
+        self.procs[i].wait(30)
+        self.procs[i] = self._start(i)
+        wait_serving(self.addresses[i], credentials=self._credentials)
 
     def stop(self, sig=None) -> None:
         for p in self.procs:

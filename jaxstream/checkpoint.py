@@ -28,6 +28,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from hoststore import snapshot as snap
+from hoststore.client import StoreError
 from hoststore.config import TableConfig
 from hoststore.store import LocalStore
 from jaxstream.metrics import BinaryMetrics
@@ -47,7 +48,7 @@ class Restored:
     opt_state: Any
     cursor: str
     cumulative: BinaryMetrics
-    store: LocalStore
+    store: object  # a LocalStore, or the remote store it was loaded into
     meta: dict
 
 
@@ -104,20 +105,28 @@ class CheckpointManager:
                          {str(i): np.asarray(x) for i, x in enumerate(leaves)})  # fmt: skip
         self._orbax.wait_until_finished()
         chains, manifests = {}, {}
+        remote = not isinstance(store, LocalStore)
         for name in store.tables():
             rel = os.path.join(f"{step:06d}", "store", name)
-            if base:
-                m = snap.save(store.table(name), os.path.join(self.root, rel), "base")
-                chains[name] = [rel]
-            else:
-                m = snap.save(store.table(name), os.path.join(self.root, rel), "delta",
-                              prev["store_manifests"][name])  # fmt: skip
-                chains[name] = prev["store_chains"][name] + [rel]
+            kind = "base" if base else "delta"
+            if remote:  # every shard writes rel/shard-<i> (the filesystem must be shared)
+                parents = None if base else prev["store_manifests"][name]
+                ms = store.snapshot(name, os.path.join(self.root, rel), kind, parents)
+                mine = [os.path.join(rel, f"shard-{i}") for i in range(len(ms))]
+                old = [[]] * len(ms) if base else prev["store_chains"][name]
+                chains[name] = [c + [r] for c, r in zip(old, mine, strict=True)]
+                manifests[name] = [{k: m[k] for k in ("id", "kind", "rows", "deleted")}
+                                   for m in ms]  # fmt: skip
+                continue
+            parent = None if base else prev["store_manifests"][name]
+            m = snap.save(store.table(name), os.path.join(self.root, rel), kind, parent)
+            chains[name] = ([] if base else prev["store_chains"][name]) + [rel]
             manifests[name] = {k: m[k] for k in ("id", "kind", "rows", "deleted")}
         meta = {
             "step": step,
             "cursor": cursor,
             "base_step": step if base else prev["base_step"],
+            "remote_store": remote,
             "store_chains": chains,
             "store_manifests": manifests,
             "metrics": cumulative.state_dict(),
@@ -148,14 +157,16 @@ class CheckpointManager:
 
     # ------------------------------------------------------------------ restore
 
-    def restore(self, params, opt_state, tables: list[TableConfig],
-                store_shards: int = 1) -> Restored | None:  # fmt: skip
+    def restore(self, params, opt_state, tables: list[TableConfig], store_shards: int = 1,
+                remote_store=None) -> Restored | None:  # fmt: skip
         """The newest step that verifies, or None. ``params``/``opt_state`` give the tree
-        structure to fill."""
+        structure to fill. A checkpoint of a remote store is loaded back into
+        ``remote_store`` (its shards read the snapshot files and verify them)."""
         for step in reversed(self.steps()):
             try:
-                r = self._restore_step(step, params, opt_state, tables, store_shards)
-            except (CheckpointError, snap.SnapshotError, OSError, ValueError) as e:
+                r = self._restore_step(step, params, opt_state, tables, store_shards,
+                                       remote_store)  # fmt: skip
+            except (CheckpointError, snap.SnapshotError, StoreError, OSError, ValueError) as e:
                 log.warning("checkpoint %d is unusable (%s); falling back to the previous one",
                             step, e)  # fmt: skip
                 continue
@@ -164,7 +175,7 @@ class CheckpointManager:
             return r
         return None
 
-    def _restore_step(self, step, params, opt_state, tables, store_shards) -> Restored:
+    def _restore_step(self, step, params, opt_state, tables, store_shards, remote) -> Restored:
         path = self._dir(step)
         meta = self._read_meta(step)
         if meta is None:
@@ -179,11 +190,22 @@ class CheckpointManager:
         new_leaves = [jax.numpy.asarray(saved[str(i)], x.dtype) for i, x in enumerate(leaves)]
         p, o = jax.tree_util.tree_unflatten(treedef, new_leaves)
         by_name = {t.name: t for t in tables}
-        loaded = {}
-        for name, chain in meta["store_chains"].items():
-            if name not in by_name:
-                raise CheckpointError(f"checkpoint has table {name!r}, the config does not")
-            paths = [os.path.join(self.root, c) for c in chain]
-            loaded[name] = snap.load(paths, by_name[name], shards=store_shards)
+        unknown = set(meta["store_chains"]) - set(by_name)
+        if unknown:
+            raise CheckpointError(f"checkpoint has tables {sorted(unknown)} the config lacks")
+        if meta.get("remote_store"):
+            if remote is None:
+                raise CheckpointError("a checkpoint of a remote store needs that store to load")
+            for name, chains in meta["store_chains"].items():
+                remote.create_table(by_name[name])
+                remote.load(name, [[os.path.join(self.root, c) for c in chain]
+                                   for chain in chains])  # fmt: skip
+            store = remote
+        else:
+            store = LocalStore.from_tables({
+                name: snap.load([os.path.join(self.root, c) for c in chain], by_name[name],
+                                shards=store_shards)
+                for name, chain in meta["store_chains"].items()
+            })  # fmt: skip
         return Restored(step, p, o, meta["cursor"], BinaryMetrics.from_state(meta["metrics"]),
-                        LocalStore.from_tables(loaded), meta)  # fmt: skip
+                        store, meta)  # fmt: skip

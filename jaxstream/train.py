@@ -136,14 +136,14 @@ def train_and_evaluate(
     metrics_path = cfg.metrics_file or os.path.join(workdir, "metrics.jsonl")
 
     # ------------------------------------------------------------------ restore
-    ckpt = None
-    if cfg.checkpoint and isinstance(store, LocalStore):
-        ckpt = CheckpointManager(workdir, cfg.keep_bases)
-    elif cfg.checkpoint:
-        log.warning("checkpoints need the in-process store; this run writes none")
+    ckpt = CheckpointManager(workdir, cfg.keep_bases) if cfg.checkpoint else None
     restored = None
-    if ckpt is not None and own_store:
-        restored = ckpt.restore(state.params, state.opt_state, list(spec.tables), cfg.store_shards)
+    remote = hasattr(store, "snapshot")  # the gRPC client: its shards write the snapshots
+    if ckpt is not None and (own_store or remote):
+        restored = ckpt.restore(
+            state.params, state.opt_state, list(spec.tables), cfg.store_shards,
+            remote_store=store if remote else None,
+        )  # fmt: skip
     if restored is not None:
         store = restored.store
         state = TrainState(restored.params, restored.opt_state, restored.cursor,

@@ -97,7 +97,17 @@ def test_damaged_newest_checkpoint_falls_back(tmp_path, caplog):
 
 
 @pytest.mark.timeout(300)
-def test_kill_9_during_training_then_resume(tmp_path):
+@pytest.mark.parametrize(
+    "kill_when",
+    [
+        ("after checkpoint 2 commits", os.path.join("000002", "meta.json")),
+        # The dense state of step 3 is written first: its folder appearing means the save of
+        # step 3 is under way (the store snapshots and meta.json come after).
+        ("during the save of checkpoint 3", os.path.join("000003", "dense")),
+    ],
+    ids=["after_commit", "during_save"],
+)
+def test_kill_9_then_resume(tmp_path, kill_when):
     root = str(tmp_path / "data")
     cfg = _cfg(root)
     train.train_and_evaluate(cfg, str(tmp_path / "whole"))
@@ -106,12 +116,13 @@ def test_kill_9_during_training_then_resume(tmp_path):
            f"--workdir={work}", "--staleness=0", "--admission=count_filter:2",
            "--eviction=unseen:2", "--shrink_every=partition"]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    meta = os.path.join(work, "checkpoints", "000002", "meta.json")
+    marker = os.path.join(work, "checkpoints", kill_when[1])
     deadline = time.time() + 240
-    while not os.path.exists(meta) and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
+    while not os.path.exists(marker) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.002)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "resumed from checkpoint" in done.stdout
