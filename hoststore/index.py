@@ -73,7 +73,7 @@ def _tag_ok(index, v, tag):
 
 
 @nb.njit(inline="always", cache=True)
-def find(index, entry_keys, key) -> int:
+def find_slot(index, entry_keys, key) -> int:
     size = index.shape[0]
     h = _hash(key)
     s = _home_of(h, size)
@@ -82,13 +82,18 @@ def find(index, entry_keys, key) -> int:
         v = index[s]
         if v < 0:
             return -1
-        if _tag_ok(index, v, tag):
-            e = _entry(index, v)
-            if entry_keys[e] == key:
-                return e
+        if _tag_ok(index, v, tag) and entry_keys[_entry(index, v)] == key:
+            return s
         s += 1
         if s == size:
             s = 0
+
+
+@nb.njit(inline="always", cache=True)
+def find(index, entry_keys, key) -> int:
+    """The entry of ``key``, or -1."""
+    s = find_slot(index, entry_keys, key)
+    return -1 if s < 0 else _entry(index, index[s])
 
 
 @nb.njit(inline="always", cache=True)
@@ -132,23 +137,6 @@ def delete(index, entry_keys, key) -> int:
             hole = j
     index[hole] = EMPTY
     return e
-
-
-@nb.njit(inline="always", cache=True)
-def find_slot(index, entry_keys, key) -> int:
-    size = index.shape[0]
-    h = _hash(key)
-    s = _home_of(h, size)
-    tag = _tag(index, h)
-    while True:
-        v = index[s]
-        if v < 0:
-            return -1
-        if _tag_ok(index, v, tag) and entry_keys[_entry(index, v)] == key:
-            return s
-        s += 1
-        if s == size:
-            s = 0
 
 
 GROUP = 32
