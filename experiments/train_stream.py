@@ -10,14 +10,16 @@ With no flags it generates a small stream in a temporary directory and trains on
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import os
 import tempfile
 
 from absl import app, flags
 
 from hoststore.client import ShardedStore
 from jaxstream import config as config_lib
-from jaxstream import train
+from jaxstream import distributed, train
 
 F = flags.FLAGS
 flags.DEFINE_string("data_root", None, "Stream root (ROOT/YYYYMMDD/HH/); default: generate one.")
@@ -44,6 +46,9 @@ flags.DEFINE_boolean("tensorboard", None, "Also write TensorBoard scalars.")
 flags.DEFINE_list("store_addresses", [], "Shard servers host:port,... (default: in process).")
 flags.DEFINE_string("store_token_file", None, "Bearer token for the shard servers.")
 flags.DEFINE_string("store_root_cert", None, "PEM root certificate: talk TLS to the shards.")
+flags.DEFINE_integer("num_workers", 1, "Trainer processes sharing the store (jax.distributed).")
+flags.DEFINE_integer("worker_index", 0, "This trainer's index among --num_workers.")
+flags.DEFINE_string("coordinator", None, "host:port of the jax.distributed coordinator.")
 flags.DEFINE_boolean("smoke", False, "Tiny stream and model: seconds.")
 
 
@@ -63,13 +68,19 @@ def main(argv):
     if F.slot_names:
         overrides["slot_names"] = tuple(F.slot_names)
     cfg = dataclasses.replace(cfg, **overrides)
+    workers = None
+    if F.num_workers > 1:  # before anything touches a JAX backend
+        workers = distributed.initialize(F.coordinator, F.num_workers, F.worker_index)
     workdir = F.workdir or tempfile.mkdtemp(prefix="jaxstream_")
     store = None
     if F.store_addresses:
         token = open(F.store_token_file).read().strip() if F.store_token_file else None
         cert = open(F.store_root_cert, "rb").read() if F.store_root_cert else None
         store = ShardedStore(F.store_addresses, token=token, root_certificates=cert)
-    train.train_and_evaluate(cfg, workdir, store=store)
+    summary = train.train_and_evaluate(cfg, workdir, store=store, workers=workers)
+    if workers is not None:
+        with open(os.path.join(workdir, f"worker-{F.worker_index}.json"), "w") as f:
+            json.dump(summary, f)
 
 
 if __name__ == "__main__":

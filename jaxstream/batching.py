@@ -106,7 +106,12 @@ def make_batch(ex: Examples, spec: FeatureSpec, batch_size: int) -> HostBatch:
     return HostBatch(n, labels, weights, dense, unique_ids, clicks, index, mask)
 
 
-def batches(ex: Examples, spec: FeatureSpec, batch_size: int):
-    """Consecutive batches of ``ex`` (the last one padded)."""
+def batches(ex: Examples, spec: FeatureSpec, batch_size: int, min_batches: int = 0):
+    """Consecutive batches of ``ex`` (the last one padded), then empty ones up to
+    ``min_batches`` (workers in lockstep run the same number of steps)."""
+    n = 0
     for lo in range(0, len(ex), batch_size):
         yield make_batch(ex.take(lo, min(len(ex), lo + batch_size)), spec, batch_size)
+        n += 1
+    for _ in range(n, min_batches):
+        yield make_batch(ex.take(0, 0), spec, batch_size)

@@ -78,7 +78,14 @@ class CheckpointManager:
         self.root = os.path.join(workdir, "checkpoints")
         os.makedirs(self.root, exist_ok=True)
         self.keep_bases = keep_bases
-        self._orbax = ocp.StandardCheckpointer()
+        # Each process checkpoints on its own (with several trainers only worker 0 saves, and
+        # the dense state is the same everywhere), so Orbax must not wait for the others.
+        me = jax.process_index()
+        self._orbax = ocp.StandardCheckpointer(
+            multiprocessing_options=ocp.options.MultiprocessingOptions(
+                primary_host=me, active_processes={me}, barrier_sync_key_prefix=f"worker{me}"
+            )
+        )
         self._last_meta: dict | None = None
 
     def steps(self) -> list[int]:
@@ -158,14 +165,14 @@ class CheckpointManager:
     # ------------------------------------------------------------------ restore
 
     def restore(self, params, opt_state, tables: list[TableConfig], store_shards: int = 1,
-                remote_store=None) -> Restored | None:  # fmt: skip
+                remote_store=None, load_store: bool = True) -> Restored | None:  # fmt: skip
         """The newest step that verifies, or None. ``params``/``opt_state`` give the tree
         structure to fill. A checkpoint of a remote store is loaded back into
         ``remote_store`` (its shards read the snapshot files and verify them)."""
         for step in reversed(self.steps()):
             try:
                 r = self._restore_step(step, params, opt_state, tables, store_shards,
-                                       remote_store)  # fmt: skip
+                                       remote_store, load_store)  # fmt: skip
             except (CheckpointError, snap.SnapshotError, StoreError, OSError, ValueError) as e:
                 log.warning("checkpoint %d is unusable (%s); falling back to the previous one",
                             step, e)  # fmt: skip
@@ -175,7 +182,9 @@ class CheckpointManager:
             return r
         return None
 
-    def _restore_step(self, step, params, opt_state, tables, store_shards, remote) -> Restored:
+    def _restore_step(
+        self, step, params, opt_state, tables, store_shards, remote, load_store=True
+    ) -> Restored:
         path = self._dir(step)
         meta = self._read_meta(step)
         if meta is None:
@@ -193,7 +202,9 @@ class CheckpointManager:
         unknown = set(meta["store_chains"]) - set(by_name)
         if unknown:
             raise CheckpointError(f"checkpoint has tables {sorted(unknown)} the config lacks")
-        if meta.get("remote_store"):
+        if not load_store:  # another worker loads the shared store
+            store = remote
+        elif meta.get("remote_store"):
             if remote is None:
                 raise CheckpointError("a checkpoint of a remote store needs that store to load")
             for name, chains in meta["store_chains"].items():

@@ -78,3 +78,38 @@ def make_steps(graphdef, tx, spec: FeatureSpec) -> tuple[Any, Any]:
     train = jax.jit(functools.partial(train_step, graphdef, tx, spec), donate_argnums=(0, 1))
     evaluate = jax.jit(functools.partial(eval_step, graphdef, spec))
     return train, evaluate
+
+
+def grad_step(graphdef, spec, params, batch: DeviceBatch):
+    """Gradients of the summed loss (dense and per row), predictions, loss sum, examples."""
+
+    def loss_fn(params, rows):
+        logits = _logits(graphdef, spec, params, rows, batch)
+        return _weighted_logloss(logits, batch.labels, batch.weights), logits
+
+    (loss, logits), (g_params, g_rows) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(
+        params, batch.rows
+    )
+    return g_params, g_rows, jax.nn.sigmoid(logits), loss, batch.weights.sum()
+
+
+def apply_step(tx, params, opt_state, g_params):
+    updates, opt_state = tx.update(g_params, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+
+def make_distributed_train_step(graphdef, tx, spec: FeatureSpec, workers):
+    """A train step for several workers: local gradients, summed over workers (a JAX
+    collective), divided by the examples of all workers, then the same optimizer update
+    everywhere. Same return values as :func:`train_step`."""
+    grad = jax.jit(functools.partial(grad_step, graphdef, spec))
+    apply = jax.jit(functools.partial(apply_step, tx), donate_argnums=(0, 1))
+
+    def step(params, opt_state, batch: DeviceBatch):
+        g, row_grads, preds, loss, n = grad(params, batch)
+        total = workers.allreduce_sum({"g": g, "n": n})
+        scale = 1.0 / max(float(total["n"]), 1.0)
+        params, opt_state = apply(params, opt_state, jax.tree.map(lambda x: x * scale, total["g"]))
+        return params, opt_state, row_grads, preds, loss
+
+    return step

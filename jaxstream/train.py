@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 import json
 import logging
 import math
@@ -32,10 +33,11 @@ from jaxstream.config import TrainConfig, parse_admission, parse_eviction
 from jaxstream.data import readers
 from jaxstream.data.examples import Examples, ReadReport
 from jaxstream.data.synthetic import generate
+from jaxstream.distributed import Workers
 from jaxstream.features import FeatureSpec, single_table_spec
 from jaxstream.metrics import BinaryMetrics
 from jaxstream.pipeline import run_pass
-from jaxstream.step import make_steps
+from jaxstream.step import make_distributed_train_step, make_steps
 from jaxstream.stream import Partition, PartitionSource, SourceConfig
 
 log = logging.getLogger(__name__)
@@ -109,10 +111,14 @@ def train_and_evaluate(
     store: Store | None = None,
     model: nnx.Module | None = None,
     on_partition_end: Callable[[Partition, TrainState, dict], None] | None = None,
+    workers: Workers | None = None,
 ) -> dict:
     """Runs the stream; returns a summary. ``store`` defaults to an in-process LocalStore,
-    ``model`` to ``models.build(cfg.model, ...)``."""
+    ``model`` to ``models.build(cfg.model, ...)``. With ``workers`` (several trainer processes,
+    see :mod:`jaxstream.distributed`) each trains on its slice of every partition against
+    the shared ``store``; worker 0 writes the metrics and the checkpoints."""
     # ------------------------------------------------------------------ set up
+    workers = workers or Workers()
     os.makedirs(workdir, exist_ok=True)
     data_root = cfg.data_root
     if data_root is None:
@@ -133,6 +139,8 @@ def train_and_evaluate(
     tx = getattr(optax, cfg.dense_optimizer)(cfg.dense_learning_rate)
     state = TrainState(params, tx.init(params))
     train_fn, eval_fn = make_steps(graphdef, tx, spec)
+    if workers.count > 1:
+        train_fn = make_distributed_train_step(graphdef, tx, spec, workers)
     metrics_path = cfg.metrics_file or os.path.join(workdir, "metrics.jsonl")
 
     # ------------------------------------------------------------------ restore
@@ -142,13 +150,15 @@ def train_and_evaluate(
     if ckpt is not None and (own_store or remote):
         restored = ckpt.restore(
             state.params, state.opt_state, list(spec.tables), cfg.store_shards,
-            remote_store=store if remote else None,
+            remote_store=store if remote else None, load_store=workers.is_first,
         )  # fmt: skip
+        workers.barrier()  # the shared store is loaded before anyone pulls from it
     if restored is not None:
         store = restored.store
         state = TrainState(restored.params, restored.opt_state, restored.cursor,
                            restored.cumulative, restored.step)  # fmt: skip
-        _truncate_metrics(metrics_path, restored.cursor)
+        if workers.is_first:
+            _truncate_metrics(metrics_path, restored.cursor)
         print(f"resumed from checkpoint {restored.step} after partition {restored.cursor}",
               flush=True)  # fmt: skip
     writer = _tensorboard(cfg, workdir)
@@ -168,7 +178,7 @@ def train_and_evaluate(
     t_run = time.perf_counter()
     for part in source:
         if last_day is not None and part.time.date() != last_day and cfg.shrink_every == "day":
-            evicted = store.shrink()
+            evicted = workers.on_first(store.shrink)
             log.info("day boundary: shrink evicted %s", evicted)
         last_day = part.time.date()
         t0 = time.perf_counter()
@@ -178,23 +188,31 @@ def train_and_evaluate(
         for err in report.first_errors:
             log.warning("malformed line %s", err)
 
+        mine = examples.take(*workers.slice(len(examples)))
+        steps = workers.batches_per_worker(len(examples), cfg.batch_size)
+
         # progressive validation: predict the partition before training on it
-        pb, progress = _progress_bar(cfg, len(examples), f"{part.key} eval")
-        ev = run_pass(store, spec, batches(examples, spec, cfg.batch_size), train=False,
+        pb, progress = _progress_bar(cfg, len(mine), f"{part.key} eval")
+        ev = run_pass(store, spec, batches(mine, spec, cfg.batch_size, steps), train=False,
                       eval_fn=eval_fn, params=state.params, progress=progress)  # fmt: skip
         pb.close()
-        pb, progress = _progress_bar(cfg, len(examples), f"{part.key} train")
-        tr = run_pass(store, spec, batches(examples, spec, cfg.batch_size), train=True,
+        pb, progress = _progress_bar(cfg, len(mine), f"{part.key} train")
+        tr = run_pass(store, spec, batches(mine, spec, cfg.batch_size, steps), train=True,
                       train_fn=train_fn, params=state.params, opt_state=state.opt_state,
                       staleness=cfg.staleness, progress=progress)  # fmt: skip
         pb.close()
+        ev.metrics, tr.metrics = _merge(workers, ev.metrics), _merge(workers, tr.metrics)
         state.params, state.opt_state = tr.params, tr.opt_state
         state.cumulative = state.cumulative.merge(ev.metrics)
         state.cursor = part.key
         state.partitions += 1
-        if cfg.shrink_every == "partition":
-            store.shrink()
-        store.advance_clock(1)
+
+        def end_of_partition():
+            if cfg.shrink_every == "partition":
+                store.shrink()
+            store.advance_clock(1)
+
+        workers.on_first(end_of_partition)
 
         stats = _table_totals(store.stats())
         record = {
@@ -219,27 +237,29 @@ def train_and_evaluate(
         }
         # The record goes out before the checkpoint commits: a run killed in between
         # retrains this partition on resume, and the restore drops the stale line.
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        checkpoint_s = 0.0
-        if ckpt is not None:
-            t0 = time.perf_counter()
-            ckpt.save(
+        if workers.is_first:
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        t0 = time.perf_counter()
+        if ckpt is not None:  # worker 0 saves while the others wait (no push lands mid-save)
+            workers.on_first(lambda part=part: ckpt.save(
                 state.partitions, state.params, state.opt_state, store, state.cursor,
                 state.cumulative, dataclasses.asdict(cfg), base=part.is_day_start,
-            )  # fmt: skip
-            checkpoint_s = time.perf_counter() - t0
-        if writer is not None:
+            ))  # fmt: skip
+        checkpoint_s = time.perf_counter() - t0
+        if writer is not None and workers.is_first:
             for k, v in record.items():
                 if isinstance(v, int | float) and not math.isnan(v):
                     writer.add_scalar(k, v, state.partitions)
-        print(
-            f"[{part.key}] auc {record['progressive_auc']:.4f} (train {record['train_auc']:.4f})"
-            f"  logloss {record['logloss']:.4f}  rows {stats['table_rows']:,}"
-            f"  {record['train_examples_per_sec']:,.0f} ex/s  ckpt {checkpoint_s:.2f}s"
-            + (f"  oracle {record['oracle_auc']:.4f}" if "oracle_auc" in record else ""),
-            flush=True,
-        )
+        if workers.is_first:
+            print(
+                f"[{part.key}] auc {record['progressive_auc']:.4f} "
+                f"(train {record['train_auc']:.4f})"
+                f"  logloss {record['logloss']:.4f}  rows {stats['table_rows']:,}"
+                f"  {record['train_examples_per_sec']:,.0f} ex/s  ckpt {checkpoint_s:.2f}s"
+                + (f"  oracle {record['oracle_auc']:.4f}" if "oracle_auc" in record else ""),
+                flush=True,
+            )
         if on_partition_end is not None:
             on_partition_end(part, state, record)
 
@@ -251,12 +271,31 @@ def train_and_evaluate(
         "malformed_lines": malformed_total,
         "seconds": time.perf_counter() - t_run,
         "metrics_file": metrics_path,
+        "params_sha256": _digest(state.params),
         **_table_totals(store.stats()),
     }
-    print("summary: " + json.dumps(summary), flush=True)
+    if workers.is_first:
+        print("summary: " + json.dumps(summary), flush=True)
     if writer is not None:
         writer.close()
     return summary
+
+
+def _digest(params) -> str:
+    """sha256 of the dense parameters (workers in sync have equal digests)."""
+    h = hashlib.sha256()
+    for leaf in jax.tree_util.tree_leaves(params):
+        h.update(np.asarray(leaf).tobytes())
+    return h.hexdigest()
+
+
+def _merge(workers: Workers, m: BinaryMetrics) -> BinaryMetrics:
+    """The metric state summed over all workers (exact: histograms and sums add)."""
+    if workers.count == 1:
+        return m
+    fields = {k: np.asarray(v, np.float64) for k, v in dataclasses.asdict(m).items()}
+    total = workers.allreduce_sum(fields)
+    return BinaryMetrics(**{k: (v if v.ndim else float(v)) for k, v in total.items()})
 
 
 def _truncate_metrics(path: str, cursor: str) -> None:
