@@ -1,5 +1,5 @@
 """2 store shards x 2 trainer processes on loopback, dense parameters kept in sync by
-jax.distributed (gloo): the way experiments/launch_local.py runs them."""
+jax.distributed (gloo): the way experiments/launch_local.py runs them, then resumed."""
 
 from __future__ import annotations
 
@@ -13,15 +13,25 @@ import pytest
 from tests.conftest import REPO
 
 
-@pytest.mark.timeout(600)
-def test_two_shards_two_workers(tmp_path):
-    work = str(tmp_path / "run")
-    out = subprocess.run(
+def _launch(work, *train_flags):
+    return subprocess.run(
         [sys.executable, "experiments/launch_local.py", "--num_shards=2", "--num_workers=2",
-         f"--workdir={work}", "--", "--smoke", "--staleness=0", "--admission=count_filter:2"],
-        cwd=REPO, capture_output=True, text=True, timeout=540,
+         f"--workdir={work}", "--", "--smoke", "--staleness=0", "--admission=count_filter:2",
+         *train_flags],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+
+
+@pytest.mark.timeout(700)
+def test_two_shards_two_workers_then_resume(tmp_path):
+    work = str(tmp_path / "run")
+    first = _launch(work, "--max_partitions=2")
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    # Fresh shard servers: worker 0 loads the store from the checkpoint, every worker
+    # restores the dense state, and the stream continues at the third hour.
+    second = _launch(work)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "resumed from checkpoint 2 after partition 20260101/01" in second.stdout
     lines = [json.loads(x) for x in open(os.path.join(work, "metrics.jsonl"))]
     # Worker 0 alone writes the metrics: one line per partition, over both workers' examples.
     assert [x["partition"] for x in lines] == ["20260101/00", "20260101/01", "20260101/02"]
@@ -31,6 +41,6 @@ def test_two_shards_two_workers(tmp_path):
     # The dense parameters stayed identical on both workers; metrics merged exactly.
     assert workers[0]["params_sha256"] == workers[1]["params_sha256"]
     assert workers[0]["cumulative_auc"] == workers[1]["cumulative_auc"]
-    assert workers[0]["table_rows"] == lines[-1]["table_rows"] > 0
+    assert workers[0]["partitions"] == 3 and workers[0]["table_rows"] == lines[-1]["table_rows"]
     steps = sorted(os.listdir(os.path.join(work, "checkpoints")))
     assert steps == ["000001", "000002", "000003"]
