@@ -148,14 +148,14 @@ class CheckpointManager:
         return meta
 
     def _prune(self) -> None:
-        metas = {s: self._read_meta(s) for s in self.steps()}
+        metas = {s: self.read_meta(s) for s in self.steps()}
         bases = sorted({m["base_step"] for m in metas.values() if m})
         keep = set(bases[-self.keep_bases :])
         for s, m in metas.items():
             if m and m["base_step"] not in keep:
                 shutil.rmtree(self._dir(s), ignore_errors=True)
 
-    def _read_meta(self, step: int) -> dict | None:
+    def read_meta(self, step: int) -> dict | None:
         try:
             with open(os.path.join(self._dir(step), META)) as f:
                 return json.load(f)
@@ -186,7 +186,7 @@ class CheckpointManager:
         self, step, params, opt_state, tables, store_shards, remote, load_store=True
     ) -> Restored:
         path = self._dir(step)
-        meta = self._read_meta(step)
+        meta = self.read_meta(step)
         if meta is None:
             raise CheckpointError(f"{path}/{META} unreadable")
         dense = os.path.join(path, "dense")

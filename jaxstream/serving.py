@@ -9,6 +9,7 @@ in place, or reloads everything when a new base appeared, without a restart.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 
@@ -26,7 +27,7 @@ from jaxstream.config import TrainConfig
 from jaxstream.data.examples import Examples
 from jaxstream.data.synthetic import StreamConfig
 from jaxstream.metrics import BinaryMetrics
-from jaxstream.step import DeviceBatch, make_steps
+from jaxstream.step import DeviceBatch, eval_step
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ class Predictor:
         steps = self._ckpt.steps()
         if not steps:
             raise FileNotFoundError(f"no committed checkpoint under {self._ckpt.root}")
-        meta = self._ckpt._read_meta(steps[-1])
+        meta = self._ckpt.read_meta(steps[-1])
         self.config = config_from_dict(meta["config"])
         self.batch_size = batch_size or self.config.batch_size
         self.spec = feature_spec(self.config)
@@ -60,7 +61,7 @@ class Predictor:
             model = models.build(c.model, self.spec.slot_dims(), self.spec.num_dense, c.seed,
                                  hidden=c.hidden)  # fmt: skip
         self._graphdef, self._params_template = nnx.split(model)
-        _, self._eval = make_steps(self._graphdef, None, self.spec)
+        self._eval = jax.jit(functools.partial(eval_step, self._graphdef, self.spec))
         self._orbax = ocp.StandardCheckpointer()
         self.step = None
         self._base_step = None
@@ -77,7 +78,7 @@ class Predictor:
         if not steps or steps[-1] == self.step:
             return False
         step = steps[-1]
-        meta = self._ckpt._read_meta(step)
+        meta = self._ckpt.read_meta(step)
         if meta["base_step"] != self._base_step:
             self.tables = {n: self._serving_table(n) for n in meta["store_chains"]}
             self._applied = {n: 0 for n in meta["store_chains"]}

@@ -9,6 +9,30 @@ import pytest
 from hoststore.launch import LocalCluster
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DETERMINISTIC_KEYS = ("partition", "progressive_auc", "train_auc", "logloss", "table_rows",
+                      "admitted")  # fmt: skip
+
+
+def smoke_stream(root: str, hours: int, **overrides):
+    """Generates a small stream under ``root``; returns the smoke TrainConfig that reads it
+    deterministically (staleness 0, count_filter:2 admission)."""
+    import dataclasses
+
+    from jaxstream import config
+    from jaxstream.data.synthetic import StreamConfig, generate
+
+    stream = StreamConfig(hours=hours, rows_per_hour=2000, max_vocab=3000)
+    generate(root, stream)
+    return dataclasses.replace(config.smoke_config(), data_root=root, synthetic=stream,
+                               staleness=0, admission="count_filter:2", **overrides)  # fmt: skip
+
+
+def metric_lines(path: str, keys=DETERMINISTIC_KEYS) -> list[dict]:
+    """The given fields of every line of a metrics JSONL."""
+    import json
+
+    with open(path) as f:
+        return [{k: json.loads(x)[k] for k in keys} for x in f]
 
 
 class Cluster(LocalCluster):

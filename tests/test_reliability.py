@@ -22,7 +22,7 @@ from jaxstream import config, train
 from jaxstream.data import readers
 from jaxstream.data.synthetic import StreamConfig, generate
 from jaxstream.pipeline import PipelineError
-from tests.conftest import Cluster
+from tests.conftest import Cluster, metric_lines, smoke_stream
 
 pytestmark = pytest.mark.reliability
 DIM = 4
@@ -195,24 +195,8 @@ def test_shard_killed_mid_run_then_everything_restarted_finishes_exactly(tmp_pat
     the trainer: it loads the last checkpoint into every shard and finishes the stream
     with the same metrics as an uninterrupted in-process run (nothing trained twice or
     lost)."""
-    root = str(tmp_path / "data")
-    stream = StreamConfig(hours=5, rows_per_hour=2000, max_vocab=3000)
-    generate(root, stream)
-    cfg = dataclasses.replace(
-        config.smoke_config(),
-        data_root=root,
-        synthetic=stream,
-        staleness=0,
-        admission="count_filter:2",
-    )
-    keys = ("partition", "progressive_auc", "train_auc", "logloss", "table_rows", "admitted")
-
-    def lines(summary):
-        import json
-
-        return [{k: json.loads(x)[k] for k in keys} for x in open(summary["metrics_file"])]
-
-    whole = lines(train.train_and_evaluate(cfg, str(tmp_path / "whole")))
+    cfg = smoke_stream(str(tmp_path / "data"), hours=5)
+    whole = metric_lines(train.train_and_evaluate(cfg, str(tmp_path / "whole"))["metrics_file"])
     c = Cluster(2, tmp=str(tmp_path))
     work = str(tmp_path / "remote")
 
@@ -230,4 +214,4 @@ def test_shard_killed_mid_run_then_everything_restarted_finishes_exactly(tmp_pat
     c.restart(1)
     summary = train.train_and_evaluate(cfg, work, store=ShardedStore(c.addresses))
     c.stop()
-    assert lines(summary) == whole
+    assert metric_lines(summary["metrics_file"]) == whole

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import signal
 import subprocess
@@ -17,6 +16,7 @@ from flax import nnx
 from jaxstream import config, models, train
 from jaxstream.checkpoint import CheckpointManager
 from jaxstream.data.synthetic import StreamConfig, generate
+from tests.conftest import metric_lines
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DETERMINISTIC = ("partition", "progressive_auc", "train_auc", "logloss", "copc", "table_rows",
@@ -34,8 +34,7 @@ def _cfg(root, **kw):
 
 
 def _lines(workdir):
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return [{k: json.loads(x)[k] for k in DETERMINISTIC} for x in f]
+    return metric_lines(os.path.join(workdir, "metrics.jsonl"), DETERMINISTIC)
 
 
 def _final_store(workdir, cfg):

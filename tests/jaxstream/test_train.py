@@ -13,6 +13,7 @@ from flax import nnx
 
 from jaxstream import config, train
 from jaxstream.data.synthetic import StreamConfig, generate
+from tests.conftest import metric_lines, smoke_stream
 
 REQUIRED = {
     "partition",
@@ -114,23 +115,9 @@ def test_bad_policy_strings_name_the_problem():
 def test_training_through_a_two_shard_grpc_store_equals_in_process(tmp_path, cluster):
     from hoststore.client import ShardedStore
 
-    root = str(tmp_path / "data")
-    stream = StreamConfig(hours=2, rows_per_hour=2000, max_vocab=3000)
-    generate(root, stream)
-    cfg = dataclasses.replace(
-        config.smoke_config(),
-        data_root=root,
-        synthetic=stream,
-        staleness=0,
-        admission="count_filter:2",
-        checkpoint=False,
-    )
+    cfg = smoke_stream(str(tmp_path / "data"), hours=2, checkpoint=False)
     local = train.train_and_evaluate(cfg, str(tmp_path / "local"))
     remote_store = ShardedStore(cluster.addresses, token=cluster.token)
     remote = train.train_and_evaluate(cfg, str(tmp_path / "remote"), store=remote_store)
-    keys = ("partition", "progressive_auc", "train_auc", "logloss", "table_rows", "admitted")
-    lines = [
-        [{k: json.loads(x)[k] for k in keys} for x in open(s["metrics_file"])]
-        for s in (local, remote)
-    ]
+    lines = [metric_lines(s["metrics_file"]) for s in (local, remote)]
     assert lines[0] == lines[1] and len(lines[0]) == 2
