@@ -15,13 +15,14 @@ from hoststore import bench
 
 _SMOKE = flags.DEFINE_boolean("smoke", False, "Tiny sizes; does not write BENCHMARKS.md.")
 _ROWS = flags.DEFINE_integer("rows", 10_000_000, "Rows in the table.")
+_THREADS = flags.DEFINE_integer("lookup_threads", 2, "Threads for the threaded lookup figure.")
 _OUT = flags.DEFINE_string("out", "BENCHMARKS.md", "Where to record the table.")
 
 
 def main(argv):
     del argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    cfg = bench.StoreBenchConfig(rows=_ROWS.value)
+    cfg = bench.StoreBenchConfig(rows=_ROWS.value, lookup_threads=_THREADS.value)
     if _SMOKE.value:
         cfg = dataclasses.replace(
             cfg,

@@ -31,11 +31,12 @@ def pull_existing(
     """
     n = ids.shape[0]
     dim = emb.shape[1]
-    slots, ents, seen = ix.group_buffers()
+    homes, tags, cands = ix.group_buffers()
+    flat = emb.reshape(-1)
     n_miss = 0
     for base in range(0, n, ix.GROUP):
         m = min(ix.GROUP, n - base)
-        ix.find_group(index, keys, ids, base, m, slots, ents, seen, rows)
+        ix.find_group(index, keys, ids, base, m, homes, tags, cands, rows, flat, dim)
         for i in range(base, base + m):
             r = rows[i]
             if r >= 0:
@@ -69,12 +70,12 @@ def gather_push(
     urows = np.empty(n, np.int64)
     agg = np.empty((n, dim), np.float32)
     counts = np.zeros(n, np.float32)
-    slots, ents, seen = ix.group_buffers()
+    homes, tags, cands = ix.group_buffers()
     u = 0
     m = 0
     for base in range(0, n, ix.GROUP):
         g = min(ix.GROUP, n - base)
-        ix.find_group(index, keys, ids, base, g, slots, ents, seen, rows)
+        ix.find_group(index, keys, ids, base, g, homes, tags, cands, rows, ix.NO_ROWS, 0)
         for i in range(base, base + g):
             r = rows[i]
             if r < 0:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
+from hoststore._prefetch import prefetch
 from hoststore.hashing import INDEX_SALT, mix64
 
 EMPTY = -1
@@ -140,37 +141,54 @@ def delete(index, entry_keys, key) -> int:
 
 
 GROUP = 32
+NO_ROWS = np.empty(0, np.float32)
 
 
 @nb.njit(inline="always", cache=True)
-def find_group(index, entry_keys, keys, base, m, hashes, vals, seen, out) -> None:
+def find_group(index, entry_keys, keys, base, m, homes, tags, cands, out, rows, row_len) -> None:
     """out[base:base+m] = entries of keys[base:base+m] (or -1).
 
-    The loads are staged (home slots, then the entries' keys where the tag matches), so
-    the cache misses of the whole group are in flight together instead of one key's
-    dependent misses at a time. Only keys not at their home slot probe further. Callers
-    process the group right after, while its lines are still in cache.
+    Three passes, so the cache misses of the whole group are in flight together instead
+    of one key's dependent misses at a time: (1) hash every key and prefetch its home
+    slot; (2) walk each probe chain (now in cache) to the first slot whose tag matches,
+    and prefetch that entry's key and, if ``row_len``, its row ``rows[e*row_len:...]``
+    (the caller's payload, e.g. the flattened embedding); (3) confirm the keys. A
+    tag match on another key (about one probe in 2^31) falls back to a full probe.
+    Callers process the group right after, while its lines are still in cache.
     """
     size = index.shape[0]
     for k in range(m):
         h = _hash(keys[base + k])
-        hashes[k] = np.int64(h)
-        vals[k] = index[_home_of(h, size)]
+        s = _home_of(h, size)
+        homes[k] = s
+        tags[k] = _tag(index, h)
+        prefetch(index, s)
     for k in range(m):
-        v = vals[k]
-        ok = v >= 0 and _tag_ok(index, v, _tag(index, np.uint64(hashes[k])))
-        seen[k] = entry_keys[_entry(index, v)] if ok else 0
-        if not ok and v >= 0:
-            vals[k] = -2  # occupied by another key: probe on
+        s = homes[k]
+        tag = tags[k]
+        e = np.int64(-1)
+        while True:
+            v = index[s]
+            if v < 0:
+                break
+            if _tag_ok(index, v, tag):
+                e = _entry(index, v)
+                prefetch(entry_keys, e)
+                for j in range(0, row_len, 16):  # 16 floats: one 64-byte line
+                    prefetch(rows, e * row_len + j)
+                if row_len:
+                    prefetch(rows, e * row_len + row_len - 1)
+                break
+            s += 1
+            if s == size:
+                s = 0
+        cands[k] = e
     for k in range(m):
-        v = vals[k]
+        e = cands[k]
         key = keys[base + k]
-        if v == -1:
-            out[base + k] = -1
-        elif v >= 0 and seen[k] == key:
-            out[base + k] = _entry(index, v)
-        else:
-            out[base + k] = find(index, entry_keys, key)
+        if e >= 0 and entry_keys[e] != key:
+            e = find(index, entry_keys, key)
+        out[base + k] = e
 
 
 @nb.njit(inline="always", cache=True)
@@ -181,10 +199,11 @@ def group_buffers():
 @nb.njit(nogil=True, cache=True)
 def find_many(index, entry_keys, keys, out) -> None:
     """out[i] = entry of keys[i] or -1."""
-    hashes, vals, seen = group_buffers()
+    homes, tags, cands = group_buffers()
     n = keys.shape[0]
     for base in range(0, n, GROUP):
-        find_group(index, entry_keys, keys, base, min(GROUP, n - base), hashes, vals, seen, out)
+        m = min(GROUP, n - base)
+        find_group(index, entry_keys, keys, base, m, homes, tags, cands, out, NO_ROWS, 0)
 
 
 @nb.njit(nogil=True, cache=True)

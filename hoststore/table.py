@@ -18,8 +18,10 @@ Semantics of one training step:
 from __future__ import annotations
 
 import collections
+import itertools
 import math
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -43,6 +45,19 @@ _GROWTH = 1.5
 _CHUNK = 4096
 _RECENT_PULLS = 4
 _NO_HINT = np.empty(0, np.int64)
+# A read-only pull is split over the lookup threads only when every thread gets at least
+# this many ids; below it the hand-off costs more than it saves.
+_MIN_IDS_PER_THREAD = 32768
+
+
+def _empty_aligned(shape: tuple[int, ...], dtype, align: int = 64) -> np.ndarray:
+    """np.empty whose data starts on a cache-line boundary, so a 64-byte row (dim 16) or a
+    32-byte record is one cache line, not two."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    buf = np.empty(nbytes + align, np.uint8)
+    start = -buf.ctypes.data % align
+    return buf[start : start + nbytes].view(dtype).reshape(shape)
 
 
 def check_ids(ids: Any, what: str = "ids") -> np.ndarray:
@@ -90,10 +105,18 @@ def check_push(config: TableConfig, ids, grads, shows, clicks):
 
 
 class EmbeddingTable:
-    """A host-resident embedding table; thread-safe (one lock, kernels release the GIL)."""
+    """A host-resident embedding table; thread-safe (one lock, kernels release the GIL).
 
-    def __init__(self, config: TableConfig):
+    ``lookup_threads`` > 1 splits large read-only pulls (``train=False``: evaluation,
+    serving) over that many threads; lookups are bound by memory latency, so each core
+    adds its own misses in flight. Training pulls and pushes stay on the calling thread
+    (run shards in parallel with :class:`hoststore.ShardedTable` instead).
+    """
+
+    def __init__(self, config: TableConfig, *, lookup_threads: int = 1):
         self.config = config
+        self._lookup_pool: ThreadPoolExecutor | None = None
+        self.lookup_threads = lookup_threads
         self._opt = config.optimizer
         self._dim = config.dim
         self._lock = threading.RLock()
@@ -111,6 +134,21 @@ class EmbeddingTable:
         self._alloc_rows(max(16, config.initial_capacity))
         self._alloc_pending(min(1024, config.admission.max_pending))
 
+    @property
+    def lookup_threads(self) -> int:
+        return self._lookup_threads
+
+    @lookup_threads.setter
+    def lookup_threads(self, n: int) -> None:
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"lookup_threads must be an int >= 1, got {n!r}")
+        self._lookup_threads = n
+        if self._lookup_pool is not None:
+            self._lookup_pool.shutdown(wait=False)
+        self._lookup_pool = None
+        if n > 1:
+            self._lookup_pool = ThreadPoolExecutor(n, thread_name_prefix="hoststore-lookup")
+
     # ------------------------------------------------------------------ storage
 
     def _alloc_rows(self, cap: int) -> None:
@@ -122,7 +160,7 @@ class EmbeddingTable:
         high = getattr(self, "_high", 0)
 
         def grow(arr, shape_tail, dtype):
-            new = np.empty((cap, *shape_tail), dtype)
+            new = _empty_aligned((cap, *shape_tail), dtype)
             if old:
                 new[:high] = arr[:high]
             return new
@@ -194,11 +232,7 @@ class EmbeddingTable:
         out = np.empty((n, self._dim), np.float32)
         rows = np.empty(n, np.int64)
         with self._lock:
-            n_miss = K.pull_existing(
-                self._index, self._keys, self._emb, self._show, self._click, self._last_seen,
-                self._changed, ids, out, rows, self.config.admission.default_value, train,
-                self._clock, self.config.eviction.decay,
-            )  # fmt: skip
+            n_miss = self._pull_existing(ids, out, rows, train)
             if train:
                 self._train_pulls += 1
                 if n_miss:
@@ -209,6 +243,23 @@ class EmbeddingTable:
                     out[miss[got]] = self._emb[new_rows[got]]
                 self._recent.append((ids, rows))
         return out
+
+    def _pull_existing(self, ids, out, rows, train: bool) -> int:
+        def run(lo: int, hi: int) -> int:
+            return K.pull_existing(
+                self._index, self._keys, self._emb, self._show, self._click, self._last_seen,
+                self._changed, ids[lo:hi], out[lo:hi], rows[lo:hi],
+                self.config.admission.default_value, train, self._clock,
+                self.config.eviction.decay,
+            )  # fmt: skip
+
+        n = len(ids)
+        parts = min(self._lookup_threads, n // _MIN_IDS_PER_THREAD)
+        if train or parts < 2:
+            return run(0, n)
+        bounds = np.linspace(0, n, parts + 1).astype(np.int64)
+        futures = [self._lookup_pool.submit(run, lo, hi) for lo, hi in itertools.pairwise(bounds)]
+        return sum(f.result() for f in futures)
 
     def _admit(self, miss_ids: np.ndarray) -> np.ndarray:
         """Admission for ids without a row; returns each one's new row or -1."""

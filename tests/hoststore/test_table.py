@@ -52,6 +52,24 @@ def test_eval_pull_changes_nothing(table):
     assert not t.pending_stats(np.array([3], np.int64))["pending"][0]
 
 
+@pytest.mark.parametrize("threads", [2, 3])
+def test_threaded_lookups_equal_one_thread(threads):
+    """A read-only pull split over lookup threads returns the same rows (known keys, unknown
+    keys and duplicates alike) and changes nothing."""
+    rng = np.random.default_rng(threads)
+    t = hs.EmbeddingTable(hs.TableConfig("t", 8, initializer=hs.uniform(1.0)))
+    known = rng.integers(I64.min, I64.max, 50_000, dtype=np.int64, endpoint=True)
+    t.pull(known, train=True)
+    ids = np.concatenate([rng.choice(known, 90_000), rng.integers(0, 2**40, 10_000)])
+    one = t.pull(ids, train=False)
+    before = t.stats()
+    t.lookup_threads = threads
+    np.testing.assert_array_equal(t.pull(ids, train=False), one)
+    assert t.stats() == before
+    with pytest.raises(ValueError, match="lookup_threads"):
+        t.lookup_threads = 0
+
+
 @pytest.mark.parametrize("seed", [0, 5])
 def test_initial_rows_depend_only_on_seed_and_key(table, seed):
     keys = np.random.default_rng(0).integers(I64.min, I64.max, 500, dtype=np.int64)
