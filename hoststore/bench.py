@@ -224,7 +224,10 @@ def markdown(cfg: StoreBenchConfig, r: dict[str, float]) -> str:
             f"same, lookup_threads={cfg.lookup_threads} (target >= 25M/s)",
             f"{r['lookups_per_s_threads'] / 1e6:.1f} M/s",
         ),
-        ("reference: numpy take of random rows, 1 thread", f"{r['numpy_take_rows_per_s'] / 1e6:.1f} M/s"),
+        (
+            "reference: numpy take of random rows, 1 thread",
+            f"{r['numpy_take_rows_per_s'] / 1e6:.1f} M/s",
+        ),
         (
             f"bytes per feature, dim {d}, rowwise AdaGrad, at capacity (target <= 80)",
             f"{r['capacity_bytes_per_row_rowwise_adagrad']:.1f}",
