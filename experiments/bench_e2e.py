@@ -39,7 +39,8 @@ def main(argv):
     )  # fmt: skip
     if _SMOKE.value:
         cfg = dataclasses.replace(cfg, hours=4, rows_per_hour=5_000, skip_hours=1,
-                                  max_vocab=100_000, step_timing_reps=5)  # fmt: skip
+                                  max_vocab=100_000, step_timing_reps=5,
+                                  baseline_rows_sweep=(1 << 16,))  # fmt: skip
     res = benchmark.run(cfg)
     table = benchmark.markdown(res)
     print(table)

@@ -43,6 +43,7 @@ flags.DEFINE_enum("shrink_every", None, ["day", "partition", "never"], "When to 
 flags.DEFINE_boolean("checkpoint", None, "Checkpoint every partition and resume from workdir.")
 flags.DEFINE_integer("store_shards", None, "In-process store shards per table (parallel).")
 flags.DEFINE_boolean("tensorboard", None, "Also write TensorBoard scalars.")
+flags.DEFINE_boolean("cvm", None, "Feed each ID's show/click counters to the model (CVM).")
 flags.DEFINE_list("store_addresses", [], "Shard servers host:port,... (default: in process).")
 flags.DEFINE_string("store_token_file", None, "Bearer token for the shard servers.")
 flags.DEFINE_string("store_root_cert", None, "PEM root certificate: talk TLS to the shards.")
@@ -61,7 +62,7 @@ def main(argv):
         for name in ("data_root", "format", "model", "metrics_file", "batch_size",
                      "embedding_dim", "admission", "eviction", "sparse_optimizer",
                      "sparse_learning_rate", "dense_optimizer", "dense_learning_rate",
-                     "max_partitions", "wait", "staleness", "store_shards", "tensorboard",
+                     "max_partitions", "wait", "staleness", "store_shards", "tensorboard", "cvm",
                      "shrink_every", "checkpoint")
         if F[name].present or (name == "format" and F[name].value != cfg.format)
     }  # fmt: skip

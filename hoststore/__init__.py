@@ -19,9 +19,10 @@ from hoststore.initializers import initial_rows
 from hoststore.optimizers import SparseOptimizer
 from hoststore.sharded import ShardedTable
 from hoststore.store import LocalStore
-from hoststore.table import EmbeddingTable
+from hoststore.table import COUNT_COLUMNS, EmbeddingTable
 
 __all__ = [
+    "COUNT_COLUMNS",
     "Admission",
     "EmbeddingTable",
     "Eviction",

@@ -20,7 +20,7 @@ from hoststore.config import TableConfig, config_from_json, config_to_json
 from hoststore.proto import store_pb2, store_pb2_grpc
 from hoststore.server import grpc_options
 from hoststore.sharded import split_by_shard
-from hoststore.table import check_ids, check_push
+from hoststore.table import COUNT_COLUMNS, check_ids, check_push
 
 _RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
@@ -114,16 +114,16 @@ class ShardedStore:
                 self._configs[name] = config_from_json(s["config_json"])
         return dict(self._configs)
 
-    def pull(self, table: str, ids: np.ndarray, *, train: bool) -> np.ndarray:
+    def pull(self, table: str, ids: np.ndarray, *, train: bool, with_counts: bool = False):
         ids = check_ids(ids)
-        dim = self._config(table).dim
+        width = COUNT_COLUMNS * with_counts + self._config(table).dim
         perm, off = split_by_shard(ids, self.num_shards)
         parts = [perm[off[s] : off[s + 1]] for s in range(self.num_shards)]
-        reqs = [store_pb2.PullRequest(table=table, ids=ids[p].astype("<i8").tobytes(), train=train)
-                for p in parts]  # fmt: skip
-        out = np.empty((len(ids), dim), np.float32)
+        reqs = [store_pb2.PullRequest(table=table, ids=ids[p].astype("<i8").tobytes(), train=train,
+                                      with_counts=with_counts) for p in parts]  # fmt: skip
+        out = np.empty((len(ids), width), np.float32)
         for p, resp in zip(parts, self._all("Pull", reqs, idempotent=not train), strict=True):
-            out[p] = np.frombuffer(resp.rows, "<f4").reshape(len(p), dim)
+            out[p] = np.frombuffer(resp.rows, "<f4").reshape(len(p), width)
         return out
 
     def push(self, table, ids, grads, *, shows=None, clicks=None, assume_unique=False) -> None:

@@ -99,7 +99,7 @@ class StoreServicer(store_pb2_grpc.EmbeddingStoreServicer):
     def Pull(self, request, context):
         t = self._table(request.table, context)
         ids = self._ids(request.ids, context)
-        rows = t.pull(ids, train=request.train)
+        rows = t.pull(ids, train=request.train, with_counts=request.with_counts)
         return store_pb2.PullResponse(rows=rows.astype("<f4").tobytes(), dim=t.config.dim)
 
     def Push(self, request, context):

@@ -18,7 +18,7 @@ import numpy as np
 
 from hoststore.config import TableConfig
 from hoststore.hashing import SHARD_SALT, mix64
-from hoststore.table import EmbeddingTable, check_ids, check_push
+from hoststore.table import COUNT_COLUMNS, EmbeddingTable, check_ids, check_push
 
 _S32 = np.uint64(32)
 
@@ -65,14 +65,14 @@ class ShardedTable:
     def _map(self, fn, items):
         return list(self._pool.map(fn, items))
 
-    def pull(self, ids: np.ndarray, *, train: bool) -> np.ndarray:
+    def pull(self, ids: np.ndarray, *, train: bool, with_counts: bool = False) -> np.ndarray:
         ids = check_ids(ids)
         perm, off = split_by_shard(ids, len(self.shards))
-        out = np.empty((len(ids), self.config.dim), np.float32)
+        out = np.empty((len(ids), COUNT_COLUMNS * with_counts + self.config.dim), np.float32)
 
         def one(s):
             p = perm[off[s] : off[s + 1]]
-            out[p] = self.shards[s].pull(ids[p], train=train)
+            out[p] = self.shards[s].pull(ids[p], train=train, with_counts=with_counts)
 
         self._map(one, range(len(self.shards)))
         return out

@@ -18,7 +18,9 @@ from hoststore.table import EmbeddingTable
 class Store(Protocol):
     def tables(self) -> dict[str, TableConfig]: ...
 
-    def pull(self, table: str, ids: np.ndarray, *, train: bool) -> np.ndarray: ...
+    def pull(
+        self, table: str, ids: np.ndarray, *, train: bool, with_counts: bool = False
+    ) -> np.ndarray: ...
 
     def push(
         self,
@@ -67,8 +69,8 @@ class LocalStore:
     def tables(self) -> dict[str, TableConfig]:
         return {n: t.config for n, t in self._tables.items()}
 
-    def pull(self, table: str, ids: np.ndarray, *, train: bool) -> np.ndarray:
-        return self.table(table).pull(ids, train=train)
+    def pull(self, table: str, ids: np.ndarray, *, train: bool, with_counts: bool = False):
+        return self.table(table).pull(ids, train=train, with_counts=with_counts)
 
     def push(self, table, ids, grads, *, shows=None, clicks=None, assume_unique=False) -> None:
         self.table(table).push(ids, grads, shows=shows, clicks=clicks, assume_unique=assume_unique)

@@ -41,6 +41,8 @@ ROW_META = np.dtype(
 PENDING_ENTRY = np.dtype(
     [("key", "<i8"), ("show", "<u2"), ("click", "<u2"), ("last_seen", "<i4")], align=True
 )
+# Columns a pull ``with_counts`` puts before the embedding: show, click.
+COUNT_COLUMNS = 2
 _GROWTH = 1.5
 _CHUNK = 4096
 _RECENT_PULLS = 4
@@ -221,18 +223,25 @@ class EmbeddingTable:
 
     # ------------------------------------------------------------------ pull
 
-    def pull(self, ids: np.ndarray, *, train: bool) -> np.ndarray:
+    def pull(self, ids: np.ndarray, *, train: bool, with_counts: bool = False) -> np.ndarray:
         """Rows for ``ids`` as a new (n, dim) float32 array, in the order given.
 
         ``train=True`` counts a sighting of each occurrence and may create rows (subject to
         admission); ``train=False`` reads only. Keys without a row read the default row.
+        ``with_counts`` prepends each key's (show, click) counters as they stood before
+        this pull (decayed to the clock; a pending key's counters; 0 for unknown keys):
+        an (n, 2 + dim) array, the layout of Paddle's pull with CVM, which a model turns
+        into log(show + 1), log(click + 1) - log(show + 1) features.
         """
         ids = check_ids(ids)
         n = len(ids)
-        out = np.empty((n, self._dim), np.float32)
+        out = np.empty((n, COUNT_COLUMNS * with_counts + self._dim), np.float32)
+        emb_out = out[:, COUNT_COLUMNS:] if with_counts else out
         rows = np.empty(n, np.int64)
         with self._lock:
-            n_miss = self._pull_existing(ids, out, rows, train)
+            if with_counts:
+                self._counts(ids, out[:, :COUNT_COLUMNS])
+            n_miss = self._pull_existing(ids, emb_out, rows, train)
             if train:
                 self._train_pulls += 1
                 if n_miss:
@@ -240,9 +249,26 @@ class EmbeddingTable:
                     new_rows = self._admit(ids[miss])
                     rows[miss] = new_rows
                     got = new_rows >= 0
-                    out[miss[got]] = self._emb[new_rows[got]]
+                    emb_out[miss[got]] = self._emb[new_rows[got]]
                 self._recent.append((ids, rows))
         return out
+
+    def _counts(self, ids: np.ndarray, out: np.ndarray) -> None:
+        """out[:, 0], out[:, 1] = show, click of each id now (row, pending entry or 0)."""
+        rows = np.empty(len(ids), np.int64)
+        ix.find_many(self._index, self._keys, ids, rows)
+        ok = rows >= 0
+        r = rows[ok]
+        factor = self.config.eviction.decay ** (self._clock - self._last_seen[r]).astype(float)
+        out[:] = 0.0
+        out[ok, 0] = self._show[r] * factor
+        out[ok, 1] = self._click[r] * factor
+        if self.pending_count():
+            e = np.empty(len(ids), np.int64)
+            ix.find_many(self._pindex, self._pkeys, ids, e)
+            pend = e >= 0
+            out[pend, 0] = self._pshow[e[pend]]
+            out[pend, 1] = self._pclick[e[pend]]
 
     def _pull_existing(self, ids, out, rows, train: bool) -> int:
         def run(lo: int, hi: int) -> int:

@@ -23,7 +23,7 @@ from jaxstream.stream import PartitionSource, SourceConfig
 
 class HashedModel(nnx.Module):
     def __init__(self, spec: FeatureSpec, tower: nnx.Module, rows: int, scale: float, seed: int):
-        dim = spec.slot_dims()[0]
+        dim = spec.tables[0].dim
         key = jax.random.key(seed)
         self.table = nnx.Param(jax.random.uniform(key, (rows, dim), minval=-scale, maxval=scale))
         self.tower = tower

@@ -46,6 +46,9 @@ class E2EBenchConfig:
     embedding_dim: int = 8
     admission: str = "count_filter:3"
     baseline_rows: int = 1 << 20
+    # Extra hashed baselines of other sizes: how much of the gap is collisions at all.
+    baseline_rows_sweep: tuple[int, ...] = (1 << 16, 1 << 18, 1 << 22)
+    run_cvm: bool = True  # also train with the store's show/click counters as features
     skip_hours: int = 3
     run_baseline: bool = True
     run_admission: bool = True
@@ -94,8 +97,10 @@ def _step_timing(cfg: TrainConfig, root: str, reps: int) -> dict[str, float]:
     t0 = time.perf_counter()
     rows = {}
     for t in hb.unique_ids:
-        r = np.zeros((hb.padded_rows(t), cfg.embedding_dim), np.float32)
-        r[: len(hb.unique_ids[t])] = store.pull(t, hb.unique_ids[t], train=True)
+        r = np.zeros((hb.padded_rows(t), spec.count_columns + cfg.embedding_dim), np.float32)
+        r[: len(hb.unique_ids[t])] = store.pull(
+            t, hb.unique_ids[t], train=True, with_counts=spec.counts
+        )
         rows[t] = r
     t_pull = time.perf_counter() - t0
     graphdef, params = nnx.split(models.build(cfg.model, spec.slot_dims(), spec.num_dense,
@@ -159,6 +164,11 @@ def run(cfg: E2EBenchConfig, workdir: str | None = None) -> dict:
         res["admission_rows"] = adm[-1]["table_rows"]
         res["admission_pending"] = adm[-1]["pending"]
 
+    if cfg.run_cvm:
+        log.info("ours with count features (CVM)")
+        s = train_and_evaluate(_train_cfg(cfg, root, cvm=True), os.path.join(workdir, "ours_cvm"))
+        res["cvm_auc"] = _mean(_records(s["metrics_file"]), "progressive_auc", k)
+
     if cfg.grpc_shards:
         from hoststore.client import ShardedStore
         from hoststore.launch import LocalCluster
@@ -183,6 +193,11 @@ def run(cfg: E2EBenchConfig, workdir: str | None = None) -> dict:
         res["auc_gain_vs_baseline"] = res["ours_auc"] - res["baseline_auc"]
         gap = res["seen5_auc"] - res["baseline_auc"]
         res["gap_closed"] = res["auc_gain_vs_baseline"] / gap if gap > 0 else float("nan")
+        res["baseline_sweep_auc"] = {}
+        for rows in cfg.baseline_rows_sweep:
+            log.info("hashed baseline, %d rows", rows)
+            sw = run_hashed_baseline(base_cfg, root, feature_spec(base_cfg), rows)
+            res["baseline_sweep_auc"][rows] = _mean(sw, "progressive_auc", k)
 
     res["step_timing"] = _step_timing(base_cfg, root, cfg.step_timing_reps)
     return res
@@ -216,6 +231,10 @@ def markdown(res: dict) -> str:
     if "gap_closed" in res:
         lines.append(f"| **share of baseline -> seen-5 gap closed** (target >= 0.5) | "
                      f"**{res['gap_closed']:.2f}** |")  # fmt: skip
+        for rows, auc in sorted(res["baseline_sweep_auc"].items()):
+            lines.append(f"| hashed baseline with 2^{int(np.log2(rows))} rows | {auc:.4f} |")
+    if "cvm_auc" in res:
+        lines.append(f"| ours with show/click count features (CVM) | {res['cvm_auc']:.4f} |")
     if "admission_auc" in res:
         cut = 1 - res["admission_rows"] / res["ours_rows"]
         lines += [

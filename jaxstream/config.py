@@ -31,6 +31,9 @@ class TrainConfig:
     sparse_optimizer: str = "adagrad"
     sparse_learning_rate: float = 0.05
     initializer_scale: float = 0.01
+    # Paddle's CVM: feed each ID's store counters, log(show+1) and log(click+1)-log(show+1),
+    # to the model beside its embedding.
+    cvm: bool = False
     # --- store policies: "always", "count_filter:3", "probability:0.2", "show_click:2.5"
     admission: str = "always"
     # comma-separated: "unseen:72,score:0.5,max_rows:1000000,decay:0.98" (ticks = partitions)

@@ -31,9 +31,14 @@ class SlotSpec:
 
 @dataclasses.dataclass(frozen=True)
 class FeatureSpec:
+    """``counts`` (Paddle's CVM): every pulled ID also brings its store counters, and the
+    model sees log(show + 1) and log(click + 1) - log(show + 1) beside its embedding, so
+    each slot's input is two wider (see :func:`jaxstream.step.pooled_embeddings`)."""
+
     slots: tuple[SlotSpec, ...]
     tables: tuple[hoststore.TableConfig, ...]
     num_dense: int
+    counts: bool = False
 
     def __post_init__(self):
         names = {t.name for t in self.tables}
@@ -44,8 +49,14 @@ class FeatureSpec:
     def table(self, name: str) -> hoststore.TableConfig:
         return next(t for t in self.tables if t.name == name)
 
+    @property
+    def count_columns(self) -> int:
+        """Columns before the embedding in each pulled row (show, click) or 0."""
+        return hoststore.COUNT_COLUMNS if self.counts else 0
+
     def slot_dims(self) -> list[int]:
-        return [self.table(s.table).dim for s in self.slots]
+        """Width of each slot's model input: its table's dim, plus the count features."""
+        return [self.table(s.table).dim + self.count_columns for s in self.slots]
 
     def slots_of(self, table: str) -> list[SlotSpec]:
         return [s for s in self.slots if s.table == table]
@@ -68,8 +79,8 @@ def single_table_spec(
     table: hoststore.TableConfig,
     max_len: int = 1,
     pooling: str = "sum",
+    counts: bool = False,
 ) -> FeatureSpec:
     """Every slot in one shared table (Paddle's usual single sparse table)."""
-    return FeatureSpec(
-        tuple(SlotSpec(s, table.name, pooling, max_len) for s in slot_names), (table,), num_dense
-    )
+    slots = tuple(SlotSpec(s, table.name, pooling, max_len) for s in slot_names)
+    return FeatureSpec(slots, (table,), num_dense, counts)

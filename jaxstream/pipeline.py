@@ -131,7 +131,10 @@ def run_pass(
                 return
             t0 = time.perf_counter()
             rows = {
-                t: _pad_rows(store.pull(t, hb.unique_ids[t], train=train), hb.padded_rows(t))
+                t: _pad_rows(
+                    store.pull(t, hb.unique_ids[t], train=train, with_counts=spec.counts),
+                    hb.padded_rows(t),
+                )
                 for t in hb.unique_ids
             }
             db = DeviceBatch(rows, hb.index, hb.mask, hb.dense, hb.labels, hb.weights)

@@ -91,10 +91,15 @@ class Predictor:
         self.step, self._base_step, self.cursor = step, meta["base_step"], meta["cursor"]
         return True
 
-    @staticmethod
-    def _apply(table: hs.EmbeddingTable, path: str) -> None:
+    def _apply(self, table: hs.EmbeddingTable, path: str) -> None:
+        """Applies one base or delta: weights only, or with counts (CVM) also the rows'
+        and pending keys' show/click and the clock, so pulls read what the trainer read."""
         m = snap.read_manifest(path)
-        cols = snap.read_columns(path, m, only=("rows.key", "rows.emb", "deleted.key"))
+        counts = self.spec.counts
+        stat_cols = ("rows.show", "rows.click", "rows.last_seen", "pending.key", "pending.show",
+                     "pending.click", "pending.last_seen")  # fmt: skip
+        cols = snap.read_columns(path, m, only=("rows.key", "rows.emb", "deleted.key")
+                                 + (stat_cols if counts else ()))  # fmt: skip
         n = len(cols["rows.key"])
         zeros = np.zeros(n, np.int32)
         rows = {"key": cols["rows.key"], "emb": cols["rows.emb"], "show": zeros,
@@ -103,6 +108,11 @@ class Predictor:
                    "click": np.empty(0, np.uint16), "last_seen": np.empty(0, np.int32)}  # fmt: skip
         scalars = {"clock": 0, "train_pulls": 0, "admitted": 0, "evicted": 0, "rejected": 0,
                    "expired_pending": 0}  # fmt: skip
+        if counts:
+            for c in ("show", "click", "last_seen"):
+                rows[c] = cols[f"rows.{c}"]
+            pending = {c: cols[f"pending.{c}"] for c in pending}
+            scalars["clock"] = m["shards"][0]["clock"]
         table.apply_snapshot(rows, cols.get("deleted.key", np.empty(0, np.int64)), pending,
                              scalars)  # fmt: skip
 
@@ -120,8 +130,9 @@ class Predictor:
         for hb in batches(examples, self.spec, self.batch_size):
             rows = {}
             for t, ids in hb.unique_ids.items():
-                r = np.zeros((hb.padded_rows(t), self.spec.table(t).dim), np.float32)
-                r[: len(ids)] = self.tables[t].pull(ids, train=False)
+                width = self.spec.count_columns + self.spec.table(t).dim
+                r = np.zeros((hb.padded_rows(t), width), np.float32)
+                r[: len(ids)] = self.tables[t].pull(ids, train=False, with_counts=self.spec.counts)
                 rows[t] = r
             db = DeviceBatch(rows, hb.index, hb.mask, hb.dense, hb.labels, hb.weights)
             out.append(np.asarray(self._eval(self._params, jax.device_put(db)))[: hb.size])

@@ -20,7 +20,7 @@ from jaxstream.features import FeatureSpec
 
 
 class DeviceBatch(NamedTuple):
-    rows: dict[str, jax.Array]  # table -> [U_pad, dim]
+    rows: dict[str, jax.Array]  # table -> [U_pad, count_columns + dim]
     index: dict[str, jax.Array]  # slot -> [B, L] int32
     mask: dict[str, jax.Array]  # slot -> [B, L]
     dense: jax.Array  # [B, D]
@@ -28,7 +28,19 @@ class DeviceBatch(NamedTuple):
     weights: jax.Array  # [B]
 
 
+def count_features(counts: jax.Array) -> jax.Array:
+    """Paddle's CVM transform of (show, click): log(show + 1), log(click + 1) - log(show + 1).
+    Constants to the model (no gradient flows into the store's counters)."""
+    counts = jax.lax.stop_gradient(counts)
+    log_show = jnp.log1p(counts[:, 0])
+    return jnp.stack([log_show, jnp.log1p(counts[:, 1]) - log_show], axis=-1)
+
+
 def pooled_embeddings(spec: FeatureSpec, rows, index, mask) -> list[jax.Array]:
+    c = spec.count_columns
+    if c:
+        rows = {t: jnp.concatenate([count_features(r[:, :c]), r[:, c:]], -1)
+                for t, r in rows.items()}  # fmt: skip
     out = []
     for s in spec.slots:
         m = mask[s.name]
@@ -65,8 +77,14 @@ def train_step(graphdef, tx, spec, params, opt_state, batch: DeviceBatch):
     )
     updates, opt_state = tx.update(g_params, opt_state, params)
     params = optax.apply_updates(params, updates)
-    row_grads = jax.tree.map(lambda g: g * n, g_rows)
+    row_grads = jax.tree.map(lambda g: g * n, _embedding_grads(spec, g_rows))
     return params, opt_state, row_grads, jax.nn.sigmoid(logits), loss * n
+
+
+def _embedding_grads(spec: FeatureSpec, g_rows):
+    """Drops the count columns: only the embedding part of a row is pushed back."""
+    c = spec.count_columns
+    return {t: g[:, c:] for t, g in g_rows.items()} if c else g_rows
 
 
 def eval_step(graphdef, spec, params, batch: DeviceBatch):
@@ -90,6 +108,7 @@ def grad_step(graphdef, spec, params, batch: DeviceBatch):
     (loss, logits), (g_params, g_rows) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(
         params, batch.rows
     )
+    g_rows = _embedding_grads(spec, g_rows)
     return g_params, g_rows, jax.nn.sigmoid(logits), loss, batch.weights.sum()
 
 

@@ -54,13 +54,13 @@ def feature_spec(cfg: TrainConfig) -> FeatureSpec:
         seed=cfg.seed,
     )
     if cfg.format == "criteo":
-        return single_table_spec(readers.CRITEO_SLOTS, readers.CRITEO_DENSE, table)
+        return single_table_spec(readers.CRITEO_SLOTS, readers.CRITEO_DENSE, table, counts=cfg.cvm)
     if cfg.format == "avazu":
-        return single_table_spec(readers.AVAZU_SLOTS, 0, table)
+        return single_table_spec(readers.AVAZU_SLOTS, 0, table, counts=cfg.cvm)
     if cfg.format == "slot":
         if not cfg.slot_names:
             raise ValueError("format=slot needs slot_names (the slot numbers to read)")
-        return single_table_spec(cfg.slot_names, 0, table, cfg.slot_max_len)
+        return single_table_spec(cfg.slot_names, 0, table, cfg.slot_max_len, counts=cfg.cvm)
     raise ValueError(f"unknown format {cfg.format!r}; use criteo, avazu or slot")
 
 

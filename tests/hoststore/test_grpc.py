@@ -60,9 +60,11 @@ def test_interface_matches_an_in_process_reference(store):
     universe = np.array([0, -1, 2**63 - 1, -(2**63)] + list(range(1, 60)), np.int64)
     for step in range(25):
         ids = rng.choice(universe, 40)
-        for s in (store, ref):
-            rows = s.pull(cfg.name, ids, train=True)
-        np.testing.assert_array_equal(rows, ref.pull(cfg.name, ids, train=False))
+        counts = step % 2 == 1  # every other pull also brings (show, click)
+        got, want = (s.pull(cfg.name, ids, train=True, with_counts=counts) for s in (store, ref))
+        np.testing.assert_array_equal(got, want)
+        c = hs.COUNT_COLUMNS * counts
+        np.testing.assert_array_equal(got[:, c:], ref.pull(cfg.name, ids, train=False))
         grads = rng.normal(size=(40, DIM)).astype(np.float32)
         clicks = rng.integers(0, 2, 40).astype(np.float32)
         for s in (store, ref):

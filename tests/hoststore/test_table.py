@@ -70,6 +70,24 @@ def test_threaded_lookups_equal_one_thread(threads):
         t.lookup_threads = 0
 
 
+def test_pull_with_counts_prepends_the_counters_before_the_sighting(table):
+    """(show, click) of rows, of pending keys and 0 for unknown keys, as they stood before
+    the pull; the embedding part equals a plain pull on a twin table."""
+    ops = lambda t: (  # noqa: E731
+        t.pull(np.array([1, 1, 2], np.int64), train=True),  # 1 admitted (2nd sighting), 2 pending
+        t.push(np.array([1, 2], np.int64), np.zeros((2, 4), np.float32), clicks=np.ones(2)),
+    )
+    t, twin = table(admission=hs.count_filter(2)), table(admission=hs.count_filter(2))
+    ops(t), ops(twin)
+    ids = np.array([1, 2, 3], np.int64)
+    out = t.pull(ids, train=True, with_counts=True)  # admits 2, makes 3 pending
+    np.testing.assert_array_equal(out[:, 2:], twin.pull(ids, train=True))
+    np.testing.assert_array_equal(out[:, :2], [[2, 1], [1, 1], [0, 0]])
+    after = t.pull(ids, train=False, with_counts=True)
+    np.testing.assert_array_equal(after[:, :2], [[3, 1], [2, 1], [1, 0]])
+    assert after.shape == (3, hs.COUNT_COLUMNS + 4)
+
+
 @pytest.mark.parametrize("seed", [0, 5])
 def test_initial_rows_depend_only_on_seed_and_key(table, seed):
     keys = np.random.default_rng(0).integers(I64.min, I64.max, 500, dtype=np.int64)

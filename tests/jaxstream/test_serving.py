@@ -10,6 +10,7 @@ import sys
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import hoststore as hs
 from hoststore.store import LocalStore
@@ -23,12 +24,13 @@ from jaxstream.stream import Partition
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def test_predictor_matches_the_trainers_eval_and_refreshes(tmp_path):
+@pytest.mark.parametrize("cvm", [False, True], ids=["plain", "cvm"])
+def test_predictor_matches_the_trainers_eval_and_refreshes(tmp_path, cvm):
     root = str(tmp_path / "data")
     stream = StreamConfig(hours=4, rows_per_hour=1500, max_vocab=3000)
     generate(root, stream)
     cfg = dataclasses.replace(config.smoke_config(), data_root=root, synthetic=stream,
-                              staleness=0, admission="count_filter:2")  # fmt: skip
+                              staleness=0, admission="count_filter:2", cvm=cvm)  # fmt: skip
     work = str(tmp_path / "w")
     train.train_and_evaluate(dataclasses.replace(cfg, max_partitions=2), work)
 

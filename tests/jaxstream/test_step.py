@@ -19,12 +19,12 @@ from jaxstream.step import DeviceBatch, make_steps
 DIM = 4
 
 
-def _spec():
+def _spec(counts=False):
     tables = (hs.TableConfig("shared", DIM, initializer=hs.uniform(0.5)),
               hs.TableConfig("other", DIM, initializer=hs.uniform(0.5), seed=1))  # fmt: skip
     slots = (SlotSpec("a", "shared", "sum", 3), SlotSpec("b", "shared", "mean", 2),
              SlotSpec("c", "other", "sum", 1))  # fmt: skip
-    return FeatureSpec(slots, tables, num_dense=2)
+    return FeatureSpec(slots, tables, num_dense=2, counts=counts)
 
 
 def _examples(n=6, seed=0):
@@ -39,15 +39,21 @@ def _examples(n=6, seed=0):
 
 
 def _pooled_reference(spec, ex, store, batch_size):
-    """Per-example pooled embeddings straight from the store, no dedup, in numpy."""
+    """Per-example pooled inputs straight from the store, no dedup, in numpy (with counts:
+    log1p(show), log1p(click) - log1p(show) before the embedding)."""
     out = []
     for s in spec.slots:
-        e = np.zeros((batch_size, DIM), np.float32)
+        e = np.zeros((batch_size, spec.count_columns + DIM), np.float32)
         o = ex.slot_offsets[s.name]
         for i in range(len(ex)):
             raw = ex.slot_ids[s.name][o[i] : o[i + 1]][: s.max_len]
             if len(raw):
-                rows = store.table(s.table).pull(salt_ids(raw, s.name), train=False)
+                rows = store.table(s.table).pull(
+                    salt_ids(raw, s.name), train=False, with_counts=spec.counts
+                )
+                if spec.counts:
+                    log_show = np.log1p(rows[:, 0])
+                    rows = np.column_stack([log_show, np.log1p(rows[:, 1]) - log_show, rows[:, 2:]])
                 e[i] = rows.sum(0) / (len(raw) if s.pooling == "mean" else 1)
         out.append(e)
     return out
@@ -77,11 +83,18 @@ def test_batch_dedups_per_table_and_counts_clicks():
     assert salt_ids(np.array([3]), "a")[0] != salt_ids(np.array([3]), "b")[0]
 
 
-def test_step_row_grads_match_per_example_gradients():
-    spec, ex = _spec(), _examples(seed=1)
+@pytest.mark.parametrize("counts", [False, True], ids=["plain", "cvm"])
+def test_step_row_grads_match_per_example_gradients(counts):
+    spec, ex = _spec(counts), _examples(seed=1)
     store = hs.store.LocalStore(spec.tables)
     hb = make_batch(ex, spec, 8)
-    rows = {t: store.pull(t, hb.unique_ids[t], train=True) for t in hb.unique_ids}
+    for t, ids in hb.unique_ids.items():  # rows, and counters that are not all zero
+        store.pull(t, ids, train=True)
+        store.pull(t, ids[::2], train=True)
+        store.push(t, ids[::3], np.zeros((len(ids[::3]), DIM), np.float32),
+                   clicks=np.ones(len(ids[::3])))  # fmt: skip
+    rows = {t: store.pull(t, hb.unique_ids[t], train=False, with_counts=counts)
+            for t in hb.unique_ids}  # fmt: skip
     padded = {t: np.pad(r, ((0, hb.padded_rows(t) - len(r)), (0, 0))) for t, r in rows.items()}
     model = models.build("dnn", spec.slot_dims(), 2, hidden=(8,))
     graphdef, params = nnx.split(model)
@@ -110,7 +123,7 @@ def test_step_row_grads_match_per_example_gradients():
                 continue
             m = hb.mask[s.name]
             scale = np.maximum(m.sum(1, keepdims=True), 1) if s.pooling == "mean" else 1.0
-            g = np.asarray(g_pooled[s_i]) / scale
+            g = np.asarray(g_pooled[s_i])[:, spec.count_columns :] / scale
             for i, j in zip(*np.nonzero(m)):
                 ref[hb.index[s.name][i, j]] += g[i]
         np.testing.assert_allclose(np.asarray(row_grads[t]), ref, rtol=1e-4, atol=1e-6)
