@@ -61,6 +61,13 @@ def _pad_rows(rows: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
+def _pull(store: Store, spec: FeatureSpec, table: str, ids: np.ndarray, train: bool):
+    # Stores written before counts existed keep working when the spec does not ask for them.
+    if spec.counts:
+        return store.pull(table, ids, train=train, with_counts=True)
+    return store.pull(table, ids, train=train)
+
+
 class _Worker(threading.Thread):
     def __init__(self, name, target):
         super().__init__(name=name, daemon=True)
@@ -131,10 +138,7 @@ def run_pass(
                 return
             t0 = time.perf_counter()
             rows = {
-                t: _pad_rows(
-                    store.pull(t, hb.unique_ids[t], train=train, with_counts=spec.counts),
-                    hb.padded_rows(t),
-                )
+                t: _pad_rows(_pull(store, spec, t, hb.unique_ids[t], train), hb.padded_rows(t))
                 for t in hb.unique_ids
             }
             db = DeviceBatch(rows, hb.index, hb.mask, hb.dense, hb.labels, hb.weights)
