@@ -6,6 +6,10 @@ import numba as nb
 import numpy as np
 
 from hoststore import index as ix
+from hoststore._prefetch import prefetch
+
+# How many rows ahead the row loops below prefetch: enough to cover a memory latency.
+_AHEAD = 16
 
 
 @nb.njit(inline="always", cache=True)
@@ -138,6 +142,8 @@ def touch_push_unique(
         ix.find_many(index, keys, ids, rows)
     n_miss = 0
     for i in range(n):
+        if hinted and i + _AHEAD < n and hint[i + _AHEAD] >= 0:
+            prefetch(created, hint[i + _AHEAD])  # the row's key + statistics record
         if hinted:
             r = hint[i]
             if r < 0 or created[r] < 0 or keys[r] != ids[i]:
@@ -152,3 +158,34 @@ def touch_push_unique(
         show[r] += shows[i]
         click[r] += clicks[i]
     return rows, n_miss
+
+
+@nb.njit(inline="always", cache=True)
+def _prefetch_row(flat, r, width):
+    for j in range(0, width, 16):  # 16 floats: one 64-byte line
+        prefetch(flat, r * width + j)
+    prefetch(flat, r * width + width - 1)
+
+
+@nb.njit(nogil=True, cache=True)
+def gather_rows(src, rows, out):
+    """out[i] = src[rows[i]] for 2-D ``src`` (C order), prefetching rows ahead."""
+    n = rows.shape[0]
+    width = src.shape[1]
+    flat = src.reshape(-1)
+    for i in range(n):
+        if i + _AHEAD < n:
+            _prefetch_row(flat, rows[i + _AHEAD], width)
+        r = rows[i]
+        for j in range(width):
+            out[i, j] = src[r, j]
+
+
+@nb.njit(nogil=True, cache=True)
+def scatter_rows(dst, rows, block):
+    """dst[rows[i]] = block[i] (rows distinct)."""
+    width = dst.shape[1]
+    for i in range(rows.shape[0]):
+        r = rows[i]
+        for j in range(width):
+            dst[r, j] = block[i, j]

@@ -445,15 +445,18 @@ class EmbeddingTable:
         optimizer's loop runs over contiguous memory instead of waiting on random rows.
         """
         hp = self._opt.hparams(self._clock)
+        columns = (self._emb, *self._state)
+        as_2d = [c.reshape(len(c), -1) for c in columns]  # views: (cap, width) each
         for lo in range(0, len(rows), _CHUNK):
             r = rows[lo : lo + _CHUNK]
-            block = self._emb.take(r, axis=0)
-            state = tuple(s.take(r, axis=0) for s in self._state)
+            blocks = [np.empty((len(r), *c.shape[1:]), c.dtype) for c in columns]
+            for c, b in zip(as_2d, blocks, strict=True):
+                K.gather_rows(c, r, b.reshape(len(r), -1))
             hi = lo + len(r)
-            self._opt.apply(block, state, grads[lo:hi], counts[lo:hi], hp, *self._bounds)
-            self._emb[r] = block
-            for s, b in zip(self._state, state, strict=True):
-                s[r] = b
+            self._opt.apply(blocks[0], tuple(blocks[1:]), grads[lo:hi], counts[lo:hi], hp,
+                            *self._bounds)  # fmt: skip
+            for c, b in zip(as_2d, blocks, strict=True):
+                K.scatter_rows(c, r, b.reshape(len(r), -1))
 
     def _count_pending(self, keys: np.ndarray, shows: np.ndarray, clicks: np.ndarray) -> None:
         uniq, inverse, _ = ix.unique_with_inverse(keys)
