@@ -47,9 +47,11 @@ _GROWTH = 1.5
 _CHUNK = 4096
 _RECENT_PULLS = 4
 _NO_HINT = np.empty(0, np.int64)
-# A read-only pull is split over the lookup threads only when every thread gets at least
-# this many ids; below it the hand-off costs more than it saves.
-_MIN_IDS_PER_THREAD = 32768
+# A read-only pull is split over the lookup threads in chunks of at least this many ids;
+# below it the hand-off costs more than it saves.
+_MIN_IDS_PER_CHUNK = 32768
+# Several chunks per thread, so a thread on a busier core simply takes fewer of them.
+_CHUNKS_PER_THREAD = 4
 
 
 def _empty_aligned(shape: tuple[int, ...], dtype, align: int = 64) -> np.ndarray:
@@ -280,8 +282,8 @@ class EmbeddingTable:
             )  # fmt: skip
 
         n = len(ids)
-        parts = min(self._lookup_threads, n // _MIN_IDS_PER_THREAD)
-        if train or parts < 2:
+        parts = min(self._lookup_threads * _CHUNKS_PER_THREAD, n // _MIN_IDS_PER_CHUNK)
+        if train or self._lookup_threads < 2 or parts < 2:
             return run(0, n)
         bounds = np.linspace(0, n, parts + 1).astype(np.int64)
         futures = [self._lookup_pool.submit(run, lo, hi) for lo, hi in itertools.pairwise(bounds)]
