@@ -54,3 +54,38 @@ def test_unique_with_inverse_matches_numpy(n, universe):
     np.testing.assert_array_equal(counts[order], ref_c)
     first = [keys.tolist().index(k) for k in uniq.tolist()[:50]]
     assert first == sorted(first)  # first-seen order
+
+
+def _unmix64(h: int) -> int:
+    """Inverse of hashing.mix64 (splitmix64's finalizer), in Python integers."""
+    m = (1 << 64) - 1
+    h ^= (h >> 31) ^ (h >> 62)
+    h = (h * pow(0x94D049BB133111EB, -1, 1 << 64)) & m
+    h ^= (h >> 27) ^ (h >> 54)
+    h = (h * pow(0xBF58476D1CE4E5B9, -1, 1 << 64)) & m
+    h ^= (h >> 30) ^ (h >> 60)
+    return h
+
+
+def test_a_tag_collision_falls_back_to_comparing_keys():
+    """Two keys whose hashes differ only in bit 31 share a home slot and a 31-bit tag: the
+    probe must still tell them apart by their keys (the rare path of find_group)."""
+    from hoststore.hashing import INDEX_SALT, mix64_np
+
+    h1 = 0x0123456789ABCDEF
+    k1, k2 = (np.uint64(_unmix64(h) ^ int(INDEX_SALT)).view(np.int64) for h in (h1, h1 ^ 1 << 31))
+    hashes = mix64_np(np.array([k1, k2], np.int64).view(np.uint64) ^ INDEX_SALT)
+    assert hashes.tolist() == [h1, h1 ^ 1 << 31]
+    index, keys = ix.new_index(16, tagged=True), np.zeros(16, np.int64)
+    keys[0] = k1
+    ix.insert(index, keys, k1, 0)
+    out = np.empty(2, np.int64)
+    ix.find_many(index, keys, np.array([k1, k2], np.int64), out)
+    assert out.tolist() == [0, -1]
+    keys[1] = k2
+    ix.insert(index, keys, k2, 1)
+    ix.find_many(index, keys, np.array([k2, k1], np.int64), out)
+    assert out.tolist() == [1, 0]
+    assert ix.delete(index, keys, k1) == 0
+    ix.find_many(index, keys, np.array([k2, k1], np.int64), out)
+    assert out.tolist() == [1, -1]
