@@ -7,6 +7,7 @@ buffer until the line arrives.
 
 from __future__ import annotations
 
+import numba as nb
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
@@ -34,3 +35,11 @@ def prefetch(typingctx, arr, i):
         return context.get_dummy_value()
 
     return types.void(arr, i), codegen
+
+
+@nb.njit(inline="always", cache=True)
+def prefetch_row(flat, r, width):
+    """Prefetches row ``r`` of a C-ordered (rows, width) array given as its flat view."""
+    for j in range(0, width, 16):  # 16 four-byte values: one 64-byte line
+        prefetch(flat, r * width + j)
+    prefetch(flat, r * width + width - 1)

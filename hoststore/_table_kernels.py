@@ -6,7 +6,7 @@ import numba as nb
 import numpy as np
 
 from hoststore import index as ix
-from hoststore._prefetch import prefetch
+from hoststore._prefetch import prefetch, prefetch_row
 
 # How many rows ahead the row loops below prefetch: enough to cover a memory latency.
 _AHEAD = 16
@@ -160,13 +160,6 @@ def touch_push_unique(
     return rows, n_miss
 
 
-@nb.njit(inline="always", cache=True)
-def _prefetch_row(flat, r, width):
-    for j in range(0, width, 16):  # 16 floats: one 64-byte line
-        prefetch(flat, r * width + j)
-    prefetch(flat, r * width + width - 1)
-
-
 @nb.njit(nogil=True, cache=True)
 def gather_rows(src, rows, out):
     """out[i] = src[rows[i]] for 2-D ``src`` (C order), prefetching rows ahead."""
@@ -175,7 +168,7 @@ def gather_rows(src, rows, out):
     flat = src.reshape(-1)
     for i in range(n):
         if i + _AHEAD < n:
-            _prefetch_row(flat, rows[i + _AHEAD], width)
+            prefetch_row(flat, rows[i + _AHEAD], width)
         r = rows[i]
         for j in range(width):
             out[i, j] = src[r, j]

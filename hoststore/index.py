@@ -14,7 +14,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from hoststore._prefetch import prefetch
+from hoststore._prefetch import prefetch, prefetch_row
 from hoststore.hashing import INDEX_SALT, mix64
 
 EMPTY = -1
@@ -174,10 +174,8 @@ def find_group(index, entry_keys, keys, base, m, homes, tags, cands, out, rows, 
             if _tag_ok(index, v, tag):
                 e = _entry(index, v)
                 prefetch(entry_keys, e)
-                for j in range(0, row_len, 16):  # 16 floats: one 64-byte line
-                    prefetch(rows, e * row_len + j)
                 if row_len:
-                    prefetch(rows, e * row_len + row_len - 1)
+                    prefetch_row(rows, e, row_len)
                 break
             s += 1
             if s == size:
