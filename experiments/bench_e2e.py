@@ -24,6 +24,9 @@ _GRPC = flags.DEFINE_integer("grpc_shards", 0, "Also train through N local gRPC 
 _BASELINE = flags.DEFINE_boolean("baseline", True, "Also run the hashed baseline.")
 _COMPARE = flags.DEFINE_boolean("compare_admission", True, "Also train with --admission.")
 _ADMISSION = flags.DEFINE_string("admission", "count_filter:3", "Admission policy to compare.")
+_SWEEP = flags.DEFINE_list("baseline_rows_sweep", ["65536", "262144", "4194304"],
+                          "Extra hashed-baseline sizes (empty: none).")
+_CVM = flags.DEFINE_boolean("cvm", True, "Also train with the store's count features (CVM).")
 _SECTION = flags.DEFINE_string("section", "End to end (experiments/bench_e2e.py)", "Section.")
 _OUT = flags.DEFINE_string("out", "BENCHMARKS.md", "Where to record the table.")
 _JSON = flags.DEFINE_string("json", None, "Also dump the raw results here.")
@@ -35,7 +38,8 @@ def main(argv):
     cfg = benchmark.E2EBenchConfig(
         hours=_HOURS.value, rows_per_hour=_ROWS.value, batch_size=_BATCH.value,
         store_shards=_SHARDS.value, run_baseline=_BASELINE.value, admission=_ADMISSION.value,
-        run_admission=_COMPARE.value, grpc_shards=_GRPC.value,
+        run_admission=_COMPARE.value, grpc_shards=_GRPC.value, run_cvm=_CVM.value,
+        baseline_rows_sweep=tuple(int(x) for x in _SWEEP.value),
     )  # fmt: skip
     if _SMOKE.value:
         cfg = dataclasses.replace(cfg, hours=4, rows_per_hour=5_000, skip_hours=1,

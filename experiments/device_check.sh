@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The accelerator check, for a session lent a device machine (the `device` tool), as one
+# call from the repository root, e.g.  run(command="bash experiments/device_check.sh").
+# Writes BENCHMARKS-style sections and raw JSON under $OUT (the tool fetches $OUT); copy
+# the sections into BENCHMARKS.md here. About 5-8 minutes on an H100/H200.
+set -euo pipefail
+OUT=${OUT:-/tmp/device_check}
+mkdir -p "$OUT"
+export PYTHONPATH=$PWD
+python3 -c "import jax, numba; print(jax.__version__, numba.__version__, jax.devices())"
+python3 experiments/bench_store.py --out "$OUT/BENCHMARKS.md"
+for shards in 8 1; do
+  extra=()
+  if [ "$shards" = 1 ]; then extra=(--nobaseline --nocompare_admission --nocvm); fi
+  python3 experiments/bench_e2e.py --hours=5 --rows_per_hour=50000 --batch_size=4096 \
+    --store_shards="$shards" --baseline_rows_sweep= ${extra[@]+"${extra[@]}"} \
+    --section="End to end on the lent GPU, $shards store shard(s)" \
+    --out="$OUT/BENCHMARKS.md" --json="$OUT/e2e_${shards}_shards.json"
+done
