@@ -24,8 +24,11 @@ _GRPC = flags.DEFINE_integer("grpc_shards", 0, "Also train through N local gRPC 
 _BASELINE = flags.DEFINE_boolean("baseline", True, "Also run the hashed baseline.")
 _COMPARE = flags.DEFINE_boolean("compare_admission", True, "Also train with --admission.")
 _ADMISSION = flags.DEFINE_string("admission", "count_filter:3", "Admission policy to compare.")
-_SWEEP = flags.DEFINE_list("baseline_rows_sweep", ["65536", "262144", "4194304"],
-                          "Extra hashed-baseline sizes (empty: none).")
+_SWEEP = flags.DEFINE_list(
+    "baseline_rows_sweep",
+    ["65536", "262144", "4194304"],
+    "Extra hashed-baseline sizes (empty: none).",
+)
 _CVM = flags.DEFINE_boolean("cvm", True, "Also train with the store's count features (CVM).")
 _SECTION = flags.DEFINE_string("section", "End to end (experiments/bench_e2e.py)", "Section.")
 _OUT = flags.DEFINE_string("out", "BENCHMARKS.md", "Where to record the table.")
