@@ -42,6 +42,7 @@ flags.DEFINE_integer("staleness", None, "Pulls may run this many batches ahead o
 flags.DEFINE_enum("shrink_every", None, ["day", "partition", "never"], "When to shrink.")
 flags.DEFINE_boolean("checkpoint", None, "Checkpoint every partition and resume from workdir.")
 flags.DEFINE_integer("store_shards", None, "In-process store shards per table (parallel).")
+flags.DEFINE_integer("table_capacity", None, "Rows each table reserves up front.")
 flags.DEFINE_boolean("tensorboard", None, "Also write TensorBoard scalars.")
 flags.DEFINE_boolean("cvm", None, "Feed each ID's show/click counters to the model (CVM).")
 flags.DEFINE_list("store_addresses", [], "Shard servers host:port,... (default: in process).")
@@ -63,6 +64,7 @@ def main(argv):
                      "embedding_dim", "admission", "eviction", "sparse_optimizer",
                      "sparse_learning_rate", "dense_optimizer", "dense_learning_rate",
                      "max_partitions", "wait", "staleness", "store_shards", "tensorboard", "cvm",
+                     "table_capacity",
                      "shrink_every", "checkpoint")
         if F[name].present or (name == "format" and F[name].value != cfg.format)
     }  # fmt: skip

@@ -52,6 +52,7 @@ def feature_spec(cfg: TrainConfig) -> FeatureSpec:
         admission=parse_admission(cfg.admission),
         eviction=parse_eviction(cfg.eviction),
         seed=cfg.seed,
+        initial_capacity=cfg.table_capacity,
     )
     if cfg.format == "criteo":
         return single_table_spec(readers.CRITEO_SLOTS, readers.CRITEO_DENSE, table, counts=cfg.cvm)

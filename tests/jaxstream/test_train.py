@@ -11,6 +11,7 @@ import sys
 import jax.numpy as jnp
 from flax import nnx
 
+from hoststore.store import LocalStore
 from jaxstream import config, train
 from jaxstream.data.synthetic import StreamConfig, generate
 from tests.conftest import metric_lines, smoke_stream
@@ -92,6 +93,8 @@ def test_cli_smoke(tmp_path):
             "--max_partitions=2",
             "--model=deepfm",
             "--admission=count_filter:2",
+            "--cvm",
+            "--table_capacity=50000",
         ],
         capture_output=True,
         text=True,
@@ -101,6 +104,12 @@ def test_cli_smoke(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.count("] auc ") == 2 and "summary:" in out.stdout
     assert len(open(tmp_path / "metrics.jsonl").readlines()) == 2
+
+
+def test_table_capacity_is_reserved_up_front():
+    cfg = dataclasses.replace(config.smoke_config(), table_capacity=50_000)
+    store = LocalStore(train.feature_spec(cfg).tables)
+    assert store.stats()["embedding"]["capacity"] == 50_000
 
 
 def test_bad_policy_strings_name_the_problem():
