@@ -86,12 +86,9 @@ def gather_push(
                 missing[m] = i
                 m += 1
                 continue
-            p = ix.find(scratch, urows, r)
-            if p < 0:
-                p = u
-                urows[u] = r
-                ix.insert(scratch, urows, r, u)
-                u += 1
+            p, u_next = ix.find_or_append(scratch, urows, r, u)
+            if u_next > u:  # first occurrence of this row in the push
+                u = u_next
                 touch(r, clock, decay, show, click, last_seen, changed)
                 updates[r] += 1
                 for j in range(dim):

@@ -204,6 +204,18 @@ def find_many(index, entry_keys, keys, out) -> None:
         find_group(index, entry_keys, keys, base, m, homes, tags, cands, out, NO_ROWS, 0)
 
 
+@nb.njit(inline="always", cache=True)
+def find_or_append(scratch, uniq, key, n):
+    """(entry of ``key`` among ``uniq[:n]``, new n): an absent key is appended at ``n``.
+    The dedup step of every first-seen-order unique pass over a batch."""
+    e = find(scratch, uniq, key)
+    if e >= 0:
+        return e, n
+    uniq[n] = key
+    insert(scratch, uniq, key, n)
+    return n, n + 1
+
+
 @nb.njit(nogil=True, cache=True)
 def delete_many(index, entry_keys, keys) -> None:
     for i in range(keys.shape[0]):
@@ -231,13 +243,7 @@ def unique_inverse(keys, scratch):
     counts = np.zeros(n, dtype=np.int64)
     u = 0
     for i in range(n):
-        k = keys[i]
-        e = find(scratch, uniq, k)
-        if e < 0:
-            e = u
-            uniq[u] = k
-            insert(scratch, uniq, k, u)
-            u += 1
+        e, u = find_or_append(scratch, uniq, keys[i], u)
         inverse[i] = e
         counts[e] += 1
     return uniq[:u], inverse, counts[:u]

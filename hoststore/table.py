@@ -260,11 +260,8 @@ class EmbeddingTable:
         rows = np.empty(len(ids), np.int64)
         ix.find_many(self._index, self._keys, ids, rows)
         ok = rows >= 0
-        r = rows[ok]
-        factor = self.config.eviction.decay ** (self._clock - self._last_seen[r]).astype(float)
         out[:] = 0.0
-        out[ok, 0] = self._show[r] * factor
-        out[ok, 1] = self._click[r] * factor
+        out[ok, 0], out[ok, 1] = self._decayed_counts(rows[ok])
         if self.pending_count():
             e = np.empty(len(ids), np.int64)
             ix.find_many(self._pindex, self._pkeys, ids, e)
@@ -491,10 +488,14 @@ class EmbeddingTable:
     def scores(self, rows: np.ndarray) -> np.ndarray:
         """Decayed show/click score of rows at the current clock (float64)."""
         ev = self.config.eviction
-        factor = ev.decay ** (self._clock - self._last_seen[rows]).astype(np.float64)
-        show = (self._show[rows] * factor).astype(np.float32).astype(np.float64)
-        click = (self._click[rows] * factor).astype(np.float32).astype(np.float64)
+        show, click = (c.astype(np.float64) for c in self._decayed_counts(rows))
         return (show - click) * ev.nonclk_coeff + click * ev.click_coeff
+
+    def _decayed_counts(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(show, click) of rows brought to the current clock, float32 (decay is lazy)."""
+        factor = self.config.eviction.decay ** (self._clock - self._last_seen[rows]).astype(float)
+        show = (self._show[rows] * factor).astype(np.float32)
+        return show, (self._click[rows] * factor).astype(np.float32)
 
     def shrink(self) -> int:
         """One eviction pass (unseen, score, max_rows) plus pending expiry; returns rows evicted."""
@@ -654,7 +655,6 @@ class EmbeddingTable:
             ix.find_many(self._index, self._keys, ids, rows)
             ok = rows >= 0
             r = rows[ok]
-            factor = self.config.eviction.decay ** (self._clock - self._last_seen[r]).astype(float)
             out = {
                 "present": ok,
                 "show": np.full(len(ids), math.nan, np.float32),
@@ -663,8 +663,7 @@ class EmbeddingTable:
                 "created": np.full(len(ids), -1, np.int64),
                 "updates": np.full(len(ids), -1, np.int64),
             }
-            out["show"][ok] = (self._show[r] * factor).astype(np.float32)
-            out["click"][ok] = (self._click[r] * factor).astype(np.float32)
+            out["show"][ok], out["click"][ok] = self._decayed_counts(r)
             out["last_seen"][ok] = self._last_seen[r]
             out["created"][ok] = self._created[r]
             out["updates"][ok] = self._updates[r]

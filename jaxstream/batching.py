@@ -63,12 +63,7 @@ def _dedup_table(all_ids, bases, offsets, max_lens, salts, labels, batch, width)
             m = min(offsets[s, i + 1] - offsets[s, i], max_lens[s])
             for j in range(m):
                 k = np.int64(mix64(np.uint64(all_ids[a + j]) ^ salts[s]))
-                e = ix.find(scratch, uniq, k)
-                if e < 0:
-                    e = u
-                    uniq[u] = k
-                    ix.insert(scratch, uniq, k, u)
-                    u += 1
+                e, u = ix.find_or_append(scratch, uniq, k, u)
                 index[s, i, j] = e
                 mask[s, i, j] = 1.0
                 clicks[e] += labels[i]
