@@ -21,7 +21,9 @@ def plot_metrics(records: list[dict], out_png: str, title: str = "") -> str:
     fig, (ax1, ax2, ax3) = plt.subplots(3, 1, figsize=(9, 9), sharex=True)
     ax1.plot(hours, [r["progressive_auc"] for r in records], "o-", label="progressive AUC")
     ax1.plot(hours, [r["train_auc"] for r in records], ".--", label="train AUC")
-    for key, label in (("oracle_auc", "oracle"), ("seen_k_auc", "seen-5 ceiling")):
+    ceilings = (("oracle_auc", "oracle"), ("seen_k_auc", "seen-5 ceiling"),
+                ("bayes_auc", "Bayes ceiling"))  # fmt: skip
+    for key, label in ceilings:
         if all(key in r for r in records):
             ax1.plot(hours, [r[key] for r in records], ":", label=label)
     ax1.set_ylabel("AUC")

@@ -89,11 +89,16 @@ def _truth_metrics(part: Partition, labels: np.ndarray) -> dict[str, float]:
     if len(truth["p_true"]) != len(labels):  # malformed lines were dropped: no alignment
         return {}
     out = {}
-    for name, key in (("oracle_auc", "p_true"), ("seen_k_auc", "p_seen")):
+    for name, key in (("oracle_auc", "p_true"), ("seen_k_auc", "p_seen"), ("bayes_auc", "p_bayes")):
+        if key not in truth:
+            continue
         m = BinaryMetrics()
         m.update(labels, truth[key])
         out[name] = m.auc()
     return out
+
+
+_CEILINGS = (("bayes_auc", "bayes-ceiling"), ("oracle_auc", "oracle"))
 
 
 @dataclasses.dataclass
@@ -258,7 +263,7 @@ def train_and_evaluate(
                 f"(train {record['train_auc']:.4f})"
                 f"  logloss {record['logloss']:.4f}  rows {stats['table_rows']:,}"
                 f"  {record['train_examples_per_sec']:,.0f} ex/s  ckpt {checkpoint_s:.2f}s"
-                + (f"  oracle {record['oracle_auc']:.4f}" if "oracle_auc" in record else ""),
+                + "".join(f"  {name} {record[k]:.4f}" for k, name in _CEILINGS if k in record),
                 flush=True,
             )
         if on_partition_end is not None:

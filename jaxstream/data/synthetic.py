@@ -7,9 +7,18 @@ can forget old ones. The true click probability is
     logit = bias + sum_s w_s[id_s] + sum_(a,b) <v_a[id_a], v_b[id_b]> + beta . log1p(dense)
 
 Partitions are written as ``ROOT/YYYYMMDD/HH/part-00000`` with a ``_SUCCESS`` marker and a
-``truth.npz`` holding, per line, the true probability and the "seen-k ceiling": the true
-model with the terms of IDs seen fewer than k times before left out (what any learner that
-needs k sightings of an ID could at best know).
+``truth.npz`` holding, per line, the true probability and two ceilings:
+
+- ``p_seen``, the "seen-k ceiling": the true model with the terms of IDs seen fewer than k
+  times before left out, and every other ID's weight known exactly. No learner reaches it:
+  k click labels say little about one weight.
+- ``p_bayes``, the "Bayes ceiling": each ID's weight replaced by the posterior mean of an
+  ideal Bayesian learner that has seen the ID's earlier rows, given generous help: it knows
+  the model's form, each slot's prior N(0, sigma^2) and every other term of those rows
+  exactly, so each past label is a logistic observation of w alone. The posterior is
+  computed exactly on a grid of the prior (``BAYES_GRID`` points over +-4.5 sigma).
+  Pairwise and dense terms are kept as in the seen-k ceiling. No learner of per-ID weights
+  can expect a better AUC, up to the grid.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ log = logging.getLogger(__name__)
 
 NUM_SLOTS = 26
 NUM_DENSE = 13
+BAYES_GRID = 32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +69,7 @@ class _Slot:
     w: np.ndarray
     v: np.ndarray  # [V, latent_dim]
     seen: np.ndarray  # sightings so far
+    std: float  # prior standard deviation of w
 
 
 class SyntheticStream:
@@ -88,6 +99,7 @@ class SyntheticStream:
                     rng.normal(0, std, n),
                     rng.normal(0, cfg.latent_std, (n, cfg.latent_dim)),
                     np.zeros(n, np.int64),
+                    std,
                 )
             )
         self.pairs = [tuple(rng.choice(NUM_SLOTS, 2, replace=False)) for _ in range(cfg.num_pairs)]
@@ -95,6 +107,18 @@ class SyntheticStream:
         self.dense_scale = rng.uniform(0.5, 4.0, NUM_DENSE)
         self.bias = 0.0
         self.bias = self._calibrate_bias()
+        # The Bayes ceiling's learner: log-likelihood on the grid per ID it has seen.
+        sizes = [len(slot.w) for slot in self.slots]
+        self._bayes_offset = np.r_[0, np.cumsum(sizes)[:-1]].astype(np.int64)
+        self._bayes_row = np.full(sum(sizes), -1, np.int32)
+        self._bayes_w = np.concatenate([slot.w for slot in self.slots])
+        self._bayes_loglik = np.zeros((0, BAYES_GRID), np.float32)
+        self._bayes_used = 0
+        unit = np.linspace(-4.5, 4.5, BAYES_GRID)
+        self._bayes_grid = np.stack([unit * slot.std for slot in self.slots]).astype(np.float32)
+        self._bayes_logprior = np.broadcast_to(-(unit**2) / 2, self._bayes_grid.shape).astype(
+            np.float32
+        )
 
     def _calibrate_bias(self) -> float:
         # Solve mean(sigmoid(bias + z)) = base_ctr on a sample of logits of hour 0.
@@ -118,7 +142,7 @@ class SyntheticStream:
             p = slot.pop * alive
             idx[:, s] = rng.choice(len(p), size=n, p=p / p.sum())
             if count:
-                prior[:, s] = _prior_counts(idx[:, s], present[:, s], slot.seen)
+                prior[:, s] = _prior_sums(idx[:, s], present[:, s], slot.seen)
         dense_raw = rng.poisson(np.exp(rng.normal(0, 1, (n, NUM_DENSE))) * self.dense_scale)
         dense_x = np.log1p(dense_raw)
         terms = np.zeros((n, NUM_SLOTS))
@@ -147,9 +171,26 @@ class SyntheticStream:
             kept += pair_terms[:, j] * known[:, a] * known[:, b]
         p_seen = 1 / (1 + np.exp(-(self.bias + kept)))
         labels = (rng.random(len(p_true)) < p_true).astype(np.int64)
+        w_hat = self._bayes_weights(idx, present, z + self.bias - terms.sum(1), labels)
+        p_bayes = 1 / (1 + np.exp(-(self.bias + kept - (terms * known).sum(1) + w_hat)))
         raw = np.stack([self.slots[s].raw[idx[:, s]] for s in range(NUM_SLOTS)], axis=1)
         return {"labels": labels, "dense": dense_raw, "cats": raw, "present": present,
-                "p_true": p_true, "p_seen": p_seen}  # fmt: skip
+                "p_true": p_true, "p_seen": p_seen, "p_bayes": p_bayes}  # fmt: skip
+
+    def _bayes_weights(self, idx, present, offsets, labels) -> np.ndarray:
+        """Per row, the sum over its IDs of the Bayes learner's posterior mean weight (see
+        the module docstring), then the learner sees the row's label."""
+        need = self._bayes_used + idx.size
+        if need > len(self._bayes_loglik):
+            grown = np.zeros((max(need, 2 * len(self._bayes_loglik)), BAYES_GRID), np.float32)
+            grown[: self._bayes_used] = self._bayes_loglik[: self._bayes_used]
+            self._bayes_loglik = grown
+        out, self._bayes_used = _bayes_pass(
+            idx + self._bayes_offset[None, :], present, offsets, labels, self._bayes_w,
+            self._bayes_row, self._bayes_loglik, self._bayes_used, self._bayes_grid,
+            self._bayes_logprior,
+        )  # fmt: skip
+        return out
 
     def write_hour(self, root: str, hour: int) -> str:
         """Writes partition ``hour`` (0-based from cfg.start); returns its directory."""
@@ -159,7 +200,8 @@ class SyntheticStream:
         buf = _format_criteo(part["labels"], part["dense"], part["cats"], part["present"])
         with open(os.path.join(path, "part-00000"), "wb") as f:
             f.write(buf.tobytes())
-        np.savez(os.path.join(path, "truth.npz"), p_true=part["p_true"], p_seen=part["p_seen"])
+        truth = {k: part[k] for k in ("p_true", "p_seen", "p_bayes")}
+        np.savez(os.path.join(path, "truth.npz"), **truth)
         open(os.path.join(path, "_SUCCESS"), "w").close()
         return path
 
@@ -181,21 +223,66 @@ def generate(root: str, cfg: StreamConfig) -> list[str]:
     return out
 
 
-def _prior_counts(ids: np.ndarray, present: np.ndarray, seen: np.ndarray) -> np.ndarray:
-    """Sightings of each row's ID before that row (stream order); updates ``seen``."""
+def _prior_sums(ids: np.ndarray, weights: np.ndarray, totals: np.ndarray) -> np.ndarray:
+    """Per row, ``totals[id]`` plus the sum of ``weights`` over the earlier rows (stream
+    order) with the same ID: with weights = present, the sightings before the row. Then
+    adds this batch's weights into ``totals``."""
     n = len(ids)
     order = np.argsort(ids, kind="stable")
     s_ids = ids[order]
-    s_present = present[order].astype(np.int64)
-    # Running count of present occurrences within each ID's group, before this row.
-    csum = np.cumsum(s_present) - s_present
+    s_w = weights[order].astype(totals.dtype)
+    # Running sum within each ID's group, before this row.
+    csum = np.cumsum(s_w) - s_w
     group_start = np.flatnonzero(np.r_[True, s_ids[1:] != s_ids[:-1]])
     starts = np.repeat(group_start, np.diff(np.r_[group_start, n]))
     before = csum - csum[starts]
-    out = np.empty(n, np.int64)
-    out[order] = before + seen[s_ids]
-    np.add.at(seen, ids[present], 1)
+    out = np.empty(n, totals.dtype)
+    out[order] = before + totals[s_ids]
+    np.add.at(totals, ids, weights.astype(totals.dtype))
     return out
+
+
+@nb.njit(cache=True)
+def _bayes_pass(gids, present, offsets, labels, true_w, row_of, loglik, used, grid, logprior):
+    """Rows in stream order. Per present ID: the posterior mean of its weight on the grid
+    given the labels before this row; then the row's label enters its likelihood. A row's
+    logit is offsets[r] + the sum of its IDs' true weights, so with the other weights known,
+    a label is a logistic observation of one ID's weight."""
+    n, slots = gids.shape
+    g = grid.shape[1]
+    out = np.zeros(n)
+    post = np.empty(g)
+    for r in range(n):
+        logit = offsets[r]
+        for s in range(slots):
+            if present[r, s]:
+                logit += true_w[gids[r, s]]
+        sign = 1.0 if labels[r] else -1.0
+        for s in range(slots):
+            if not present[r, s]:
+                continue
+            gid = gids[r, s]
+            k = row_of[gid]
+            if k < 0:
+                k = used
+                row_of[gid] = k
+                used += 1
+            m = -np.inf
+            for j in range(g):
+                post[j] = loglik[k, j] + logprior[s, j]
+                m = max(m, post[j])
+            num = 0.0
+            den = 0.0
+            for j in range(g):
+                e = np.exp(post[j] - m)
+                num += e * grid[s, j]
+                den += e
+            out[r] += num / den
+            rest = logit - true_w[gid]
+            for j in range(g):  # += log sigmoid(sign * (rest + w_j)), computed stably
+                x = sign * (rest + grid[s, j])
+                loglik[k, j] += -np.log1p(np.exp(-x)) if x > 0 else x - np.log1p(np.exp(x))
+    return out, used
 
 
 @nb.njit(cache=True)
