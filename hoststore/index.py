@@ -141,6 +141,7 @@ def delete(index, entry_keys, key) -> int:
 
 
 GROUP = 32
+REBUILD_GROUP = 64
 NO_ROWS = np.empty(0, np.float32)
 
 
@@ -224,10 +225,34 @@ def delete_many(index, entry_keys, keys) -> None:
 
 @nb.njit(nogil=True, cache=True)
 def rebuild(index, entry_keys, live) -> None:
-    """Fills an empty ``index`` with every entry ``e`` where ``live[e]``."""
-    for e in range(live.shape[0]):
-        if live[e]:
-            insert(index, entry_keys, entry_keys[e], e)
+    """Fills an empty ``index`` with every entry ``e`` where ``live[e]``.
+
+    Entries go in by groups: hash the group's keys and prefetch their home slots, then
+    insert, so the random slot misses of a group overlap (the table's growth runs this
+    over every row while holding the table's lock)."""
+    size = index.shape[0]
+    n = live.shape[0]
+    homes = np.empty(REBUILD_GROUP, np.int64)
+    slot_bits = np.empty(REBUILD_GROUP, np.int64)
+    e = 0
+    while e < n:
+        m = 0
+        while m < REBUILD_GROUP and e < n:
+            if live[e]:
+                h = _hash(entry_keys[e])
+                s = _home_of(h, size)
+                prefetch(index, s)
+                homes[m] = s
+                slot_bits[m] = _tag(index, h) | e
+                m += 1
+            e += 1
+        for k in range(m):
+            s = homes[k]
+            while index[s] >= 0:
+                s += 1
+                if s == size:
+                    s = 0
+            index[s] = slot_bits[k]
 
 
 @nb.njit(nogil=True, cache=True)

@@ -21,6 +21,7 @@ import collections
 import itertools
 import math
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -28,6 +29,7 @@ import numpy as np
 
 from hoststore import _table_kernels as K
 from hoststore import index as ix
+from hoststore._row_storage import GrowableRows
 from hoststore.config import TableConfig
 from hoststore.hashing import ADMIT_SALT, mix64_np, seed_salt, unit_float_np
 from hoststore.initializers import KIND_CODES, table_salt, write_initial_rows
@@ -52,16 +54,6 @@ _NO_HINT = np.empty(0, np.int64)
 _MIN_IDS_PER_CHUNK = 32768
 # Several chunks per thread, so a thread on a busier core simply takes fewer of them.
 _CHUNKS_PER_THREAD = 4
-
-
-def _empty_aligned(shape: tuple[int, ...], dtype, align: int = 64) -> np.ndarray:
-    """np.empty whose data starts on a cache-line boundary, so a 64-byte row (dim 16) or a
-    32-byte record is one cache line, not two."""
-    dtype = np.dtype(dtype)
-    nbytes = int(np.prod(shape)) * dtype.itemsize
-    buf = np.empty(nbytes + align, np.uint8)
-    start = -buf.ctypes.data % align
-    return buf[start : start + nbytes].view(dtype).reshape(shape)
 
 
 def check_ids(ids: Any, what: str = "ids") -> np.ndarray:
@@ -135,6 +127,9 @@ class EmbeddingTable:
         # Rows found by the last few training pulls: the push of the same ids (the usual
         # next call) starts from them instead of probing the index again.
         self._recent: collections.deque = collections.deque(maxlen=_RECENT_PULLS)
+        # Row storage (re)sizings: count, seconds spent (index rebuilds, under the lock) and
+        # how many of them had to copy rows (only when a reservation ran out).
+        self.growth = {"resizes": 0, "seconds": 0.0, "row_copies": 0}
         self._alloc_rows(max(16, config.initial_capacity))
         self._alloc_pending(min(1024, config.admission.max_pending))
 
@@ -156,42 +151,39 @@ class EmbeddingTable:
     # ------------------------------------------------------------------ storage
 
     def _alloc_rows(self, cap: int) -> None:
-        """(Re)allocates row storage with room for ``cap`` rows and rebuilds the index.
+        """Sizes row storage for ``cap`` rows and rebuilds the index.
 
-        np.empty leaves the tail untouched, so unused capacity costs address space, not RAM.
+        Rows live in reserved memory (see :mod:`hoststore._row_storage`): growing widens the
+        views in place, so the work under the lock is the index rebuild, not a row copy.
         """
-        old = getattr(self, "_cap", 0)
-        high = getattr(self, "_high", 0)
-
-        def grow(arr, shape_tail, dtype):
-            new = _empty_aligned((cap, *shape_tail), dtype)
-            if old:
-                new[:high] = arr[:high]
-            return new
-
-        dim = self._dim
-        # Key and statistics share one 32-byte record per row: one cache line serves the
-        # index's key comparison and every statistic update. The named fields are views.
-        self._meta = grow(getattr(self, "_meta", None), (), ROW_META)
-        self._keys = self._meta["key"]
-        self._show = self._meta["show"]
-        self._click = self._meta["click"]
-        self._last_seen = self._meta["last_seen"]
-        self._created = self._meta["created"]  # -1: free slot
-        self._updates = self._meta["updates"]
-        self._changed = self._meta["changed"]
-        self._emb = grow(getattr(self, "_emb", None), (dim,), np.float32)
-        fresh_state = self._opt.init(1, dim)
-        old_state = getattr(self, "_state", (None,) * len(fresh_state))
-        self._state = tuple(
-            grow(o, f.shape[1:], f.dtype) for o, f in zip(old_state, fresh_state, strict=True)
-        )
-        if not old:
+        t0 = time.perf_counter()
+        if not hasattr(self, "_storage"):
+            fresh_state = self._opt.init(1, self._dim)
+            self._storage = (
+                GrowableRows((), ROW_META),
+                GrowableRows((self._dim,), np.float32),
+                *(GrowableRows(f.shape[1:], f.dtype) for f in fresh_state),
+            )
             self._high = 0
             self._free = np.empty(0, np.int64)
+        meta, self._emb, *state = (rows.resize(cap, self._high) for rows in self._storage)
+        # Key and statistics share one 32-byte record per row: one cache line serves the
+        # index's key comparison and every statistic update. The named fields are views.
+        self._meta = meta
+        self._keys = meta["key"]
+        self._show = meta["show"]
+        self._click = meta["click"]
+        self._last_seen = meta["last_seen"]
+        self._created = meta["created"]  # -1: free slot
+        self._updates = meta["updates"]
+        self._changed = meta["changed"]
+        self._state = tuple(state)
         self._cap = cap
         self._index = ix.new_index(cap, tagged=True)
         ix.rebuild(self._index, self._keys, self._created[: self._high] >= 0)
+        self.growth["resizes"] += 1
+        self.growth["seconds"] += time.perf_counter() - t0
+        self.growth["row_copies"] = sum(rows.copies for rows in self._storage)
 
     def _alloc_pending(self, cap: int) -> None:
         old = getattr(self, "_pcap", 0)
@@ -643,6 +635,7 @@ class EmbeddingTable:
                 "clock": self._clock,
                 "bytes": sum(mem.values()),
                 "bytes_per_row_at_capacity": self.bytes_per_row(),
+                "growth_seconds": self.growth["seconds"],
                 **mem,
                 **self.totals,
             }

@@ -40,8 +40,9 @@ class TrainConfig:
     eviction: str = ""
     shrink_every: str = "day"  # day | partition | never
     store_shards: int = 1  # in-process shards per table; >1 pulls/pushes them in parallel
-    # Rows each table reserves up front. A table that outgrows it grows by 1.5x (a copy and
-    # an index rebuild under the table's lock); sizing it for the expected rows avoids that.
+    # Rows each table's index is sized for up front. Beyond it the index grows by 1.5x (a
+    # rebuild under the table's lock; the rows themselves grow in place, without a copy);
+    # sizing it for the expected rows avoids the rebuilds.
     table_capacity: int = 1024
     # --- checkpoints: one per partition; a base at the first hour of each day, else deltas
     checkpoint: bool = True

@@ -245,6 +245,17 @@ def test_growth_keeps_every_row(table):
     np.testing.assert_array_equal(t.pull(keys, train=False), first)
 
 
+def test_growth_widens_rows_in_place():
+    t = hs.EmbeddingTable(hs.TableConfig("t", dim=4, initial_capacity=16))
+    emb_before = t._emb
+    for chunk in np.array_split(np.arange(100_000, dtype=np.int64), 50):
+        t.pull(chunk, train=True)
+    assert t.growth["resizes"] > 5 and t.growth["row_copies"] == 0
+    # The earlier, narrower view aliases the same memory: no row moved.
+    np.testing.assert_array_equal(emb_before, t._emb[: len(emb_before)])
+    assert t.stats()["growth_seconds"] == t.growth["seconds"]
+
+
 def test_sharded_max_rows_is_split_over_shards():
     t = _factory(3)(eviction=hs.Eviction(max_rows=30))
     t.pull(np.arange(300, dtype=np.int64), train=True)
