@@ -19,7 +19,7 @@ import numpy as np
 from hoststore.config import TableConfig, config_from_json, config_to_json
 from hoststore.proto import store_pb2, store_pb2_grpc
 from hoststore.server import grpc_options
-from hoststore.sharded import split_by_shard
+from hoststore.sharded import merge_shard_stats, split_by_shard
 from hoststore.table import COUNT_COLUMNS, check_ids, check_push
 
 _RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
@@ -158,12 +158,7 @@ class ShardedStore:
         for name in per[0]:
             if name == "_shard":
                 continue
-            merged = {k: v for k, v in per[0][name].items() if k != "config_json"}
-            for k, v in merged.items():
-                if isinstance(v, int) and k != "clock":
-                    merged[k] = sum(p[name][k] for p in per)
-            merged["shards"] = self.num_shards
-            out[name] = merged
+            out[name] = merge_shard_stats([p[name] for p in per])
         return out
 
     # ------------------------------------------------------------------ snapshots

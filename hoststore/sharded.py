@@ -24,6 +24,17 @@ _S32 = np.uint64(32)
 
 
 @nb.njit(nogil=True, cache=True)
+def merge_shard_stats(per: list[dict[str, Any]]) -> dict[str, Any]:
+    """One table's stats from its shards': counts and growth seconds summed; the clock,
+    the name, the config and per-row ratios taken from the first shard."""
+    out = {k: v for k, v in per[0].items() if k != "config_json"}
+    for k, v in out.items():
+        if (isinstance(v, int | np.integer) and k != "clock") or k == "growth_seconds":
+            out[k] = sum(p[k] for p in per)
+    out["shards"] = len(per)
+    return out
+
+
 def split_by_shard(ids, num_shards):
     """(perm, offsets): ids[perm[offsets[s]:offsets[s+1]]] are shard s's ids, in order."""
     n = ids.shape[0]
@@ -127,10 +138,4 @@ class ShardedTable:
         return np.concatenate([t.evicted_keys() for t in self.shards])
 
     def stats(self) -> dict[str, Any]:
-        per = [t.stats() for t in self.shards]
-        out = dict(per[0])
-        for k, v in per[0].items():
-            if isinstance(v, int | np.integer) and k != "clock":
-                out[k] = sum(p[k] for p in per)
-        out["shards"] = len(self.shards)
-        return out
+        return merge_shard_stats([t.stats() for t in self.shards])

@@ -332,13 +332,15 @@ def _progress_bar(cfg: TrainConfig, total: int, desc: str):
     return pb, (lambda i, n: pb.update(n))
 
 
-def _table_totals(stats: dict[str, dict]) -> dict[str, int]:
+def _table_totals(stats: dict[str, dict]) -> dict[str, int | float]:
     return {
         "table_rows": sum(s["rows"] for s in stats.values()),
         "pending": sum(s["pending"] for s in stats.values()),
         "admitted": sum(s["admitted"] for s in stats.values()),
         "evicted": sum(s["evicted"] for s in stats.values()),
         "table_bytes": sum(s["bytes"] for s in stats.values()),
+        # cumulative; summed over shards (shards grow in parallel)
+        "table_growth_seconds": sum(s.get("growth_seconds", 0.0) for s in stats.values()),
     }
 
 
