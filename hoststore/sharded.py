@@ -23,7 +23,6 @@ from hoststore.table import COUNT_COLUMNS, EmbeddingTable, check_ids, check_push
 _S32 = np.uint64(32)
 
 
-@nb.njit(nogil=True, cache=True)
 def merge_shard_stats(per: list[dict[str, Any]]) -> dict[str, Any]:
     """One table's stats from its shards': counts and growth seconds summed; the clock,
     the name, the config and per-row ratios taken from the first shard."""
@@ -35,6 +34,7 @@ def merge_shard_stats(per: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+@nb.njit(nogil=True, cache=True)
 def split_by_shard(ids, num_shards):
     """(perm, offsets): ids[perm[offsets[s]:offsets[s+1]]] are shard s's ids, in order."""
     n = ids.shape[0]
