@@ -4,8 +4,9 @@ A table's rows live in anonymous memory reserved far beyond the rows in use: the
 backs a page only when it is first written, so reserved-but-unused rows cost address
 space, not RAM. Growing the table then only widens the numpy view over the same memory:
 no copy of the rows and no page faults under the table's lock. Only when the reservation
-itself runs out (or the system refuses one, e.g. with strict overcommit) are the rows
-copied into a larger block, as a plain numpy array would be.
+itself runs out, or the system refuses one (a ulimit on address space), are the rows
+copied into a larger block, as a plain numpy array would be. Under strict overcommit
+(vm.overcommit_memory=2) nothing is reserved and rows are copied at each growth.
 """
 
 from __future__ import annotations
@@ -27,6 +28,19 @@ _NORESERVE = (
 )
 
 
+def _strict_overcommit() -> bool:
+    """Linux's vm.overcommit_memory=2 charges every mapping in full (MAP_NORESERVE is
+    ignored): reservations there would eat the commit limit that later allocations need."""
+    try:
+        with open("/proc/sys/vm/overcommit_memory") as f:
+            return f.read().strip() == "2"
+    except OSError:
+        return False
+
+
+_RESERVE = not _strict_overcommit()
+
+
 def empty_aligned(shape: tuple[int, ...], dtype, align: int = 64) -> np.ndarray:
     """np.empty whose data starts on a cache-line boundary, so a 64-byte row (dim 16) or a
     32-byte record is one cache line, not two."""
@@ -38,6 +52,8 @@ def empty_aligned(shape: tuple[int, ...], dtype, align: int = 64) -> np.ndarray:
 
 
 def _reserve(nbytes: int) -> mmap.mmap | None:
+    if not _RESERVE:
+        return None
     flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _NORESERVE
     try:
         return mmap.mmap(-1, max(nbytes, 1), flags=flags)
