@@ -17,8 +17,8 @@ Partitions are written as ``ROOT/YYYYMMDD/HH/part-00000`` with a ``_SUCCESS`` ma
   the model's form, each slot's prior N(0, sigma^2) and every other term of those rows
   exactly, so each past label is a logistic observation of w alone. The posterior is
   computed exactly on a grid of the prior (``BAYES_GRID`` points over +-4.5 sigma).
-  Pairwise and dense terms are kept as in the seen-k ceiling. No learner of per-ID weights
-  can expect a better AUC, up to the grid.
+  Pairwise and dense terms are kept as in the seen-k ceiling. A learner of the per-ID
+  weights with less help should not expect a better AUC.
 """
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ class SyntheticStream:
             p = slot.pop * alive
             idx[:, s] = rng.choice(len(p), size=n, p=p / p.sum())
             if count:
-                prior[:, s] = _prior_sums(idx[:, s], present[:, s], slot.seen)
+                prior[:, s] = _prior_counts(idx[:, s], present[:, s], slot.seen)
         dense_raw = rng.poisson(np.exp(rng.normal(0, 1, (n, NUM_DENSE))) * self.dense_scale)
         dense_x = np.log1p(dense_raw)
         terms = np.zeros((n, NUM_SLOTS))
@@ -223,22 +223,20 @@ def generate(root: str, cfg: StreamConfig) -> list[str]:
     return out
 
 
-def _prior_sums(ids: np.ndarray, weights: np.ndarray, totals: np.ndarray) -> np.ndarray:
-    """Per row, ``totals[id]`` plus the sum of ``weights`` over the earlier rows (stream
-    order) with the same ID: with weights = present, the sightings before the row. Then
-    adds this batch's weights into ``totals``."""
+def _prior_counts(ids: np.ndarray, present: np.ndarray, seen: np.ndarray) -> np.ndarray:
+    """Sightings of each row's ID before that row (stream order); updates ``seen``."""
     n = len(ids)
     order = np.argsort(ids, kind="stable")
     s_ids = ids[order]
-    s_w = weights[order].astype(totals.dtype)
-    # Running sum within each ID's group, before this row.
-    csum = np.cumsum(s_w) - s_w
+    s_present = present[order].astype(np.int64)
+    # Running count of present occurrences within each ID's group, before this row.
+    csum = np.cumsum(s_present) - s_present
     group_start = np.flatnonzero(np.r_[True, s_ids[1:] != s_ids[:-1]])
     starts = np.repeat(group_start, np.diff(np.r_[group_start, n]))
     before = csum - csum[starts]
-    out = np.empty(n, totals.dtype)
-    out[order] = before + totals[s_ids]
-    np.add.at(totals, ids, weights.astype(totals.dtype))
+    out = np.empty(n, np.int64)
+    out[order] = before + seen[s_ids]
+    np.add.at(seen, ids[present], 1)
     return out
 
 

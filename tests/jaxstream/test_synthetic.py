@@ -9,29 +9,26 @@ from jaxstream.data.synthetic import (
     StreamConfig,
     SyntheticStream,
     _bayes_pass,
-    _prior_sums,
+    _prior_counts,
 )
 
 
 @pytest.mark.parametrize(
-    "ids, weights, totals",
+    "ids, present, seen",
     [
         ([3, 1, 3, 3, 0, 1], [1, 1, 0, 1, 1, 1], [2, 0, 5, 1]),
-        ([2, 2, 2], [0.5, 0.25, 1.0], [0.0, 0.0, 1.5]),
-        ([0], [7], [0]),
+        ([2, 2, 2], [1, 1, 1], [0, 0, 7]),
+        ([0], [0], [4]),
     ],
 )
-def test_prior_sums_match_a_loop(ids, weights, totals):
-    ids = np.array(ids)
-    weights = np.array(weights)
-    totals = np.array(totals, dtype=weights.dtype)
-    expected, running = [], totals.copy()
-    for i, w in zip(ids, weights):
+def test_prior_counts_match_a_loop(ids, present, seen):
+    ids, present, seen = np.array(ids), np.array(present, bool), np.array(seen)
+    expected, running = [], seen.copy()
+    for i, p in zip(ids, present, strict=True):
         expected.append(running[i])
-        running[i] += w
-    got = _prior_sums(ids, weights, totals)
-    np.testing.assert_allclose(got, expected)
-    np.testing.assert_allclose(totals, running)
+        running[i] += p
+    np.testing.assert_array_equal(_prior_counts(ids, present, seen), expected)
+    np.testing.assert_array_equal(seen, running)
 
 
 def _exact_posterior_mean(offsets, labels, std):
