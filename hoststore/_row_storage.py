@@ -56,9 +56,17 @@ def _reserve(nbytes: int) -> mmap.mmap | None:
         return None
     flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _NORESERVE
     try:
-        return mmap.mmap(-1, max(nbytes, 1), flags=flags)
+        block = mmap.mmap(-1, max(nbytes, 1), flags=flags)
     except (OSError, ValueError, OverflowError):
         return None
+    if hasattr(mmap, "MADV_HUGEPAGE"):
+        # Random row access over gigabytes misses the TLB on 4 KiB pages; numpy asks for
+        # transparent huge pages on its large arrays the same way.
+        try:
+            block.madvise(mmap.MADV_HUGEPAGE)
+        except OSError:
+            pass
+    return block
 
 
 class GrowableRows:
