@@ -57,6 +57,8 @@ def test_three_partitions_end_to_end(tmp_path):
     assert summary["evicted"] > 0 and summary["pending"] > 0
     assert lines[-1]["table_rows"] == summary["table_rows"]
     assert 0.4 < lines[-1]["oracle_auc"] <= 1.0
+    assert 0.4 < lines[-1]["bayes_auc"] < lines[-1]["oracle_auc"]
+    assert lines[-1]["table_growth_seconds"] > 0  # tables start at 1024 rows and grow
 
 
 class TinyTower(nnx.Module):
