@@ -299,3 +299,26 @@ def markdown(res: dict) -> str:
                         f"{r['bayes_auc']:.4f} | {r['seen_k_auc']:.4f} | "
                         f"{r['oracle_auc']:.4f} |")  # fmt: skip
     return "\n".join(lines + per_hour)
+
+
+_REFERENCE_ROWS = (
+    ("oracle", "oracle (true probabilities)"),
+    ("seen_k_ceiling", "seen-5 ceiling (an ID's exact weight from its 5th sighting on)"),
+    ("bayes_ceiling", "Bayes ceiling (exact posterior means, every other term known)"),
+    ("plug_in_learner_told_dense_and_pairs",
+     "online Bayesian learner told the bias, dense and pairwise terms"),
+    ("plug_in_learner_told_dense", "online Bayesian learner told the bias and dense term"),
+)  # fmt: skip
+
+
+def references_markdown(stream: StreamConfig, refs: dict[str, float], skip_hours: int) -> str:
+    """The table of :func:`jaxstream.data.synthetic.learner_references`."""
+    head = (
+        f"Stream: {stream.hours} h x {stream.rows_per_hour:,} rows, vocabulary up to "
+        f"{stream.max_vocab:,} per slot, Zipf {stream.zipf} (seed {stream.seed}). "
+        f"Mean AUC over hours {skip_hours}+. The learners are "
+        "`GridBayesLearner(plug_in=True)`: exact posteriors on a grid of each slot's prior, "
+        "each label explained with the other IDs' current posterior means."
+    )
+    rows = [f"| {label} | {refs[key]:.4f} |" for key, label in _REFERENCE_ROWS]
+    return "\n".join([head, "", "| reference | AUC |", "|---|---|", *rows])

@@ -23,6 +23,7 @@ Partitions are written as ``ROOT/YYYYMMDD/HH/part-00000`` with a ``_SUCCESS`` ma
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime as dt
 import logging
@@ -107,18 +108,7 @@ class SyntheticStream:
         self.dense_scale = rng.uniform(0.5, 4.0, NUM_DENSE)
         self.bias = 0.0
         self.bias = self._calibrate_bias()
-        # The Bayes ceiling's learner: log-likelihood on the grid per ID it has seen.
-        sizes = [len(slot.w) for slot in self.slots]
-        self._bayes_offset = np.r_[0, np.cumsum(sizes)[:-1]].astype(np.int64)
-        self._bayes_row = np.full(sum(sizes), -1, np.int32)
-        self._bayes_w = np.concatenate([slot.w for slot in self.slots])
-        self._bayes_loglik = np.zeros((0, BAYES_GRID), np.float32)
-        self._bayes_used = 0
-        unit = np.linspace(-4.5, 4.5, BAYES_GRID)
-        self._bayes_grid = np.stack([unit * slot.std for slot in self.slots]).astype(np.float32)
-        self._bayes_logprior = np.broadcast_to(-(unit**2) / 2, self._bayes_grid.shape).astype(
-            np.float32
-        )
+        self._bayes = GridBayesLearner(self.slots)
 
     def _calibrate_bias(self) -> float:
         # Solve mean(sigmoid(bias + z)) = base_ctr on a sample of logits of hour 0.
@@ -159,38 +149,35 @@ class SyntheticStream:
 
     def hour(self, hour: int) -> dict[str, np.ndarray]:
         """The rows of one hour: labels, features and the truth."""
+        part = self._hour_parts(hour)
+        labels, present = part["labels"], part["present"]
+        known_terms = (part["terms"] * part["known"]).sum(1)
+        w_hat = self._bayes.step(part["idx"], present, part["id_free_logit"], labels)
+        p_bayes = _sigmoid(part["kept"] - known_terms + w_hat)
+        raw = np.stack([self.slots[s].raw[part["idx"][:, s]] for s in range(NUM_SLOTS)], axis=1)
+        return {"labels": labels, "dense": part["dense"], "cats": raw, "present": present,
+                "p_true": _sigmoid(part["logit"]), "p_seen": _sigmoid(part["kept"]),
+                "p_bayes": p_bayes}  # fmt: skip
+
+    def _hour_parts(self, hour: int) -> dict[str, np.ndarray]:
+        """One hour's sample and its logit split into terms (all including the bias):
+        ``logit``, the true one; ``kept``, the seen-k ceiling's; ``id_free_logit``, the
+        true logit without the per-ID terms; ``dense_logit``, bias and dense term only."""
         cfg = self.cfg
         rng = np.random.default_rng([cfg.seed, hour])
         idx, present, dense_raw, z, terms, pair_terms, dense_term, prior = self._sample(
             hour, cfg.rows_per_hour, rng, count=True
         )
-        p_true = 1 / (1 + np.exp(-(self.bias + z)))
+        logit = self.bias + z
         known = prior >= cfg.seen_k
-        kept = (terms * known).sum(1) + dense_term
+        kept = self.bias + (terms * known).sum(1) + dense_term
         for j, (a, b) in enumerate(self.pairs):
             kept += pair_terms[:, j] * known[:, a] * known[:, b]
-        p_seen = 1 / (1 + np.exp(-(self.bias + kept)))
-        labels = (rng.random(len(p_true)) < p_true).astype(np.int64)
-        w_hat = self._bayes_weights(idx, present, z + self.bias - terms.sum(1), labels)
-        p_bayes = 1 / (1 + np.exp(-(self.bias + kept - (terms * known).sum(1) + w_hat)))
-        raw = np.stack([self.slots[s].raw[idx[:, s]] for s in range(NUM_SLOTS)], axis=1)
-        return {"labels": labels, "dense": dense_raw, "cats": raw, "present": present,
-                "p_true": p_true, "p_seen": p_seen, "p_bayes": p_bayes}  # fmt: skip
-
-    def _bayes_weights(self, idx, present, offsets, labels) -> np.ndarray:
-        """Per row, the sum over its IDs of the Bayes learner's posterior mean weight (see
-        the module docstring), then the learner sees the row's label."""
-        need = self._bayes_used + idx.size
-        if need > len(self._bayes_loglik):
-            grown = np.zeros((max(need, 2 * len(self._bayes_loglik)), BAYES_GRID), np.float32)
-            grown[: self._bayes_used] = self._bayes_loglik[: self._bayes_used]
-            self._bayes_loglik = grown
-        out, self._bayes_used = _bayes_pass(
-            idx + self._bayes_offset[None, :], present, offsets, labels, self._bayes_w,
-            self._bayes_row, self._bayes_loglik, self._bayes_used, self._bayes_grid,
-            self._bayes_logprior,
-        )  # fmt: skip
-        return out
+        labels = (rng.random(len(logit)) < _sigmoid(logit)).astype(np.int64)
+        return {"idx": idx, "present": present, "dense": dense_raw, "labels": labels,
+                "terms": terms, "known": known, "logit": logit, "kept": kept,
+                "id_free_logit": logit - terms.sum(1),
+                "dense_logit": self.bias + dense_term}  # fmt: skip
 
     def write_hour(self, root: str, hour: int) -> str:
         """Writes partition ``hour`` (0-based from cfg.start); returns its directory."""
@@ -204,6 +191,81 @@ class SyntheticStream:
         np.savez(os.path.join(path, "truth.npz"), **truth)
         open(os.path.join(path, "_SUCCESS"), "w").close()
         return path
+
+
+class GridBayesLearner:
+    """Online Bayesian learner of the per-ID weights, exact on a grid of each slot's prior.
+
+    Per row (stream order) and present ID: the posterior mean of the ID's weight from the
+    labels of its earlier rows; then the row's label enters the ID's likelihood as a
+    logistic observation ``label ~ Bernoulli(sigmoid(rest + w))``. ``rest`` is the row's
+    logit minus this ID's term: with ``plug_in=False`` the true one (every other term known
+    exactly: the generous Bayes ceiling), with ``plug_in=True`` the given offset plus the
+    other IDs' current posterior means (a learner that only knows the offset and the
+    priors)."""
+
+    def __init__(self, slots: list[_Slot], plug_in: bool = False):
+        sizes = [len(slot.w) for slot in slots]
+        self.plug_in = plug_in
+        self._gid_offset = np.r_[0, np.cumsum(sizes)[:-1]].astype(np.int64)
+        self._row_of = np.full(sum(sizes), -1, np.int32)
+        self._true_w = np.concatenate([slot.w for slot in slots])
+        self._loglik = np.zeros((0, BAYES_GRID), np.float32)
+        self._used = 0
+        unit = np.linspace(-4.5, 4.5, BAYES_GRID)
+        self._grid = np.stack([unit * slot.std for slot in slots]).astype(np.float32)
+        self._logprior = np.broadcast_to(-(unit**2) / 2, self._grid.shape).astype(np.float32)
+
+    def step(self, idx, present, offsets, labels) -> np.ndarray:
+        """Per row, the sum over its IDs of their posterior mean weights before the row;
+        then learns from the rows. ``offsets``: the logit without the per-ID terms (exact
+        for the generous learner; what the learner is told, for the plug-in one)."""
+        need = self._used + idx.size
+        if need > len(self._loglik):
+            grown = np.zeros((max(need, 2 * len(self._loglik)), BAYES_GRID), np.float32)
+            grown[: self._used] = self._loglik[: self._used]
+            self._loglik = grown
+        out, self._used = _bayes_pass(
+            idx + self._gid_offset[None, :], present, offsets, labels, self._true_w,
+            self._row_of, self._loglik, self._used, self._grid, self._logprior, self.plug_in,
+        )  # fmt: skip
+        return out
+
+
+def learner_references(cfg: StreamConfig, skip_hours: int = 3) -> dict[str, float]:
+    """Mean AUC over hours ``skip_hours``+ of the stream's references and of two honest
+    online Bayesian learners of the per-ID weights (plug-in :class:`GridBayesLearner`):
+    one told the bias and the dense term, one also told the pairwise terms."""
+    from sklearn.metrics import roc_auc_score
+
+    stream = SyntheticStream(cfg)
+    dense_only = GridBayesLearner(stream.slots, plug_in=True)
+    with_pairs = GridBayesLearner(stream.slots, plug_in=True)
+    aucs: dict[str, list[float]] = collections.defaultdict(list)
+    t0 = time.perf_counter()
+    for h in range(cfg.hours):
+        part = stream._hour_parts(h)
+        known_terms = (part["terms"] * part["known"]).sum(1)
+        args = part["idx"], part["present"]
+        scores = {
+            "oracle": part["logit"],
+            "seen_k_ceiling": part["kept"],
+            "bayes_ceiling": part["kept"] - known_terms
+            + stream._bayes.step(*args, part["id_free_logit"], part["labels"]),
+            "plug_in_learner_told_dense": part["dense_logit"]
+            + dense_only.step(*args, part["dense_logit"], part["labels"]),
+            "plug_in_learner_told_dense_and_pairs": part["id_free_logit"]
+            + with_pairs.step(*args, part["id_free_logit"], part["labels"]),
+        }  # fmt: skip
+        if h >= skip_hours:
+            for name, score in scores.items():
+                aucs[name].append(roc_auc_score(part["labels"], score))
+        log.info("references: hour %d/%d (%.1f s)", h + 1, cfg.hours, time.perf_counter() - t0)
+    return {name: float(np.mean(v)) for name, v in aucs.items()}
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1 / (1 + np.exp(-x))
 
 
 def partition_dir(root: str, start: str, hour: int) -> str:
@@ -241,30 +303,30 @@ def _prior_counts(ids: np.ndarray, present: np.ndarray, seen: np.ndarray) -> np.
 
 
 @nb.njit(cache=True)
-def _bayes_pass(gids, present, offsets, labels, true_w, row_of, loglik, used, grid, logprior):
-    """Rows in stream order. Per present ID: the posterior mean of its weight on the grid
-    given the labels before this row; then the row's label enters its likelihood. A row's
-    logit is offsets[r] + the sum of its IDs' true weights, so with the other weights known,
-    a label is a logistic observation of one ID's weight."""
+def _bayes_pass(gids, present, offsets, labels, true_w, row_of, loglik, used, grid, logprior,
+                plug_in):  # fmt: skip
+    """:meth:`GridBayesLearner.step` over rows in stream order; returns (sums of posterior
+    means per row, entries used). ``gids`` are global IDs (slot offset added)."""
     n, slots = gids.shape
     g = grid.shape[1]
     out = np.zeros(n)
     post = np.empty(g)
+    rows = np.empty(slots, np.int64)
+    means = np.zeros(slots)
     for r in range(n):
-        logit = offsets[r]
+        true_logit = offsets[r]
         for s in range(slots):
-            if present[r, s]:
-                logit += true_w[gids[r, s]]
-        sign = 1.0 if labels[r] else -1.0
-        for s in range(slots):
+            means[s] = 0.0
             if not present[r, s]:
                 continue
             gid = gids[r, s]
+            true_logit += true_w[gid]
             k = row_of[gid]
             if k < 0:
                 k = used
                 row_of[gid] = k
                 used += 1
+            rows[s] = k
             m = -np.inf
             for j in range(g):
                 post[j] = loglik[k, j] + logprior[s, j]
@@ -275,8 +337,17 @@ def _bayes_pass(gids, present, offsets, labels, true_w, row_of, loglik, used, gr
                 e = np.exp(post[j] - m)
                 num += e * grid[s, j]
                 den += e
-            out[r] += num / den
-            rest = logit - true_w[gid]
+            means[s] = num / den
+            out[r] += means[s]
+        sign = 1.0 if labels[r] else -1.0
+        for s in range(slots):
+            if not present[r, s]:
+                continue
+            if plug_in:
+                rest = offsets[r] + out[r] - means[s]
+            else:
+                rest = true_logit - true_w[gids[r, s]]
+            k = rows[s]
             for j in range(g):  # += log sigmoid(sign * (rest + w_j)), computed stably
                 x = sign * (rest + grid[s, j])
                 loglik[k, j] += -np.log1p(np.exp(-x)) if x > 0 else x - np.log1p(np.exp(x))

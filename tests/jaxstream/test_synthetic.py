@@ -10,6 +10,7 @@ from jaxstream.data.synthetic import (
     SyntheticStream,
     _bayes_pass,
     _prior_counts,
+    learner_references,
 )
 
 
@@ -60,7 +61,7 @@ def test_bayes_learner_matches_exact_posterior(std):
     row_of = np.full(2 * ids, -1, np.int32)
     loglik = np.zeros((2 * ids, BAYES_GRID), np.float32)
     got, used = _bayes_pass(gids, present, offsets, labels, true_w, row_of, loglik, 0, grid,
-                            logprior)  # fmt: skip
+                            logprior, False)  # fmt: skip
     assert used == len(np.unique(gids[present]))
     expected = np.zeros(n)
     for r in range(n):
@@ -72,6 +73,34 @@ def test_bayes_learner_matches_exact_posterior(std):
             rest = logit[before] - own
             expected[r] += _exact_posterior_mean(rest, labels[before], std)
     np.testing.assert_allclose(got, expected, atol=0.002 * std)
+
+
+def test_plug_in_learner_of_one_slot_is_the_exact_learner():
+    # With one ID per row there are no other IDs to plug in: the learner told the true
+    # ID-free logit is the generous one.
+    rng = np.random.default_rng(5)
+    n, ids, std = 300, 4, 0.5
+    gids = rng.integers(0, ids, (n, 1))
+    present = np.ones((n, 1), bool)
+    true_w = rng.normal(0, std, ids)
+    offsets = rng.normal(-1.4, 1.0, n)
+    labels = rng.random(n) < 1 / (1 + np.exp(-(offsets + true_w[gids[:, 0]])))
+    unit = np.linspace(-4.5, 4.5, BAYES_GRID)
+    grid, logprior = (unit * std)[None].astype(np.float32), (-(unit**2) / 2)[None]
+    outs = []
+    for plug_in in (False, True):
+        state = np.full(ids, -1, np.int32), np.zeros((ids, BAYES_GRID), np.float32)
+        outs.append(_bayes_pass(gids, present, offsets, labels, true_w, *state, 0, grid,
+                                logprior.astype(np.float32), plug_in)[0])  # fmt: skip
+    np.testing.assert_allclose(outs[1], outs[0], rtol=1e-6)
+    assert np.abs(outs[0]).max() > 0.1  # it learned something
+
+
+def test_learner_references_are_ordered():
+    refs = learner_references(StreamConfig(hours=4, rows_per_hour=3000, max_vocab=3000), 2)
+    assert refs["oracle"] > refs["bayes_ceiling"] > refs["plug_in_learner_told_dense"] > 0.55
+    # Being told the pairwise terms can only help.
+    assert refs["plug_in_learner_told_dense_and_pairs"] > refs["plug_in_learner_told_dense"]
 
 
 def test_ceilings_are_ordered():
