@@ -108,7 +108,5 @@ class GrowableRows:
         return new
 
     def _view(self, block: mmap.mmap, rows: int) -> np.ndarray:
-        flat = np.frombuffer(
-            block, dtype=self.dtype, count=rows * (self._row_bytes // self.dtype.itemsize)
-        )
+        flat = np.frombuffer(block, dtype=self.dtype, count=rows * self._row_items)
         return flat.reshape((rows, *self.row_shape))
