@@ -245,6 +245,17 @@ def test_growth_keeps_every_row(table):
     np.testing.assert_array_equal(t.pull(keys, train=False), first)
 
 
+def test_growth_copies_rows_when_memory_cannot_be_reserved(monkeypatch):
+    from hoststore import _row_storage
+
+    monkeypatch.setattr(_row_storage, "_reserve", lambda nbytes: None)
+    t = hs.EmbeddingTable(hs.TableConfig("t", dim=3, initial_capacity=16))
+    keys = np.arange(5000, dtype=np.int64) * 7919
+    first = np.concatenate([t.pull(c, train=True) for c in np.array_split(keys, 20)])
+    assert t.growth["row_copies"] > 0
+    np.testing.assert_array_equal(t.pull(keys, train=False), first)
+
+
 def test_growth_widens_rows_in_place():
     t = hs.EmbeddingTable(hs.TableConfig("t", dim=4, initial_capacity=16))
     emb_before = t._emb
