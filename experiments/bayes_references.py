@@ -13,7 +13,7 @@ from absl import app, flags
 
 from hoststore.bench import write_section
 from jaxstream import benchmark
-from jaxstream.data.synthetic import StreamConfig, learner_references
+from jaxstream.data import StreamConfig, learner_references
 
 _SMOKE = flags.DEFINE_boolean("smoke", False, "Tiny stream; does not write BENCHMARKS.md.")
 _OUT = flags.DEFINE_string("out", "BENCHMARKS.md", "Where to record the table.")

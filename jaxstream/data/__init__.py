@@ -2,14 +2,22 @@
 
 from jaxstream.data.examples import Examples, ReadReport
 from jaxstream.data.readers import read_avazu, read_criteo, read_slots
-from jaxstream.data.synthetic import StreamConfig, SyntheticStream, generate
+from jaxstream.data.synthetic import (
+    GridBayesLearner,
+    StreamConfig,
+    SyntheticStream,
+    generate,
+    learner_references,
+)
 
 __all__ = [
     "Examples",
+    "GridBayesLearner",
     "ReadReport",
     "StreamConfig",
     "SyntheticStream",
     "generate",
+    "learner_references",
     "read_avazu",
     "read_criteo",
     "read_slots",

@@ -19,6 +19,10 @@ Partitions are written as ``ROOT/YYYYMMDD/HH/part-00000`` with a ``_SUCCESS`` ma
   computed exactly on a grid of the prior (``BAYES_GRID`` points over +-4.5 sigma).
   Pairwise and dense terms are kept as in the seen-k ceiling. A learner of the per-ID
   weights with less help should not expect a better AUC.
+
+:class:`GridBayesLearner` is that learner; with ``plug_in=True`` it is an honest one (told
+only an offset and the priors), and :func:`learner_references` measures both kinds on a
+stream (``experiments/bayes_references.py``).
 """
 
 from __future__ import annotations
