@@ -98,16 +98,21 @@ def find(index, entry_keys, key) -> int:
 
 
 @nb.njit(inline="always", cache=True)
-def insert(index, entry_keys, key, entry) -> None:
-    """Adds ``key -> entry``; the caller guarantees the key is absent and a slot is free."""
+def _place(index, s, value) -> None:
+    """Writes ``value`` into the first empty slot at or after ``s`` (cyclically)."""
     size = index.shape[0]
-    h = _hash(key)
-    s = _home_of(h, size)
     while index[s] >= 0:
         s += 1
         if s == size:
             s = 0
-    index[s] = _tag(index, h) | entry
+    index[s] = value
+
+
+@nb.njit(inline="always", cache=True)
+def insert(index, entry_keys, key, entry) -> None:
+    """Adds ``key -> entry``; the caller guarantees the key is absent and a slot is free."""
+    h = _hash(key)
+    _place(index, _home_of(h, index.shape[0]), _tag(index, h) | entry)
 
 
 @nb.njit(cache=True)
@@ -247,12 +252,7 @@ def rebuild(index, entry_keys, live) -> None:
                 m += 1
             e += 1
         for k in range(m):
-            s = homes[k]
-            while index[s] >= 0:
-                s += 1
-                if s == size:
-                    s = 0
-            index[s] = slot_bits[k]
+            _place(index, homes[k], slot_bits[k])
 
 
 @nb.njit(nogil=True, cache=True)

@@ -28,6 +28,7 @@ from jaxstream.batching import make_batch
 from jaxstream.config import TrainConfig
 from jaxstream.data import readers
 from jaxstream.data.synthetic import StreamConfig, generate
+from jaxstream.pipeline import pull_batch_rows
 from jaxstream.step import DeviceBatch, make_steps
 from jaxstream.train import feature_spec, train_and_evaluate
 
@@ -95,13 +96,7 @@ def _step_timing(cfg: TrainConfig, root: str, reps: int) -> dict[str, float]:
     hb = make_batch(ex.take(0, cfg.batch_size), spec, cfg.batch_size)
     t_batch = time.perf_counter() - t0
     t0 = time.perf_counter()
-    rows = {}
-    for t in hb.unique_ids:
-        r = np.zeros((hb.padded_rows(t), spec.count_columns + cfg.embedding_dim), np.float32)
-        r[: len(hb.unique_ids[t])] = store.pull(
-            t, hb.unique_ids[t], train=True, with_counts=spec.counts
-        )
-        rows[t] = r
+    rows = pull_batch_rows(store, spec, hb, train=True)
     t_pull = time.perf_counter() - t0
     graphdef, params = nnx.split(models.build(cfg.model, spec.slot_dims(), spec.num_dense,
                                               hidden=cfg.hidden))  # fmt: skip

@@ -68,6 +68,15 @@ def _pull(store: Store, spec: FeatureSpec, table: str, ids: np.ndarray, train: b
     return store.pull(table, ids, train=train)
 
 
+def pull_batch_rows(store: Store, spec: FeatureSpec, hb: HostBatch, train: bool):
+    """Each table's rows for host batch ``hb`` (count columns first with CVM), zero-padded
+    to the batch's row bucket: the ``rows`` of a :class:`DeviceBatch`."""
+    return {
+        t: _pad_rows(_pull(store, spec, t, ids, train), hb.padded_rows(t))
+        for t, ids in hb.unique_ids.items()
+    }
+
+
 class _Worker(threading.Thread):
     def __init__(self, name, target):
         super().__init__(name=name, daemon=True)
@@ -137,10 +146,7 @@ def run_pass(
             if stop.is_set():
                 return
             t0 = time.perf_counter()
-            rows = {
-                t: _pad_rows(_pull(store, spec, t, hb.unique_ids[t], train), hb.padded_rows(t))
-                for t in hb.unique_ids
-            }
+            rows = pull_batch_rows(store, spec, hb, train)
             db = DeviceBatch(rows, hb.index, hb.mask, hb.dense, hb.labels, hb.weights)
             db = jax.device_put(db, device)
             timers["host"] += time.perf_counter() - t0

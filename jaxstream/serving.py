@@ -27,6 +27,7 @@ from jaxstream.config import TrainConfig
 from jaxstream.data.examples import Examples
 from jaxstream.data.synthetic import StreamConfig
 from jaxstream.metrics import BinaryMetrics
+from jaxstream.pipeline import pull_batch_rows
 from jaxstream.step import DeviceBatch, eval_step
 
 log = logging.getLogger(__name__)
@@ -128,12 +129,7 @@ class Predictor:
         """Click probabilities of ``examples``, in order."""
         out = []
         for hb in batches(examples, self.spec, self.batch_size):
-            rows = {}
-            for t, ids in hb.unique_ids.items():
-                width = self.spec.count_columns + self.spec.table(t).dim
-                r = np.zeros((hb.padded_rows(t), width), np.float32)
-                r[: len(ids)] = self.tables[t].pull(ids, train=False, with_counts=self.spec.counts)
-                rows[t] = r
+            rows = pull_batch_rows(hs.LocalStore.from_tables(self.tables), self.spec, hb, False)
             db = DeviceBatch(rows, hb.index, hb.mask, hb.dense, hb.labels, hb.weights)
             out.append(np.asarray(self._eval(self._params, jax.device_put(db)))[: hb.size])
         return np.concatenate(out) if out else np.empty(0, np.float32)

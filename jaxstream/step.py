@@ -66,19 +66,10 @@ def train_step(graphdef, tx, spec, params, opt_state, batch: DeviceBatch):
     Dense parameters follow the mean loss; row gradients are those of the summed loss (the
     per-example gradients added up), the scale parameter-server optimizers expect.
     """
-    n = jnp.maximum(batch.weights.sum(), 1.0)
-
-    def loss_fn(params, rows):
-        logits = _logits(graphdef, spec, params, rows, batch)
-        return _weighted_logloss(logits, batch.labels, batch.weights) / n, logits
-
-    (loss, logits), (g_params, g_rows) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(
-        params, batch.rows
-    )
-    updates, opt_state = tx.update(g_params, opt_state, params)
-    params = optax.apply_updates(params, updates)
-    row_grads = jax.tree.map(lambda g: g * n, _embedding_grads(spec, g_rows))
-    return params, opt_state, row_grads, jax.nn.sigmoid(logits), loss * n
+    g_params, row_grads, preds, loss, n = grad_step(graphdef, spec, params, batch)
+    mean_g = jax.tree.map(lambda g: g / jnp.maximum(n, 1.0), g_params)
+    params, opt_state = apply_step(tx, params, opt_state, mean_g)
+    return params, opt_state, row_grads, preds, loss
 
 
 def _embedding_grads(spec: FeatureSpec, g_rows):
