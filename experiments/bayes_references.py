@@ -11,9 +11,10 @@ import logging
 
 from absl import app, flags
 
-from hoststore.bench import write_section
-from jaxstream import benchmark
-from jaxstream.data import StreamConfig, learner_references
+from benchmarks.e2e import E2EBenchConfig
+from benchmarks.learners import learner_references, references_markdown
+from benchmarks.report import write_section
+from jaxstream.data import StreamConfig
 
 _SMOKE = flags.DEFINE_boolean("smoke", False, "Tiny stream; does not write BENCHMARKS.md.")
 _OUT = flags.DEFINE_string("out", "BENCHMARKS.md", "Where to record the table.")
@@ -22,14 +23,14 @@ _OUT = flags.DEFINE_string("out", "BENCHMARKS.md", "Where to record the table.")
 def main(argv):
     del argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    e2e = benchmark.E2EBenchConfig()
+    e2e = E2EBenchConfig()
     stream = StreamConfig(hours=e2e.hours, rows_per_hour=e2e.rows_per_hour,
                           max_vocab=e2e.max_vocab, zipf=e2e.zipf, seed=e2e.seed)  # fmt: skip
     skip = e2e.skip_hours
     if _SMOKE.value:
         stream = StreamConfig(hours=4, rows_per_hour=5_000, max_vocab=100_000, zipf=e2e.zipf)
         skip = 1
-    table = benchmark.references_markdown(stream, learner_references(stream, skip), skip)
+    table = references_markdown(stream, learner_references(stream, skip), skip)
     print(table)
     if not _SMOKE.value:
         write_section("Learner references (experiments/bayes_references.py)", table, _OUT.value)

@@ -12,8 +12,8 @@ import logging
 
 from absl import app, flags
 
-from hoststore.bench import write_section
-from jaxstream import benchmark
+from benchmarks import e2e as benchmark
+from benchmarks.report import write_section
 
 _SMOKE = flags.DEFINE_boolean("smoke", False, "Tiny stream; does not write BENCHMARKS.md.")
 _HOURS = flags.DEFINE_integer("hours", 24, "Hours in the generated stream.")

@@ -10,7 +10,8 @@ import logging
 
 from absl import app, flags
 
-from hoststore import bench
+from benchmarks import store as bench
+from benchmarks.report import write_section
 
 _SMOKE = flags.DEFINE_boolean("smoke", False, "Small sizes; does not write BENCHMARKS.md.")
 _OUT = flags.DEFINE_string("out", "BENCHMARKS.md", "Where to record the table.")
@@ -25,7 +26,7 @@ def main(argv):
     table = bench.grpc_markdown(cfg, bench.run_grpc(cfg))
     print(table)
     if not _SMOKE.value:
-        bench.write_section("gRPC store (experiments/bench_grpc.py)", table, _OUT.value)
+        write_section("gRPC store (experiments/bench_grpc.py)", table, _OUT.value)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ import tempfile
 
 from absl import app, flags
 
-from hoststore import bench
+from benchmarks import store as bench
+from benchmarks.report import write_section
 
 _SMOKE = flags.DEFINE_boolean("smoke", False, "200K rows; does not write BENCHMARKS.md.")
 _OUT = flags.DEFINE_string("out", "BENCHMARKS.md", "Where to record the table.")
@@ -26,7 +27,7 @@ def main(argv):
     table = bench.snapshot_markdown(cfg, res)
     print(table)
     if not _SMOKE.value:
-        bench.write_section("Snapshots (experiments/bench_snapshot.py)", table, _OUT.value)
+        write_section("Snapshots (experiments/bench_snapshot.py)", table, _OUT.value)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ import logging
 
 from absl import app, flags
 
-from hoststore import bench
+from benchmarks import store as bench
+from benchmarks.report import write_section
 
 _SMOKE = flags.DEFINE_boolean("smoke", False, "Tiny sizes; does not write BENCHMARKS.md.")
 _ROWS = flags.DEFINE_integer("rows", 10_000_000, "Rows in the table.")
@@ -36,7 +37,7 @@ def main(argv):
     table = bench.markdown(cfg, res)
     print(table)
     if not _SMOKE.value:
-        bench.write_section("Store (experiments/bench_store.py)", table, _OUT.value)
+        write_section("Store (experiments/bench_store.py)", table, _OUT.value)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import tempfile
 
 from absl import app, flags
 
-from hoststore.client import ShardedStore
+from hoststore.rpc import ShardedStore
 from jaxstream import config as config_lib
 from jaxstream import distributed, train
 

@@ -1,24 +1,24 @@
-"""hoststore: a host-resident, growing, int64-keyed embedding store (numpy + numba, no jax)."""
+"""hoststore: a host-resident, growing, int64-keyed embedding store (numpy + numba, no jax).
 
-from hoststore import optimizers
-from hoststore.config import (
-    Admission,
-    Eviction,
-    Initializer,
-    TableConfig,
-    always,
-    count_filter,
-    normal,
-    probability,
-    show_click,
-    uniform,
-    zeros,
-)
-from hoststore.hashing import shard_of
+Where things live: the store interface and the in-process store in :mod:`hoststore.store`;
+one table's storage in :mod:`hoststore.table` (split over threads by
+:mod:`hoststore.sharded`); who gets a row in :mod:`hoststore.admission`, who loses it in
+:mod:`hoststore.eviction`; update rules in :mod:`hoststore.optimizers`; base / delta /
+serving files in :mod:`hoststore.snapshot`; shard servers and their client in
+:mod:`hoststore.rpc` (imported on demand: an in-process store never loads gRPC).
+"""
+
+from hoststore import admission, eviction, optimizers, snapshot
+from hoststore._hashing import mix64_np as hash64
+from hoststore._hashing import shard_of
+from hoststore.admission import Admission, always, count_filter, probability, show_click
+from hoststore.config import Initializer, TableConfig, normal, uniform, zeros
+from hoststore.dedup import Dedup, SlotDedup, dedup, dedup_slots
+from hoststore.eviction import Eviction
 from hoststore.initializers import initial_rows
 from hoststore.optimizers import SparseOptimizer
 from hoststore.sharded import ShardedTable
-from hoststore.store import LocalStore
+from hoststore.store import LocalStore, Saved, Store, StoreError
 from hoststore.table import COUNT_COLUMNS, EmbeddingTable
 
 __all__ = [
@@ -28,17 +28,28 @@ __all__ = [
     "Eviction",
     "Initializer",
     "LocalStore",
+    "Saved",
     "ShardedTable",
     "SparseOptimizer",
+    "Store",
+    "StoreError",
     "TableConfig",
+    "admission",
     "always",
     "count_filter",
+    "Dedup",
+    "SlotDedup",
+    "dedup",
+    "dedup_slots",
+    "eviction",
+    "hash64",
     "initial_rows",
     "normal",
     "optimizers",
     "probability",
     "shard_of",
     "show_click",
+    "snapshot",
     "uniform",
     "zeros",
 ]

@@ -12,8 +12,7 @@ import math
 import numba as nb
 import numpy as np
 
-from hoststore.config import Initializer
-from hoststore.hashing import (
+from hoststore._hashing import (
     _GOLDEN,
     INIT_SALT,
     mix64,
@@ -22,6 +21,7 @@ from hoststore.hashing import (
     unit_float,
     unit_float_np,
 )
+from hoststore.config import Initializer
 
 KIND_CODES = {"zeros": 0, "uniform": 1, "normal": 2}
 

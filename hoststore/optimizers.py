@@ -1,7 +1,9 @@
 """Sparse optimizers: optax-shaped pairs of pure functions over blocks of rows.
 
 Each factory returns a :class:`SparseOptimizer`. ``init(n_rows, dim)`` gives the optimizer
-state of ``n_rows`` fresh rows (a tuple of arrays whose leading axis is the row), and
+state of ``n_rows`` fresh rows (a NamedTuple of arrays whose leading axis is the row, as
+optax names ``ScaleByAdamState(count, mu, nu)``; snapshots name their columns by its
+fields), and
 ``update(grads, state, params, clock)`` returns new ``(params, state)`` without touching its
 inputs. The table calls ``apply``, the compiled in-place form of the same update, on the
 rows a push touched; ``update`` is ``apply`` on a copy, so there is one implementation of
@@ -27,7 +29,30 @@ import numba as nb
 import numpy as np
 
 Schedule = float | Callable[[int], float]
-State = tuple[np.ndarray, ...]
+State = tuple[np.ndarray, ...]  # one of the NamedTuples below; arrays' leading axis is the row
+
+
+class SgdState(NamedTuple):
+    """SGD keeps no state."""
+
+
+class AdagradState(NamedTuple):
+    sum_of_squares: np.ndarray  # [n, dim] float32, optax's ScaleByRssState
+
+
+class RowwiseAdagradState(NamedTuple):
+    sum_of_squares: np.ndarray  # [n] float32: mean squared gradient summed, one per row
+
+
+class AdamState(NamedTuple):
+    mu: np.ndarray  # [n, dim] float32 first moment
+    nu: np.ndarray  # [n, dim] float32 second moment
+    count: np.ndarray  # [n] int32 updates of this row (lazy bias correction)
+
+
+class FtrlState(NamedTuple):
+    z: np.ndarray  # [n, dim] float32
+    n: np.ndarray  # [n, dim] float32 sum of squared gradients
 
 
 class SparseOptimizer(NamedTuple):
@@ -58,13 +83,14 @@ class SparseOptimizer(NamedTuple):
         show-scaled rowwise AdaGrad reads it).
         """
         params = np.array(params, dtype=np.float32, copy=True)
-        state = tuple(np.array(s, copy=True) for s in state)
+        named = type(self.init(0, params.shape[1]))
+        state = named(*(np.array(s, copy=True) for s in state))
         grads = np.ascontiguousarray(grads, dtype=np.float32)
         if counts is None:
             counts = np.ones(params.shape[0], dtype=np.float32)
         self.apply(
             params,
-            state,
+            tuple(state),
             grads,
             np.asarray(counts, np.float32),
             self.hparams(clock),
@@ -102,7 +128,7 @@ def sgd(learning_rate: Schedule) -> SparseOptimizer:
     """w <- w - lr * g."""
     return SparseOptimizer(
         "sgd",
-        lambda n, dim: (),
+        lambda n, dim: SgdState(),
         _sgd_apply,
         lambda clock: np.array([_resolve(learning_rate, clock)]),
         {"factory": "sgd", "learning_rate": learning_rate},
@@ -132,7 +158,7 @@ def adagrad(
     """Per-element AdaGrad, optax's formula: a <- a + g^2; w <- w - lr * g / sqrt(a + eps)."""
     return SparseOptimizer(
         "adagrad",
-        lambda n, dim: (np.full((n, dim), initial_accumulator_value, np.float32),),
+        lambda n, dim: AdagradState(np.full((n, dim), initial_accumulator_value, np.float32)),
         _adagrad_apply,
         lambda clock: np.array([_resolve(learning_rate, clock), eps]),
         {
@@ -185,7 +211,7 @@ def rowwise_adagrad(
     """
     return SparseOptimizer(
         "rowwise_adagrad",
-        lambda n, dim: (np.full(n, initial_accumulator_value, np.float32),),
+        lambda n, dim: RowwiseAdagradState(np.full(n, initial_accumulator_value, np.float32)),
         _rowwise_adagrad_apply,
         lambda clock: np.array(
             [_resolve(learning_rate, clock), eps, float(paddle_style), initial_g2sum]
@@ -233,10 +259,8 @@ def adam(
     """
     return SparseOptimizer(
         "adam",
-        lambda n, dim: (
-            np.zeros((n, dim), np.float32),
-            np.zeros((n, dim), np.float32),
-            np.zeros(n, np.int32),
+        lambda n, dim: AdamState(
+            np.zeros((n, dim), np.float32), np.zeros((n, dim), np.float32), np.zeros(n, np.int32)
         ),
         _adam_apply,
         lambda clock: np.array([_resolve(learning_rate, clock), b1, b2, eps]),
@@ -278,7 +302,7 @@ def ftrl(
     """
     return SparseOptimizer(
         "ftrl",
-        lambda n, dim: (np.zeros((n, dim), np.float32), np.zeros((n, dim), np.float32)),
+        lambda n, dim: FtrlState(np.zeros((n, dim), np.float32), np.zeros((n, dim), np.float32)),
         _ftrl_apply,
         lambda clock: np.array([_resolve(learning_rate, clock), beta, l1, l2]),
         {"factory": "ftrl", "learning_rate": learning_rate, "beta": beta, "l1": l1, "l2": l2},

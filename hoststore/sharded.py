@@ -16,9 +16,10 @@ from typing import Any
 import numba as nb
 import numpy as np
 
+from hoststore._checks import check_ids, check_push
+from hoststore._hashing import SHARD_SALT, mix64
 from hoststore.config import TableConfig
-from hoststore.hashing import SHARD_SALT, mix64
-from hoststore.table import COUNT_COLUMNS, EmbeddingTable, check_ids, check_push
+from hoststore.table import COUNT_COLUMNS, EmbeddingTable
 
 _S32 = np.uint64(32)
 
@@ -72,6 +73,9 @@ class ShardedTable:
         )
         self.shards = [EmbeddingTable(shard_cfg) for _ in range(num_shards)]
         self._pool = ThreadPoolExecutor(num_shards, thread_name_prefix=f"shard-{config.name}")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)
 
     def _map(self, fn, items):
         return list(self._pool.map(fn, items))

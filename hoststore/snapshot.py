@@ -25,10 +25,13 @@ import json
 import os
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from hoststore._hashing import shard_of
+from hoststore._rows import STAT_COLUMNS
 from hoststore.config import TableConfig
 from hoststore.sharded import ShardedTable
 from hoststore.table import EmbeddingTable
@@ -189,13 +192,32 @@ def read_columns(
     return out
 
 
+def _rename_state_columns(rows: dict[str, np.ndarray], names: list[str], path: str) -> dict:
+    """Snapshots written before optimizer states had field names call them state_0, ...:
+    map them onto this optimizer's names (same count and order)."""
+    old = sorted(k for k in rows if k.startswith("state_"))
+    if not old:
+        return rows
+    if len(old) != len(names):
+        raise SnapshotError(f"{path}: {len(old)} optimizer state columns, the optimizer has "
+                            f"{len(names)} ({', '.join(names)})")  # fmt: skip
+    out = {k: v for k, v in rows.items() if not k.startswith("state_")}
+    out.update({n: rows[f"state_{i}"] for i, n in enumerate(names)})
+    return out
+
+
+def _new_table(config: TableConfig, shards: int) -> EmbeddingTable | ShardedTable:
+    return EmbeddingTable(config) if shards == 1 else ShardedTable(config, shards)
+
+
 def load(paths: list[str], config: TableConfig, shards: int = 1) -> EmbeddingTable | ShardedTable:
     """A table rebuilt from a base and its deltas, in order, into ``shards`` shards
     (any count: rows are routed by key hash)."""
     if not paths:
         raise ValueError("load needs at least a base snapshot")
-    table = EmbeddingTable(config) if shards == 1 else ShardedTable(config, shards)
+    table = _new_table(config, shards)
     expect = table_signature(config)
+    names = list(_shards(table)[0].state_names)
     prev = None
     for i, path in enumerate(paths):
         m = read_manifest(path)
@@ -211,31 +233,90 @@ def load(paths: list[str], config: TableConfig, shards: int = 1) -> EmbeddingTab
         rows = {k[5:]: v for k, v in cols.items() if k.startswith("rows.")}
         pending = {k[8:]: v for k, v in cols.items() if k.startswith("pending.")}
         deleted = cols.get("deleted.key", np.empty(0, np.int64))
-        _apply(table, rows, deleted, pending, m["shards"])
+        _apply(table, _rename_state_columns(rows, names, path), deleted, pending, m["shards"])
         prev = m
     return table
+
+
+def load_chains(
+    chains: list[list[str]],
+    config: TableConfig,
+    shards: int = 1,
+    keep: Callable[[np.ndarray], np.ndarray] | None = None,
+    totals: bool = True,
+) -> EmbeddingTable | ShardedTable:
+    """A table rebuilt from several chains, one per part that wrote them (the shards of a
+    store), into ``shards`` shards. ``keep(keys) -> mask`` selects the keys to load (a
+    shard server loads its own); ``totals=False`` leaves the running totals at zero (so
+    that only one of several shards counts them)."""
+    if not chains:
+        raise ValueError("load needs at least one snapshot chain")
+    if len(chains) == 1 and keep is None and totals:
+        return load(chains[0], config, shards)
+    rows, pending, scalars = [], [], []
+    for chain in chains:
+        full = load(chain, config)
+        r, p = full.export_rows(), full.export_pending()
+        if keep is not None:
+            r = {k: v[keep(r["key"])] for k, v in r.items()}
+            p = {k: v[keep(p["key"])] for k, v in p.items()}
+        rows.append(r)
+        pending.append(p)
+        scalars.append(full.export_scalars())
+    if not totals:
+        scalars = [{**s, **dict.fromkeys(_TOTALS, 0)} for s in scalars]
+    table = _new_table(config, shards)
+    _apply(table, _concat(rows), np.empty(0, np.int64), _concat(pending), scalars)
+    return table
+
+
+_TOTALS = ("admitted", "evicted", "rejected", "expired_pending", "train_pulls")
 
 
 def _apply(table, rows, deleted, pending, scalars) -> None:
     targets = _shards(table)
     if len(targets) == 1:
         merged = dict(scalars[0])
-        for k in ("admitted", "evicted", "rejected", "expired_pending", "train_pulls"):
+        for k in _TOTALS:
             merged[k] = sum(s[k] for s in scalars)
         targets[0].apply_snapshot(rows, deleted, pending, merged)
         return
-    from hoststore.hashing import shard_of
-
     n = len(targets)
     r_sh, d_sh, p_sh = shard_of(rows["key"], n), shard_of(deleted, n), shard_of(pending["key"], n)
     same = len(scalars) == n
     for i, t in enumerate(targets):
         sc = dict(scalars[i] if same else scalars[0])
         if not same:  # resharded: totals are kept once, on shard 0
-            for k in ("admitted", "evicted", "rejected", "expired_pending", "train_pulls"):
+            for k in _TOTALS:
                 sc[k] = sum(s[k] for s in scalars) if i == 0 else 0
         t.apply_snapshot({k: v[r_sh == i] for k, v in rows.items()}, deleted[d_sh == i],
                          {k: v[p_sh == i] for k, v in pending.items()}, sc)  # fmt: skip
+
+
+_SERVING_STATS = ("rows.show", "rows.click", "rows.last_seen", "pending.key", "pending.show",
+                  "pending.click", "pending.last_seen")  # fmt: skip
+
+
+def apply_weights(table: EmbeddingTable, path: str, with_counts: bool = False) -> None:
+    """Applies one base or delta to a serving table, reading only what serving needs: keys,
+    weights and deleted keys (no optimizer state; checksums verified). ``with_counts``
+    (a CVM model) also takes the rows' and pending keys' show/click and the clock, so a
+    pull reads the counters the trainer read."""
+    m = read_manifest(path)
+    cols = read_columns(path, m, only=("rows.key", "rows.emb", "deleted.key")
+                       + (_SERVING_STATS if with_counts else ()))  # fmt: skip
+    n = len(cols["rows.key"])
+    rows = {c: np.zeros(n, np.int32) for c in STAT_COLUMNS}
+    rows.update(key=cols["rows.key"], emb=cols["rows.emb"])
+    pending = {"key": np.empty(0, np.int64), "show": np.empty(0, np.uint16),
+               "click": np.empty(0, np.uint16), "last_seen": np.empty(0, np.int32)}  # fmt: skip
+    scalars = dict.fromkeys(("clock", *_TOTALS), 0)
+    if with_counts:
+        for c in ("show", "click", "last_seen"):
+            rows[c] = cols[f"rows.{c}"]
+        pending = {c: cols[f"pending.{c}"] for c in pending}
+        scalars["clock"] = m["shards"][0]["clock"]
+    table.apply_snapshot(rows, cols.get("deleted.key", np.empty(0, np.int64)), pending, scalars)
 
 
 def load_serving(path: str) -> tuple[np.ndarray, np.ndarray]:

@@ -1,21 +1,48 @@
-"""LocalStore: a set of named tables in this process, behind the store interface.
+"""The store interface every store implements, and LocalStore, the in-process one.
 
-The interface (``pull``, ``push``, ``shrink``, ``advance_clock``, ``stats``, ``tables``) is
-what the trainer talks to; the gRPC client implements the same one.
+The trainer talks to a :class:`Store` and never asks which kind it holds: a
+:class:`LocalStore` (tables in this process, each optionally split over in-process shards)
+or a :class:`hoststore.rpc.ShardedStore` (shard servers over gRPC) behave the same, down to
+their errors: a bad argument is a ``ValueError`` before anything changes, a store that
+fails or refuses a call raises :class:`StoreError`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+import os
+from collections.abc import Sequence
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
-from hoststore.config import TableConfig
+from hoststore import snapshot
+from hoststore.config import TableConfig, config_to_json
 from hoststore.sharded import ShardedTable
 from hoststore.table import EmbeddingTable
 
 
+class StoreError(RuntimeError):
+    """A store failed or refused a call; the message names the shard and its address.
+    ``code`` is the gRPC status code of a remote failure (None in process)."""
+
+    def __init__(self, message: str, code: Any = None):
+        super().__init__(message)
+        self.code = code
+
+
+class Saved(NamedTuple):
+    """What one ``save`` wrote: a snapshot directory per part (one for an in-process table,
+    one per shard server) and each part's manifest. A delta continues each part's chain:
+    pass ``manifests`` as the ``parent`` of the next delta."""
+
+    paths: list[str]
+    manifests: list[dict]
+
+
 class Store(Protocol):
+    def create_table(self, config: TableConfig) -> None:
+        """Creates the table, or does nothing if it exists with the same config."""
+
     def tables(self) -> dict[str, TableConfig]: ...
 
     def pull(
@@ -39,32 +66,66 @@ class Store(Protocol):
 
     def stats(self) -> dict[str, dict[str, Any]]: ...
 
+    def save(self, table: str, path: str, kind: str, parent: Sequence[dict] | None = None) -> Saved:
+        """Writes a ``base``, ``delta`` (after ``parent``, the manifests of the previous
+        save of this chain) or ``serving`` snapshot of ``table`` under ``path``."""
+
+    def load(self, table: str, chains: list[list[str]]) -> int:
+        """Replaces ``table`` by the snapshot chains (base, then deltas), one chain per part
+        that wrote them, whatever the part count; returns the rows loaded."""
+
+    def close(self) -> None: ...
+
+
+def same_config(a: TableConfig, b: TableConfig) -> bool:
+    """Equal configs (optimizers compared by their spec: factories build new closures)."""
+    if a == b:
+        return True
+    try:
+        return config_to_json(a) == config_to_json(b)
+    except ValueError:  # a schedule: comparable only by identity
+        return False
+
 
 class LocalStore:
     """In-process store: one table per config, each split over ``shards`` in-process shards
     (1: a plain :class:`EmbeddingTable`; more: a :class:`ShardedTable` whose shards pull
     and push in parallel threads)."""
 
-    def __init__(self, configs: list[TableConfig] | tuple[TableConfig, ...], shards: int = 1):
+    def __init__(self, configs: Sequence[TableConfig] = (), shards: int = 1):
+        if shards < 1:
+            raise ValueError(f"shards must be >= 1, got {shards}")
         names = [c.name for c in configs]
         if len(set(names)) != len(names):
             raise ValueError(f"table names must be unique, got {names}")
-        self._tables = {
-            c.name: EmbeddingTable(c) if shards == 1 else ShardedTable(c, shards) for c in configs
-        }
+        self.shards = shards
+        self._tables: dict[str, EmbeddingTable | ShardedTable] = {}
+        for c in configs:
+            self.create_table(c)
+
+    def _new_table(self, config: TableConfig) -> EmbeddingTable | ShardedTable:
+        return EmbeddingTable(config) if self.shards == 1 else ShardedTable(config, self.shards)
 
     @classmethod
     def from_tables(cls, tables: dict[str, EmbeddingTable | ShardedTable]) -> LocalStore:
-        """A store over tables built elsewhere (e.g. loaded from snapshots)."""
-        store = cls.__new__(cls)
+        """A store over tables built elsewhere (e.g. a serving copy of snapshots)."""
+        store = cls()
         store._tables = dict(tables)
         return store
 
     def table(self, name: str) -> EmbeddingTable | ShardedTable:
+        """The table object itself (in process only: for inspection and tests)."""
         try:
             return self._tables[name]
         except KeyError:
             raise ValueError(f"unknown table {name!r}; have {sorted(self._tables)}") from None
+
+    def create_table(self, config: TableConfig) -> None:
+        have = self._tables.get(config.name)
+        if have is None:
+            self._tables[config.name] = self._new_table(config)
+        elif not same_config(have.config, config):
+            raise ValueError(f"table {config.name!r} exists with another config")
 
     def tables(self) -> dict[str, TableConfig]:
         return {n: t.config for n, t in self._tables.items()}
@@ -84,3 +145,22 @@ class LocalStore:
 
     def stats(self) -> dict[str, dict[str, Any]]:
         return {n: t.stats() for n, t in self._tables.items()}
+
+    def save(self, table: str, path: str, kind: str, parent: Sequence[dict] | None = None,
+             *, min_score: float | None = None, float16: bool = False) -> Saved:  # fmt: skip
+        if parent is not None and len(parent) != 1:
+            raise ValueError(f"an in-process table continues one chain, not {len(parent)}")
+        m = snapshot.save(self.table(table), path, kind, parent[0] if parent else None,
+                          min_score=min_score, float16=float16)  # fmt: skip
+        return Saved([os.path.abspath(path)], [m])
+
+    def load(self, table: str, chains: list[list[str]]) -> int:
+        config = self.table(table).config
+        loaded = snapshot.load_chains(chains, config, shards=self.shards)
+        self._tables[table].close()
+        self._tables[table] = loaded
+        return len(loaded)
+
+    def close(self) -> None:
+        for t in self._tables.values():
+            t.close()

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 
-import numba as nb
 import numpy as np
 
-from hoststore import index as ix
-from hoststore.hashing import mix64
+import hoststore as hs
 from jaxstream.data.examples import Examples
 from jaxstream.features import FeatureSpec, slot_salt
 
@@ -38,38 +36,6 @@ class HostBatch:
         return bucket(len(self.unique_ids[table]))
 
 
-@nb.njit(nogil=True, cache=True)
-def _dedup_table(all_ids, bases, offsets, max_lens, salts, labels, batch, width):
-    """One table's slots -> (unique salted keys, index [S, batch, width], mask, clicks).
-
-    Slot s of example i holds all_ids[bases[s] + offsets[s, i] : ... + offsets[s, i + 1]]
-    (at most max_lens[s] kept). Unique keys come out in first-seen order.
-    """
-    n_slots = offsets.shape[0]
-    n = offsets.shape[1] - 1
-    total = 0
-    for s in range(n_slots):
-        for i in range(n):
-            total += min(offsets[s, i + 1] - offsets[s, i], max_lens[s])
-    scratch = np.full(int(total / ix.MAX_LOAD) + 9, -1, np.int32)
-    uniq = np.empty(total, np.int64)
-    clicks = np.zeros(total, np.float32)
-    index = np.zeros((n_slots, batch, width), np.int32)
-    mask = np.zeros((n_slots, batch, width), np.float32)
-    u = 0
-    for s in range(n_slots):
-        for i in range(n):
-            a = bases[s] + offsets[s, i]
-            m = min(offsets[s, i + 1] - offsets[s, i], max_lens[s])
-            for j in range(m):
-                k = np.int64(mix64(np.uint64(all_ids[a + j]) ^ salts[s]))
-                e, u = ix.find_or_append(scratch, uniq, k, u)
-                index[s, i, j] = e
-                mask[s, i, j] = 1.0
-                clicks[e] += labels[i]
-    return uniq[:u], index, mask, clicks[:u]
-
-
 def make_batch(ex: Examples, spec: FeatureSpec, batch_size: int) -> HostBatch:
     n = len(ex)
     if n > batch_size:
@@ -84,20 +50,19 @@ def make_batch(ex: Examples, spec: FeatureSpec, batch_size: int) -> HostBatch:
     for table in spec.tables:
         slots = spec.slots_of(table.name)
         ids = [ex.slot_ids[s.name] for s in slots]
-        bases = np.cumsum([0] + [len(x) for x in ids[:-1]]).astype(np.int64)
-        offsets = np.stack([ex.slot_offsets[s.name] for s in slots]).astype(np.int64)
-        max_lens = np.array([s.max_len for s in slots], np.int64)
-        salts = np.array([slot_salt(s.name) for s in slots], np.uint64)
-        width = int(max_lens.max())
-        uniq, idx, msk, clk = _dedup_table(
-            np.concatenate(ids).astype(np.int64), bases, offsets, max_lens, salts, labels,
-            batch_size, width,
+        d = hs.dedup_slots(
+            np.concatenate(ids).astype(np.int64),
+            np.cumsum([0] + [len(x) for x in ids[:-1]]).astype(np.int64),
+            np.stack([ex.slot_offsets[s.name] for s in slots]).astype(np.int64),
+            np.array([s.max_len for s in slots], np.int64),
+            np.array([slot_salt(s.name) for s in slots], np.uint64),
+            labels, batch_size,
         )  # fmt: skip
         for j, s in enumerate(slots):
-            index[s.name] = idx[j, :, : s.max_len]
-            mask[s.name] = msk[j, :, : s.max_len]
-        unique_ids[table.name] = uniq
-        clicks[table.name] = clk
+            index[s.name] = d.index[j, :, : s.max_len]
+            mask[s.name] = d.mask[j, :, : s.max_len]
+        unique_ids[table.name] = d.unique
+        clicks[table.name] = d.clicks
     return HostBatch(n, labels, weights, dense, unique_ids, clicks, index, mask)
 
 

@@ -27,10 +27,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from hoststore import Store, StoreError
 from hoststore import snapshot as snap
-from hoststore.client import StoreError
-from hoststore.config import TableConfig
-from hoststore.store import LocalStore
 from jaxstream.metrics import BinaryMetrics
 
 log = logging.getLogger(__name__)
@@ -48,7 +46,7 @@ class Restored:
     opt_state: Any
     cursor: str
     cumulative: BinaryMetrics
-    store: object  # a LocalStore, or the remote store it was loaded into
+    store: Store  # the store the checkpoint's snapshots were loaded into
     meta: dict
 
 
@@ -98,7 +96,7 @@ class CheckpointManager:
 
     # ------------------------------------------------------------------ save
 
-    def save(self, step: int, params, opt_state, store: LocalStore, cursor: str,
+    def save(self, step: int, params, opt_state, store: Store, cursor: str,
              cumulative: BinaryMetrics, config: dict, base: bool) -> dict:  # fmt: skip
         """Writes step ``step``; ``base`` forces full store snapshots (else deltas on the
         previous step's, when there is one)."""
@@ -112,28 +110,22 @@ class CheckpointManager:
                          {str(i): np.asarray(x) for i, x in enumerate(leaves)})  # fmt: skip
         self._orbax.wait_until_finished()
         chains, manifests = {}, {}
-        remote = not isinstance(store, LocalStore)
         for name in store.tables():
+            # One chain per part the store writes (a shard server each, or one in process);
+            # a remote store's servers must share this filesystem.
             rel = os.path.join(f"{step:06d}", "store", name)
-            kind = "base" if base else "delta"
-            if remote:  # every shard writes rel/shard-<i> (the filesystem must be shared)
-                parents = None if base else prev["store_manifests"][name]
-                ms = store.snapshot(name, os.path.join(self.root, rel), kind, parents)
-                mine = [os.path.join(rel, f"shard-{i}") for i in range(len(ms))]
-                old = [[]] * len(ms) if base else prev["store_chains"][name]
-                chains[name] = [c + [r] for c, r in zip(old, mine, strict=True)]
-                manifests[name] = [{k: m[k] for k in ("id", "kind", "rows", "deleted")}
-                                   for m in ms]  # fmt: skip
-                continue
             parent = None if base else prev["store_manifests"][name]
-            m = snap.save(store.table(name), os.path.join(self.root, rel), kind, parent)
-            chains[name] = ([] if base else prev["store_chains"][name]) + [rel]
-            manifests[name] = {k: m[k] for k in ("id", "kind", "rows", "deleted")}
+            saved = store.save(name, os.path.join(self.root, rel), "base" if base else "delta",
+                               parent)  # fmt: skip
+            old = [[] for _ in saved.paths] if base else prev["store_chains"][name]
+            chains[name] = [c + [os.path.relpath(p, self.root)]
+                            for c, p in zip(old, saved.paths, strict=True)]  # fmt: skip
+            manifests[name] = [{k: m[k] for k in ("id", "kind", "rows", "deleted")}
+                               for m in saved.manifests]  # fmt: skip
         meta = {
             "step": step,
             "cursor": cursor,
             "base_step": step if base else prev["base_step"],
-            "remote_store": remote,
             "store_chains": chains,
             "store_manifests": manifests,
             "metrics": cumulative.state_dict(),
@@ -158,21 +150,21 @@ class CheckpointManager:
     def read_meta(self, step: int) -> dict | None:
         try:
             with open(os.path.join(self._dir(step), META)) as f:
-                return json.load(f)
-        except (OSError, ValueError):
+                return _upgrade(json.load(f))
+        except (OSError, ValueError, KeyError, TypeError, IndexError):
             return None
 
     # ------------------------------------------------------------------ restore
 
-    def restore(self, params, opt_state, tables: list[TableConfig], store_shards: int = 1,
-                remote_store=None, load_store: bool = True) -> Restored | None:  # fmt: skip
+    def restore(self, params, opt_state, store: Store, load_store: bool = True
+                ) -> Restored | None:  # fmt: skip
         """The newest step that verifies, or None. ``params``/``opt_state`` give the tree
-        structure to fill. A checkpoint of a remote store is loaded back into
-        ``remote_store`` (its shards read the snapshot files and verify them)."""
+        structure to fill; the store snapshots are loaded into ``store`` (a remote store's
+        shards read the files and verify them) unless another worker loads the shared
+        store (``load_store=False``)."""
         for step in reversed(self.steps()):
             try:
-                r = self._restore_step(step, params, opt_state, tables, store_shards,
-                                       remote_store, load_store)  # fmt: skip
+                r = self._restore_step(step, params, opt_state, store, load_store)
             except (CheckpointError, snap.SnapshotError, StoreError, OSError, ValueError) as e:
                 log.warning("checkpoint %d is unusable (%s); falling back to the previous one",
                             step, e)  # fmt: skip
@@ -182,9 +174,7 @@ class CheckpointManager:
             return r
         return None
 
-    def _restore_step(
-        self, step, params, opt_state, tables, store_shards, remote, load_store=True
-    ) -> Restored:
+    def _restore_step(self, step, params, opt_state, store: Store, load_store) -> Restored:
         path = self._dir(step)
         meta = self.read_meta(step)
         if meta is None:
@@ -198,25 +188,23 @@ class CheckpointManager:
         saved = self._orbax.restore(dense)
         new_leaves = [jax.numpy.asarray(saved[str(i)], x.dtype) for i, x in enumerate(leaves)]
         p, o = jax.tree_util.tree_unflatten(treedef, new_leaves)
-        by_name = {t.name: t for t in tables}
-        unknown = set(meta["store_chains"]) - set(by_name)
+        unknown = set(meta["store_chains"]) - set(store.tables())
         if unknown:
             raise CheckpointError(f"checkpoint has tables {sorted(unknown)} the config lacks")
-        if not load_store:  # another worker loads the shared store
-            store = remote
-        elif meta.get("remote_store"):
-            if remote is None:
-                raise CheckpointError("a checkpoint of a remote store needs that store to load")
+        if load_store:
             for name, chains in meta["store_chains"].items():
-                remote.create_table(by_name[name])
-                remote.load(name, [[os.path.join(self.root, c) for c in chain]
-                                   for chain in chains])  # fmt: skip
-            store = remote
-        else:
-            store = LocalStore.from_tables({
-                name: snap.load([os.path.join(self.root, c) for c in chain], by_name[name],
-                                shards=store_shards)
-                for name, chain in meta["store_chains"].items()
-            })  # fmt: skip
+                store.load(name, [[os.path.join(self.root, c) for c in chain]
+                                  for chain in chains])  # fmt: skip
         return Restored(step, p, o, meta["cursor"], BinaryMetrics.from_state(meta["metrics"]),
                         store, meta)  # fmt: skip
+
+
+def _upgrade(meta: dict) -> dict:
+    """Checkpoints written before stores had parts hold one bare chain and one manifest
+    per table: the same as one part."""
+    meta = dict(meta)
+    meta["store_chains"] = {n: [c] if c and isinstance(c[0], str) else c
+                            for n, c in meta["store_chains"].items()}  # fmt: skip
+    meta["store_manifests"] = {n: [m] if isinstance(m, dict) else m
+                               for n, m in meta["store_manifests"].items()}  # fmt: skip
+    return meta

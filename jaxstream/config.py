@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import hoststore as hs
 from jaxstream.data.synthetic import StreamConfig
 
 
@@ -73,33 +72,3 @@ def smoke_config() -> TrainConfig:
         batch_size=256,
         progress=False,
     )
-
-
-def parse_admission(text: str) -> hs.Admission:
-    kind, _, arg = text.partition(":")
-    try:
-        if kind == "always":
-            return hs.always()
-        if kind == "probability":
-            return hs.probability(float(arg))
-        if kind == "count_filter":
-            return hs.count_filter(int(arg))
-        if kind == "show_click":
-            return hs.show_click(float(arg))
-    except ValueError as e:
-        raise ValueError(f"bad admission {text!r}: {e}") from None
-    raise ValueError(
-        f"unknown admission {text!r}; use always, probability:P, count_filter:N, show_click:T"
-    )
-
-
-def parse_eviction(text: str) -> hs.Eviction:
-    names = {"unseen": "unseen_ticks", "score": "min_score", "max_rows": "max_rows",
-             "decay": "decay"}  # fmt: skip
-    kw = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        key, _, val = part.partition(":")
-        if key not in names or not val:
-            raise ValueError(f"bad eviction part {part!r}; use {', '.join(names)} as key:value")
-        kw[names[key]] = float(val) if key in ("score", "decay") else int(val)
-    return hs.Eviction(**kw)

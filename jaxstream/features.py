@@ -7,12 +7,12 @@ the same raw value in two slots is two features even in one shared table.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 
 import numpy as np
 
 import hoststore
-from hoststore.hashing import mix64_np
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,15 +62,15 @@ class FeatureSpec:
         return [s for s in self.slots if s.table == table]
 
 
+@functools.lru_cache(maxsize=4096)
 def slot_salt(name: str) -> np.uint64:
     return np.frombuffer(hashlib.blake2b(name.encode(), digest_size=8).digest(), np.uint64)[0]
 
 
 def salt_ids(raw: np.ndarray, slot: str) -> np.ndarray:
     """Store keys of a slot's raw IDs: a bijection per slot, distinct across slots."""
-    return mix64_np(np.ascontiguousarray(raw, np.int64).view(np.uint64) ^ slot_salt(slot)).view(
-        np.int64
-    )
+    raw = np.ascontiguousarray(raw, np.int64).view(np.uint64)
+    return hoststore.hash64(raw ^ slot_salt(slot)).view(np.int64)
 
 
 def single_table_spec(

@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 
-from hoststore.launch import LocalCluster, free_port
+from hoststore.rpc.launch import LocalCluster, free_port
 from jaxstream import config as config_lib
 from jaxstream.data.synthetic import generate
 

@@ -1,17 +1,18 @@
 """One pass over a partition with the host work overlapped with the device step.
 
-Four threads cooperate:
+A batch goes through four stages, each a method of :class:`Pipeline`, run by its own
+thread and linked to the next by a bounded queue:
 
-- the batcher parses a partition's examples into deduplicated host batches, ahead;
-- the producer pulls the rows of batch t+1 from the store and moves them to the device
-  while the device runs step t;
-- the main thread dispatches jitted steps (JAX dispatch is asynchronous);
-- the pusher takes each step's row gradients back to the host and pushes them to the
-  store through a bounded queue, and accumulates the metrics.
+1. batch (thread "batcher"): examples -> a deduplicated, padded :class:`HostBatch`, ahead;
+2. pull + transfer (thread "producer"): the store rows of batch t+1 are pulled and moved
+   to the device while the device runs step t;
+3. step (the caller's thread): the jitted train or eval step (dispatch is asynchronous);
+4. push + metrics (thread "pusher"): each step's row gradients come back to the host and
+   are pushed to the store; predictions update the metrics.
 
 ``staleness`` bounds how far the pulls run ahead of the pushes: the pull of batch i waits
 until the push of batch i - 1 - staleness is applied (0: every pull sees every earlier
-update, as in a synchronous loop). Any thread's error stops the pass and is raised in the
+update, as in a synchronous loop). Any stage's error stops the pass and is raised in the
 caller; no queue wait is unbounded.
 """
 
@@ -28,7 +29,7 @@ from collections.abc import Callable, Iterable
 import jax
 import numpy as np
 
-from hoststore.store import Store
+from hoststore import Store
 from jaxstream.batching import HostBatch
 from jaxstream.features import FeatureSpec
 from jaxstream.metrics import BinaryMetrics
@@ -77,7 +78,9 @@ def pull_batch_rows(store: Store, spec: FeatureSpec, hb: HostBatch, train: bool)
     }
 
 
-class _Worker(threading.Thread):
+class _Stage(threading.Thread):
+    """A stage's thread; an exception is kept for the caller, not lost."""
+
     def __init__(self, name, target):
         super().__init__(name=name, daemon=True)
         self._target_fn = target
@@ -86,8 +89,180 @@ class _Worker(threading.Thread):
     def run(self):
         try:
             self._target_fn()
-        except BaseException as e:  # surfaced to the caller by the main thread
+        except BaseException as e:  # surfaced to the caller by the step stage
             self.error = e
+
+
+class Pipeline:
+    """Trains (``train_fn``) or evaluates (``eval_fn``) a stream of host batches against
+    ``store``; one :meth:`run` per pass. See the module docstring for the stages."""
+
+    def __init__(
+        self,
+        store: Store,
+        spec: FeatureSpec,
+        *,
+        train_fn: Callable | None = None,
+        eval_fn: Callable | None = None,
+        staleness: int = 1,
+        push_queue: int = 4,
+        keep_predictions: bool = False,
+        progress: Callable[[int, int], None] | None = None,
+        device=None,
+    ):
+        if (train_fn is None) == (eval_fn is None):
+            raise ValueError("give exactly one of train_fn and eval_fn")
+        if staleness < 0:
+            raise ValueError("staleness must be >= 0")
+        self.store, self.spec = store, spec
+        self.train = train_fn is not None
+        self.train_fn, self.eval_fn = train_fn, eval_fn
+        self.staleness, self.push_queue = staleness, push_queue
+        self.keep_predictions, self.progress, self.device = keep_predictions, progress, device
+
+    def run(self, batches: Iterable[HostBatch], params, opt_state=None) -> PassResult:
+        self._batches = batches
+        self._made: queue.Queue = queue.Queue(maxsize=2)  # host batches, ahead of their pull
+        self._ready: queue.Queue = queue.Queue(maxsize=max(1, self.staleness + 1))
+        self._to_push: queue.Queue = queue.Queue(maxsize=self.push_queue)
+        self._pushed = 0
+        self._pushed_cv = threading.Condition()
+        self._stop = threading.Event()
+        self._metrics = BinaryMetrics()
+        self._predictions: list[np.ndarray] = []
+        self._timers = {"host": 0.0, "push": 0.0}
+        self._stages = [_Stage("producer", self._pull_stage), _Stage("pusher", self._push_stage),
+                        _Stage("batcher", self._batch_stage)]  # fmt: skip
+        for stage in self._stages:
+            stage.start()
+        t_start = time.perf_counter()
+        try:
+            params, opt_state, n = self._step_stage(params, opt_state)
+        finally:
+            self._stop.set()
+            for stage in self._stages:
+                stage.join(5.0)
+        return PassResult(params, opt_state, self._metrics, n, time.perf_counter() - t_start,
+                          self._timers["host"], self._timers["push"],
+                          self._predictions)  # fmt: skip
+
+    # ------------------------------------------------------------------ 1. batch
+
+    def _batch_stage(self) -> None:
+        for hb in self._batches:
+            if not self._put(self._made, hb):
+                return
+        self._put(self._made, _DONE)
+
+    # ------------------------------------------------------------------ 2. pull + transfer
+
+    def _pull_stage(self) -> None:
+        for i in itertools.count():
+            hb = self._get(self._made)
+            if hb is None or hb is _DONE:
+                break
+            if self.train:
+                with self._pushed_cv:
+                    while self._pushed < i - self.staleness and not self._stop.is_set():
+                        self._pushed_cv.wait(_POLL)
+            if self._stop.is_set():
+                return
+            t0 = time.perf_counter()
+            rows = pull_batch_rows(self.store, self.spec, hb, self.train)
+            db = DeviceBatch(rows, hb.index, hb.mask, hb.dense, hb.labels, hb.weights)
+            db = jax.device_put(db, self.device)
+            self._timers["host"] += time.perf_counter() - t0
+            if not self._put(self._ready, (hb, db)):
+                return
+        self._put(self._ready, _DONE)
+
+    # ------------------------------------------------------------------ 3. step
+
+    def _step_stage(self, params, opt_state):
+        n = 0
+        while True:
+            try:
+                item = self._ready.get(timeout=_POLL)
+            except queue.Empty:
+                self._check()
+                if not self._stages[0].is_alive() and self._ready.empty():
+                    self._check()
+                    raise PipelineError("producer stopped without finishing the pass") from None
+                continue
+            if item is _DONE:
+                break
+            hb, db = item
+            if self.train:
+                out = self.train_fn(params, opt_state, db)
+                params, opt_state, row_grads, preds = (out.params, out.opt_state,
+                                                       out.row_grads, out.predictions)  # fmt: skip
+            else:
+                row_grads, preds = None, self.eval_fn(params, db)
+            while not self._put(self._to_push, (hb, row_grads, preds)):
+                self._check()
+            n += 1
+            if self.progress:
+                self.progress(n, hb.size)
+            self._check()
+        self._put(self._to_push, _DONE)
+        while self._stages[1].is_alive():
+            self._stages[1].join(_POLL)
+            self._check()
+        self._check()
+        return params, opt_state, n
+
+    # ------------------------------------------------------------------ 4. push + metrics
+
+    def _push_stage(self) -> None:
+        while True:
+            try:
+                item = self._to_push.get(timeout=_POLL)
+            except queue.Empty:
+                if self._stop.is_set():
+                    return
+                continue
+            if item is _DONE:
+                return
+            hb, row_grads, preds = item
+            preds = np.asarray(preds)[: hb.size]  # waits for the device step
+            t0 = time.perf_counter()
+            if row_grads is not None:
+                for t, g in row_grads.items():
+                    u = len(hb.unique_ids[t])
+                    self.store.push(t, hb.unique_ids[t], np.asarray(g)[:u], clicks=hb.clicks[t],
+                                    assume_unique=True)  # fmt: skip
+            self._metrics.update(hb.labels[: hb.size], preds)
+            if self.keep_predictions:
+                self._predictions.append(preds)
+            self._timers["push"] += time.perf_counter() - t0
+            with self._pushed_cv:
+                self._pushed += 1
+                self._pushed_cv.notify_all()
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _put(self, q: queue.Queue, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                q.put(item, timeout=_POLL)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _get(self, q: queue.Queue):
+        while not self._stop.is_set():
+            try:
+                return q.get(timeout=_POLL)
+            except queue.Empty:
+                continue
+        return None
+
+    def _check(self) -> None:
+        for stage in self._stages:
+            if stage.error is not None:
+                self._stop.set()
+                raise PipelineError(f"{stage.name} failed: {stage.error!r}") from stage.error
 
 
 def run_pass(
@@ -100,139 +275,9 @@ def run_pass(
     eval_fn: Callable | None = None,
     params=None,
     opt_state=None,
-    staleness: int = 1,
-    push_queue: int = 4,
-    keep_predictions: bool = False,
-    progress: Callable[[int, int], None] | None = None,
-    device=None,
+    **options,
 ) -> PassResult:
-    """Evaluates (``train=False``) or trains on ``batches``; returns new state and metrics."""
-    if staleness < 0:
-        raise ValueError("staleness must be >= 0")
-    made: queue.Queue = queue.Queue(maxsize=2)  # host batches, built ahead of their pull
-    ready: queue.Queue = queue.Queue(maxsize=max(1, staleness + 1))
-    to_push: queue.Queue = queue.Queue(maxsize=push_queue)
-    pushed = 0
-    pushed_cv = threading.Condition()
-    stop = threading.Event()
-    metrics = BinaryMetrics()
-    predictions: list[np.ndarray] = []
-    timers = {"host": 0.0, "push": 0.0}
-
-    def put(q, item):
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=_POLL)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def make_batches():
-        for hb in batches:
-            if not put(made, hb):
-                return
-        put(made, _DONE)
-
-    def produce():
-        for i in itertools.count():
-            hb = get(made)
-            if hb is None or hb is _DONE:
-                break
-            if train:
-                with pushed_cv:
-                    while pushed < i - staleness and not stop.is_set():
-                        pushed_cv.wait(_POLL)
-            if stop.is_set():
-                return
-            t0 = time.perf_counter()
-            rows = pull_batch_rows(store, spec, hb, train)
-            db = DeviceBatch(rows, hb.index, hb.mask, hb.dense, hb.labels, hb.weights)
-            db = jax.device_put(db, device)
-            timers["host"] += time.perf_counter() - t0
-            if not put(ready, (hb, db)):
-                return
-        put(ready, _DONE)
-
-    def get(q):
-        while not stop.is_set():
-            try:
-                return q.get(timeout=_POLL)
-            except queue.Empty:
-                continue
-        return None
-
-    def push():
-        nonlocal pushed
-        while True:
-            try:
-                item = to_push.get(timeout=_POLL)
-            except queue.Empty:
-                if stop.is_set():
-                    return
-                continue
-            if item is _DONE:
-                return
-            hb, row_grads, preds = item
-            preds = np.asarray(preds)[: hb.size]  # waits for the device step
-            t0 = time.perf_counter()
-            if row_grads is not None:
-                for t, g in row_grads.items():
-                    u = len(hb.unique_ids[t])
-                    store.push(t, hb.unique_ids[t], np.asarray(g)[:u], clicks=hb.clicks[t],
-                               assume_unique=True)  # fmt: skip
-            metrics.update(hb.labels[: hb.size], preds)
-            if keep_predictions:
-                predictions.append(preds)
-            timers["push"] += time.perf_counter() - t0
-            with pushed_cv:
-                pushed += 1
-                pushed_cv.notify_all()
-
-    workers = [_Worker("producer", produce), _Worker("pusher", push),
-               _Worker("batcher", make_batches)]  # fmt: skip
-    for w in workers:
-        w.start()
-
-    def check():
-        for w in workers:
-            if w.error is not None:
-                stop.set()
-                raise PipelineError(f"{w.name} failed: {w.error!r}") from w.error
-
-    t_start = time.perf_counter()
-    n = 0
-    try:
-        while True:
-            try:
-                item = ready.get(timeout=_POLL)
-            except queue.Empty:
-                check()
-                if not workers[0].is_alive() and ready.empty():
-                    check()
-                    raise PipelineError("producer stopped without finishing the pass") from None
-                continue
-            if item is _DONE:
-                break
-            hb, db = item
-            if train:
-                params, opt_state, row_grads, preds, _ = train_fn(params, opt_state, db)
-            else:
-                row_grads, preds = None, eval_fn(params, db)
-            while not put(to_push, (hb, row_grads, preds)):
-                check()
-            n += 1
-            if progress:
-                progress(n, hb.size)
-            check()
-        put(to_push, _DONE)
-        while workers[1].is_alive():
-            workers[1].join(_POLL)
-            check()
-        check()
-    finally:
-        stop.set()
-        for w in workers:
-            w.join(5.0)
-    return PassResult(params, opt_state, metrics, n, time.perf_counter() - t_start,
-                      timers["host"], timers["push"], predictions)  # fmt: skip
+    """One pass of a :class:`Pipeline`: evaluates (``train=False``) or trains on
+    ``batches``; returns the new state and the metrics."""
+    fns = {"train_fn": train_fn} if train else {"eval_fn": eval_fn}
+    return Pipeline(store, spec, **fns, **options).run(batches, params, opt_state)

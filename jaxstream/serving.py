@@ -83,39 +83,16 @@ class Predictor:
         if meta["base_step"] != self._base_step:
             self.tables = {n: self._serving_table(n) for n in meta["store_chains"]}
             self._applied = {n: 0 for n in meta["store_chains"]}
-        for name, chain in meta["store_chains"].items():
-            for rel in chain[self._applied[name] :]:
-                self._apply(self.tables[name], os.path.join(self._ckpt.root, rel))
-            self._applied[name] = len(chain)
+        for name, chains in meta["store_chains"].items():
+            for chain in chains:  # one per part of the store (shard servers), merged here
+                for rel in chain[self._applied[name] :]:
+                    snap.apply_weights(self.tables[name], os.path.join(self._ckpt.root, rel),
+                                       with_counts=self.spec.counts)  # fmt: skip
+            self._applied[name] = len(chains[0])
         self._params = self._load_params(step, meta)
         log.info("serving checkpoint %d (cursor %s)", step, meta["cursor"])
         self.step, self._base_step, self.cursor = step, meta["base_step"], meta["cursor"]
         return True
-
-    def _apply(self, table: hs.EmbeddingTable, path: str) -> None:
-        """Applies one base or delta: weights only, or with counts (CVM) also the rows'
-        and pending keys' show/click and the clock, so pulls read what the trainer read."""
-        m = snap.read_manifest(path)
-        counts = self.spec.counts
-        stat_cols = ("rows.show", "rows.click", "rows.last_seen", "pending.key", "pending.show",
-                     "pending.click", "pending.last_seen")  # fmt: skip
-        cols = snap.read_columns(path, m, only=("rows.key", "rows.emb", "deleted.key")
-                                 + (stat_cols if counts else ()))  # fmt: skip
-        n = len(cols["rows.key"])
-        zeros = np.zeros(n, np.int32)
-        rows = {"key": cols["rows.key"], "emb": cols["rows.emb"], "show": zeros,
-                "click": zeros, "last_seen": zeros, "created": zeros, "updates": zeros}  # fmt: skip
-        pending = {"key": np.empty(0, np.int64), "show": np.empty(0, np.uint16),
-                   "click": np.empty(0, np.uint16), "last_seen": np.empty(0, np.int32)}  # fmt: skip
-        scalars = {"clock": 0, "train_pulls": 0, "admitted": 0, "evicted": 0, "rejected": 0,
-                   "expired_pending": 0}  # fmt: skip
-        if counts:
-            for c in ("show", "click", "last_seen"):
-                rows[c] = cols[f"rows.{c}"]
-            pending = {c: cols[f"pending.{c}"] for c in pending}
-            scalars["clock"] = m["shards"][0]["clock"]
-        table.apply_snapshot(rows, cols.get("deleted.key", np.empty(0, np.int64)), pending,
-                             scalars)  # fmt: skip
 
     def _load_params(self, step: int, meta: dict):
         dense = os.path.join(self._ckpt.root, f"{step:06d}", "dense")

@@ -28,6 +28,16 @@ class DeviceBatch(NamedTuple):
     weights: jax.Array  # [B]
 
 
+class StepOutput(NamedTuple):
+    """What one train step returns."""
+
+    params: Any
+    opt_state: Any
+    row_grads: dict[str, jax.Array]  # table -> [U_pad, dim] gradient of the summed loss
+    predictions: jax.Array  # [B] click probabilities (before this step's update)
+    loss_sum: jax.Array  # summed weighted log loss of the batch
+
+
 def count_features(counts: jax.Array) -> jax.Array:
     """Paddle's CVM transform of (show, click): log(show + 1), log(click + 1) - log(show + 1).
     Constants to the model (no gradient flows into the store's counters)."""
@@ -61,7 +71,7 @@ def _weighted_logloss(logits, labels, weights):
 
 
 def train_step(graphdef, tx, spec, params, opt_state, batch: DeviceBatch):
-    """One step. Returns (params, opt_state, row_grads, predictions, loss_sum).
+    """One step; returns a :class:`StepOutput`.
 
     Dense parameters follow the mean loss; row gradients are those of the summed loss (the
     per-example gradients added up), the scale parameter-server optimizers expect.
@@ -69,7 +79,7 @@ def train_step(graphdef, tx, spec, params, opt_state, batch: DeviceBatch):
     g_params, row_grads, preds, loss, n = grad_step(graphdef, spec, params, batch)
     mean_g = jax.tree.map(lambda g: g / jnp.maximum(n, 1.0), g_params)
     params, opt_state = apply_step(tx, params, opt_state, mean_g)
-    return params, opt_state, row_grads, preds, loss
+    return StepOutput(params, opt_state, row_grads, preds, loss)
 
 
 def _embedding_grads(spec: FeatureSpec, g_rows):
@@ -120,6 +130,6 @@ def make_distributed_train_step(graphdef, tx, spec: FeatureSpec, workers):
         total = workers.allreduce_sum({"g": g, "n": n})
         scale = 1.0 / max(float(total["n"]), 1.0)
         params, opt_state = apply(params, opt_state, jax.tree.map(lambda x: x * scale, total["g"]))
-        return params, opt_state, row_grads, preds, loss
+        return StepOutput(params, opt_state, row_grads, preds, loss)
 
     return step

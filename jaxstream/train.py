@@ -25,11 +25,10 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 import hoststore as hs
-from hoststore.store import LocalStore, Store
 from jaxstream import models
 from jaxstream.batching import batches
 from jaxstream.checkpoint import CheckpointManager
-from jaxstream.config import TrainConfig, parse_admission, parse_eviction
+from jaxstream.config import TrainConfig
 from jaxstream.data import readers
 from jaxstream.data.examples import Examples, ReadReport
 from jaxstream.data.synthetic import generate
@@ -49,8 +48,8 @@ def feature_spec(cfg: TrainConfig) -> FeatureSpec:
         cfg.embedding_dim,
         optimizer=hs.optimizers.from_name(cfg.sparse_optimizer, cfg.sparse_learning_rate),
         initializer=hs.uniform(cfg.initializer_scale),
-        admission=parse_admission(cfg.admission),
-        eviction=parse_eviction(cfg.eviction),
+        admission=hs.admission.parse(cfg.admission),
+        eviction=hs.eviction.parse(cfg.eviction),
         seed=cfg.seed,
         initial_capacity=cfg.table_capacity,
     )
@@ -114,7 +113,7 @@ def train_and_evaluate(
     cfg: TrainConfig,
     workdir: str,
     *,
-    store: Store | None = None,
+    store: hs.Store | None = None,
     model: nnx.Module | None = None,
     on_partition_end: Callable[[Partition, TrainState, dict], None] | None = None,
     workers: Workers | None = None,
@@ -133,11 +132,9 @@ def train_and_evaluate(
             log.info("generating a synthetic stream under %s", data_root)
             generate(data_root, cfg.synthetic)
     spec = feature_spec(cfg)
-    own_store = store is None
-    store = store if store is not None else LocalStore(spec.tables, shards=cfg.store_shards)
-    if hasattr(store, "create_table"):  # a remote store: make sure the tables exist there
-        for table in spec.tables:
-            store.create_table(table)
+    store = store if store is not None else hs.LocalStore(shards=cfg.store_shards)
+    for table in spec.tables:  # creates them, or checks that the store's are the same
+        store.create_table(table)
     if model is None:
         model = models.build(cfg.model, spec.slot_dims(), spec.num_dense, cfg.seed,
                              hidden=cfg.hidden)  # fmt: skip
@@ -152,12 +149,8 @@ def train_and_evaluate(
     # ------------------------------------------------------------------ restore
     ckpt = CheckpointManager(workdir, cfg.keep_bases) if cfg.checkpoint else None
     restored = None
-    remote = hasattr(store, "snapshot")  # the gRPC client: its shards write the snapshots
-    if ckpt is not None and (own_store or remote):
-        restored = ckpt.restore(
-            state.params, state.opt_state, list(spec.tables), cfg.store_shards,
-            remote_store=store if remote else None, load_store=workers.is_first,
-        )  # fmt: skip
+    if ckpt is not None:
+        restored = ckpt.restore(state.params, state.opt_state, store, load_store=workers.is_first)
         workers.barrier()  # the shared store is loaded before anyone pulls from it
     if restored is not None:
         store = restored.store

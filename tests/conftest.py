@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from hoststore.launch import LocalCluster
+from hoststore.rpc.launch import LocalCluster
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DETERMINISTIC_KEYS = ("partition", "progressive_auc", "train_auc", "logloss", "table_rows",

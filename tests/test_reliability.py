@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import hoststore as hs
-from hoststore.client import ShardedStore
-from hoststore.proto import store_pb2, store_pb2_grpc
+from hoststore.rpc import ShardedStore
+from hoststore.rpc.proto import store_pb2, store_pb2_grpc
 from jaxstream import config, train
 from jaxstream.data import readers
 from jaxstream.data.synthetic import StreamConfig, generate

@@ -7,7 +7,6 @@ from jaxstream.data.synthetic import (
     StreamConfig,
     SyntheticStream,
     generate,
-    learner_references,
 )
 
 __all__ = [
@@ -17,7 +16,6 @@ __all__ = [
     "StreamConfig",
     "SyntheticStream",
     "generate",
-    "learner_references",
     "read_avazu",
     "read_criteo",
     "read_slots",

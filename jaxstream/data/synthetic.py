@@ -21,13 +21,11 @@ Partitions are written as ``ROOT/YYYYMMDD/HH/part-00000`` with a ``_SUCCESS`` ma
   weights with less help should not expect a better AUC.
 
 :class:`GridBayesLearner` is that learner; with ``plug_in=True`` it is an honest one (told
-only an offset and the priors), and :func:`learner_references` measures both kinds on a
-stream (``experiments/bayes_references.py``).
+only an offset and the priors); ``experiments/bayes_references.py`` measures both kinds.
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import datetime as dt
 import logging
@@ -234,38 +232,6 @@ class GridBayesLearner:
             self._row_of, self._loglik, self._used, self._grid, self._logprior, self.plug_in,
         )  # fmt: skip
         return out
-
-
-def learner_references(cfg: StreamConfig, skip_hours: int = 3) -> dict[str, float]:
-    """Mean AUC over hours ``skip_hours``+ of the stream's references and of two honest
-    online Bayesian learners of the per-ID weights (plug-in :class:`GridBayesLearner`):
-    one told the bias and the dense term, one also told the pairwise terms."""
-    from sklearn.metrics import roc_auc_score
-
-    stream = SyntheticStream(cfg)
-    dense_only = GridBayesLearner(stream.slots, plug_in=True)
-    with_pairs = GridBayesLearner(stream.slots, plug_in=True)
-    aucs: dict[str, list[float]] = collections.defaultdict(list)
-    t0 = time.perf_counter()
-    for h in range(cfg.hours):
-        part = stream._hour_parts(h)
-        known_terms = (part["terms"] * part["known"]).sum(1)
-        args = part["idx"], part["present"]
-        scores = {
-            "oracle": part["logit"],
-            "seen_k_ceiling": part["kept"],
-            "bayes_ceiling": part["kept"] - known_terms
-            + stream._bayes.step(*args, part["id_free_logit"], part["labels"]),
-            "plug_in_learner_told_dense": part["dense_logit"]
-            + dense_only.step(*args, part["dense_logit"], part["labels"]),
-            "plug_in_learner_told_dense_and_pairs": part["id_free_logit"]
-            + with_pairs.step(*args, part["id_free_logit"], part["labels"]),
-        }  # fmt: skip
-        if h >= skip_hours:
-            for name, score in scores.items():
-                aucs[name].append(roc_auc_score(part["labels"], score))
-        log.info("references: hour %d/%d (%.1f s)", h + 1, cfg.hours, time.perf_counter() - t0)
-    return {name: float(np.mean(v)) for name, v in aucs.items()}
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:

@@ -14,7 +14,7 @@ import dataclasses
 import numpy as np
 
 from hoststore import TableConfig, initial_rows
-from hoststore.hashing import ADMIT_SALT, mix64_np, seed_salt, unit_float_np
+from hoststore._hashing import ADMIT_SALT, mix64_np, seed_salt, unit_float_np
 
 F32 = np.float32
 

@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 
 import hoststore as hs
+from hoststore import StoreError
 from hoststore import snapshot as snap
-from hoststore.client import ShardedStore, StoreError
 from hoststore.config import config_to_json
-from hoststore.proto import regenerate, store_pb2, store_pb2_grpc
+from hoststore.rpc import ShardedStore
+from hoststore.rpc.proto import regenerate, store_pb2, store_pb2_grpc
 from hoststore.store import LocalStore
 from tests.conftest import REPO, Cluster
 
@@ -35,26 +36,21 @@ def _cfg(name, **kw):
     return hs.TableConfig(name, DIM, **base)
 
 
-@pytest.fixture(params=["local", "remote"])
+@pytest.fixture(params=["local", "local_sharded", "remote"])
 def store(request, cluster):
-    if request.param == "local":
-        yield LocalStore([])
+    if request.param.startswith("local"):
+        s = LocalStore([], shards=3 if request.param == "local_sharded" else 1)
+        yield s
+        s.close()
     else:
         s = ShardedStore(cluster.addresses, token=cluster.token, timeout=20)
         yield s
         s.close()
 
 
-def _create(store, cfg):
-    if isinstance(store, LocalStore):
-        store._tables[cfg.name] = hs.EmbeddingTable(cfg)
-    else:
-        store.create_table(cfg)
-
-
 def test_interface_matches_an_in_process_reference(store):
     cfg = _cfg(f"t{uuid.uuid4().hex[:8]}")
-    _create(store, cfg)
+    store.create_table(cfg)
     ref = LocalStore([cfg])
     rng = np.random.default_rng(0)
     universe = np.array([0, -1, 2**63 - 1, -(2**63)] + list(range(1, 60)), np.int64)
@@ -81,6 +77,36 @@ def test_interface_matches_an_in_process_reference(store):
         assert got[k] == want[k], k
 
 
+def test_save_and_load_reproduce_the_table_on_every_store(store, tmp_path):
+    cfg = _cfg(f"t{uuid.uuid4().hex[:8]}")
+    store.create_table(cfg)
+    store.create_table(cfg)  # the same config again: nothing happens
+    with pytest.raises(ValueError, match="another config"):
+        store.create_table(dataclasses.replace(cfg, dim=DIM + 1))
+    rng = np.random.default_rng(1)
+    keys = np.arange(-40, 40, dtype=np.int64)
+    for _ in range(2):
+        store.pull(cfg.name, keys, train=True)
+    store.push(cfg.name, keys, rng.normal(size=(80, DIM)).astype(np.float32))
+    base = store.save(cfg.name, str(tmp_path / "base"), "base")
+    store.advance_clock(3)
+    store.pull(cfg.name, keys[:10], train=True)
+    store.push(cfg.name, keys[:10], rng.normal(size=(10, DIM)).astype(np.float32))
+    assert store.shrink()[cfg.name] == 70  # unseen for 3 ticks: the delta deletes them
+    delta = store.save(cfg.name, str(tmp_path / "delta"), "delta", base.manifests)
+    assert len(delta.paths) == len(base.paths) == len(delta.manifests)
+    want = store.pull(cfg.name, keys, train=False, with_counts=True)
+    want_stats = store.stats()[cfg.name]
+    store.push(cfg.name, keys[:10], np.ones((10, DIM), np.float32))  # changes to undo
+    chains = [list(c) for c in zip(base.paths, delta.paths, strict=True)]
+    assert store.load(cfg.name, chains) == 10
+    np.testing.assert_array_equal(store.pull(cfg.name, keys, train=False, with_counts=True), want)
+    got_stats = store.stats()[cfg.name]
+    for k in ("rows", "pending", "admitted", "evicted", "clock"):
+        assert got_stats[k] == want_stats[k], k
+    store.close()
+
+
 @pytest.mark.parametrize(
     "call, match",
     [
@@ -92,7 +118,7 @@ def test_interface_matches_an_in_process_reference(store):
 )
 def test_bad_calls_raise_value_error_on_both(store, call, match):
     cfg = _cfg(f"t{uuid.uuid4().hex[:8]}")
-    _create(store, cfg)
+    store.create_table(cfg)
     with pytest.raises(ValueError, match=match):
         call(store, cfg.name)
 
@@ -188,13 +214,13 @@ def test_snapshot_and_load_into_another_shard_count(cluster, tmp_path):
     for _ in range(2):
         client.pull(cfg.name, keys, train=True)
     client.push(cfg.name, keys, np.ones((100, DIM), np.float32))
-    base = client.snapshot(cfg.name, str(tmp_path / "base"), "base")
+    base = client.save(cfg.name, str(tmp_path / "base"), "base")
     client.push(cfg.name, keys[:10], np.ones((10, DIM), np.float32))
     client.advance_clock(3)
     client.shrink()  # everything unseen for 3 ticks goes: the delta must carry deletions
     client.pull(cfg.name, keys[:5], train=True)
     client.pull(cfg.name, keys[:5], train=True)
-    client.snapshot(cfg.name, str(tmp_path / "d1"), "delta", base)
+    client.save(cfg.name, str(tmp_path / "d1"), "delta", base.manifests)
     want = client.pull(cfg.name, keys, train=False)
     chains = [
         [str(tmp_path / "base" / f"shard-{i}"), str(tmp_path / "d1" / f"shard-{i}")]
@@ -272,7 +298,7 @@ def test_regenerating_the_stubs_changes_nothing(tmp_path):
     regenerate.generate(str(tmp_path))
     for name in ("store_pb2.py", "store_pb2_grpc.py"):
         assert filecmp.cmp(
-            tmp_path / "hoststore" / "proto" / name,
-            os.path.join(REPO, "hoststore", "proto", name),
+            tmp_path / "hoststore" / "rpc" / "proto" / name,
+            os.path.join(REPO, "hoststore", "rpc", "proto", name),
             shallow=False,
         ), name

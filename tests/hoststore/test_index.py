@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hoststore import index as ix
+from hoststore import _index as ix
 
 I64 = np.iinfo(np.int64)
 
@@ -70,7 +70,7 @@ def _unmix64(h: int) -> int:
 def test_a_tag_collision_falls_back_to_comparing_keys():
     """Two keys whose hashes differ only in bit 31 share a home slot and a 31-bit tag: the
     probe must still tell them apart by their keys (the rare path of find_group)."""
-    from hoststore.hashing import INDEX_SALT, mix64_np
+    from hoststore._hashing import INDEX_SALT, mix64_np
 
     h1 = 0x0123456789ABCDEF
     k1, k2 = (np.uint64(_unmix64(h) ^ int(INDEX_SALT)).view(np.int64) for h in (h1, h1 ^ 1 << 31))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -173,3 +175,25 @@ def test_compaction_folds_a_chain_into_one_base(tmp_path):
     m = snap.compact(paths, str(tmp_path / "compacted"))
     assert m["kind"] == "base"
     assert_same(snap.load(paths, CFG), snap.load([str(tmp_path / "compacted")], CFG))
+
+
+def test_columns_take_the_optimizer_state_names_and_old_positional_names_still_load(tmp_path):
+    t = hs.EmbeddingTable(CFG)
+    keys = UNIVERSE[:6]
+    for _ in range(2):
+        t.pull(keys, train=True)
+    t.push(keys, np.ones((6, 3), np.float32))
+    m = snap.save(t, str(tmp_path / "new"), "base")
+    assert {"rows.mu.npy", "rows.nu.npy", "rows.count.npy"} <= set(m["files"])
+    # A snapshot written before the states had names: rows.state_0.npy, ... in field order.
+    old = tmp_path / "old"
+    old.mkdir()
+    files = {}
+    for name, meta in m["files"].items():
+        new_name = name
+        for i, field in enumerate(("mu", "nu", "count")):
+            new_name = new_name.replace(f"rows.{field}.npy", f"rows.state_{i}.npy")
+        shutil.copy(tmp_path / "new" / name, old / new_name)
+        files[new_name] = meta
+    (old / "manifest.json").write_text(json.dumps({**m, "files": files}))
+    assert_same(snap.load([str(old)], CFG), t)

@@ -258,13 +258,13 @@ def test_growth_copies_rows_when_memory_cannot_be_reserved(monkeypatch):
 
 def test_growth_widens_rows_in_place():
     t = hs.EmbeddingTable(hs.TableConfig("t", dim=4, initial_capacity=16))
-    emb_before = t._emb
+    emb_before = t._rows.emb
     for chunk in np.array_split(np.arange(100_000, dtype=np.int64), 50):
         t.pull(chunk, train=True)
     assert t.growth["resizes"] > 5 and t.growth["row_copies"] == 0
     # The first, 16-row view is the start of the same memory: no row moved.
-    assert np.shares_memory(emb_before, t._emb)
-    assert emb_before.ctypes.data == t._emb.ctypes.data
+    assert np.shares_memory(emb_before, t._rows.emb)
+    assert emb_before.ctypes.data == t._rows.emb.ctypes.data
     assert t.stats()["growth_seconds"] == t.growth["seconds"]
 
 

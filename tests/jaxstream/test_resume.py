@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+import hoststore as hs
 from jaxstream import config, models, train
 from jaxstream.checkpoint import CheckpointManager
 from jaxstream.data.synthetic import StreamConfig, generate
@@ -44,7 +45,7 @@ def _final_store(workdir, cfg):
     import optax
 
     tx = getattr(optax, cfg.dense_optimizer)(cfg.dense_learning_rate)
-    r = CheckpointManager(workdir).restore(params, tx.init(params), list(spec.tables))
+    r = CheckpointManager(workdir).restore(params, tx.init(params), hs.LocalStore(spec.tables))
     rows = r.store.table("embedding").export_rows()
     order = np.argsort(rows["key"])
     return r, {k: v[order] for k, v in rows.items()}

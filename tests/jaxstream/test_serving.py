@@ -72,5 +72,5 @@ def test_keeps_the_newest_bases_and_their_deltas(tmp_path):
         store.pull("t", np.array([step], np.int64), train=True)
         mgr.save(step, params, (), store, f"c{step}", BinaryMetrics(), {}, base=base)
     assert mgr.steps() == [4, 5, 6, 7]
-    r = mgr.restore(params, (), [hs.TableConfig("t", 2)])
+    r = mgr.restore(params, (), LocalStore([hs.TableConfig("t", 2)]))
     assert r.step == 7 and len(r.store.table("t")) == 7

@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from experiments.benchmarks.learners import learner_references
 from jaxstream.data.synthetic import (
     BAYES_GRID,
     StreamConfig,
     SyntheticStream,
     _bayes_pass,
     _prior_counts,
-    learner_references,
 )
 
 

@@ -11,6 +11,7 @@ import sys
 import jax.numpy as jnp
 from flax import nnx
 
+import hoststore as hs
 from hoststore.store import LocalStore
 from jaxstream import config, train
 from jaxstream.data.synthetic import StreamConfig, generate
@@ -118,13 +119,13 @@ def test_bad_policy_strings_name_the_problem():
     import pytest
 
     with pytest.raises(ValueError, match="unknown admission 'often'"):
-        config.parse_admission("often")
+        hs.admission.parse("often")
     with pytest.raises(ValueError, match="bad eviction part 'forever:1'"):
-        config.parse_eviction("unseen:3,forever:1")
+        hs.eviction.parse("unseen:3,forever:1")
 
 
 def test_training_through_a_two_shard_grpc_store_equals_in_process(tmp_path, cluster):
-    from hoststore.client import ShardedStore
+    from hoststore.rpc import ShardedStore
 
     cfg = smoke_stream(str(tmp_path / "data"), hours=2, checkpoint=False)
     local = train.train_and_evaluate(cfg, str(tmp_path / "local"))

@@ -14,8 +14,8 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
+from hoststore._hashing import INDEX_SALT, mix64
 from hoststore._prefetch import prefetch, prefetch_row
-from hoststore.hashing import INDEX_SALT, mix64
 
 EMPTY = -1
 MAX_LOAD = 0.7

@@ -9,31 +9,33 @@ cannot be reached is an error naming its address.
 from __future__ import annotations
 
 import json
+import os
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
 import numpy as np
 
+from hoststore._checks import check_ids, check_push
 from hoststore.config import TableConfig, config_from_json, config_to_json
-from hoststore.proto import store_pb2, store_pb2_grpc
-from hoststore.server import grpc_options
+from hoststore.rpc.channel import grpc_options
+from hoststore.rpc.proto import store_pb2, store_pb2_grpc
 from hoststore.sharded import merge_shard_stats, split_by_shard
-from hoststore.table import COUNT_COLUMNS, check_ids, check_push
+from hoststore.store import Saved, StoreError
+from hoststore.table import COUNT_COLUMNS
 
 _RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
-class StoreError(RuntimeError):
-    """A shard failed or refused a call; the message names the shard and its address."""
-
-    def __init__(self, message: str, code: grpc.StatusCode | None = None):
-        super().__init__(message)
-        self.code = code
+class InvalidRequest(StoreError, ValueError):
+    """A shard refused a call as invalid (INVALID_ARGUMENT): a ValueError, as in process."""
 
 
 class ShardedStore:
+    """The :class:`hoststore.Store` interface over shard servers at ``addresses``."""
+
     def __init__(
         self,
         addresses: list[str],
@@ -84,8 +86,9 @@ class ShardedStore:
                 if idempotent and code in _RETRYABLE and attempt < self.retries:
                     time.sleep(0.1 * 2**attempt)
                     continue
-                raise StoreError(f"shard {shard} at {self.addresses[shard]}: {method} failed: "
-                                 f"{code.name}: {e.details()}", code) from None  # fmt: skip
+                error = InvalidRequest if code == grpc.StatusCode.INVALID_ARGUMENT else StoreError
+                raise error(f"shard {shard} at {self.addresses[shard]}: {method} failed: "
+                            f"{code.name}: {e.details()}", code) from None  # fmt: skip
 
     def _all(self, method: str, requests: list, idempotent: bool) -> list:
         futures = [self._pool.submit(self._call, i, method, r, idempotent)
@@ -163,16 +166,20 @@ class ShardedStore:
 
     # ------------------------------------------------------------------ snapshots
 
-    def snapshot(self, table: str, path: str, kind: str, parents: list[dict] | None = None,
-                 min_score: float | None = None, float16: bool = False) -> list[dict]:  # fmt: skip
-        """Each shard writes ``path/shard-<i>``; returns the manifests, one per shard (pass
-        them as ``parents`` of the next delta)."""
+    def save(self, table: str, path: str, kind: str, parent: Sequence[dict] | None = None,
+             *, min_score: float | None = None, float16: bool = False) -> Saved:  # fmt: skip
+        """Each shard writes ``path/shard-<i>`` (the servers must share the filesystem)."""
+        if parent is not None and len(parent) != self.num_shards:
+            raise ValueError(f"a delta on {self.num_shards} shards needs {self.num_shards} "
+                             f"parent manifests, got {len(parent)}")  # fmt: skip
         reqs = [store_pb2.SnapshotRequest(
             table=table, path=path, kind=kind,
-            parent_manifest_json=json.dumps(parents[i]) if parents else "",
+            parent_manifest_json=json.dumps(parent[i]) if parent else "",
             min_score=min_score or 0.0, has_min_score=min_score is not None, float16=float16,
         ) for i in range(self.num_shards)]  # fmt: skip
-        return [json.loads(r.manifest_json) for r in self._all("Snapshot", reqs, False)]
+        manifests = [json.loads(r.manifest_json) for r in self._all("Snapshot", reqs, False)]
+        return Saved([os.path.join(path, f"shard-{i}") for i in range(self.num_shards)],
+                     manifests)  # fmt: skip
 
     def load(self, table: str, chains: list[list[str]]) -> int:
         """Replaces ``table`` on every shard by the snapshot chains (one per shard that wrote

@@ -1,4 +1,5 @@
-"""The store benchmark as a library call (experiments/bench_store.py is its flag parser).
+"""The store benchmarks (experiments/bench_store.py, bench_snapshot.py, bench_grpc.py are
+their flag parsers): one table in process, snapshots, and shard servers over gRPC.
 
 Every ratio compares two things measured in the same run, because machines are noisy.
 """
@@ -8,17 +9,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import pathlib
-import platform
-import re
 import threading
 import time
 
 import numpy as np
 
-from hoststore import config as C
-from hoststore import optimizers
-from hoststore.hashing import shard_of
+import hoststore as hs
+from hoststore import optimizers, shard_of
 from hoststore.table import EmbeddingTable
 
 log = logging.getLogger(__name__)
@@ -89,7 +86,7 @@ def run(cfg: StoreBenchConfig) -> dict[str, float]:
 
     # --- set up: a table of cfg.rows rows ----------------------------------------------
     opt = optimizers.adagrad(0.05)
-    table = EmbeddingTable(C.TableConfig("bench", cfg.dim, optimizer=opt, initial_capacity=1024))
+    table = EmbeddingTable(hs.TableConfig("bench", cfg.dim, optimizer=opt, initial_capacity=1024))
     keys = rng.integers(-(2**63), 2**63 - 1, cfg.rows, dtype=np.int64, endpoint=True)
     keys = np.unique(keys)
     rng.shuffle(keys)
@@ -140,14 +137,14 @@ def run(cfg: StoreBenchConfig) -> dict[str, float]:
         ("rowwise_adagrad", optimizers.rowwise_adagrad(0.05)),
         ("adagrad", optimizers.adagrad(0.05)),
     ):
-        t = EmbeddingTable(C.TableConfig("mem", cfg.memory_dim, optimizer=opt))
+        t = EmbeddingTable(hs.TableConfig("mem", cfg.memory_dim, optimizer=opt))
         _fill(t, rng.integers(-(2**63), 2**63 - 1, cfg.memory_rows, dtype=np.int64, endpoint=True))
         st = t.stats()
         res[f"allocated_bytes_per_row_{name}"] = st["bytes"] / st["rows"]
         res[f"capacity_bytes_per_row_{name}"] = st["bytes_per_row_at_capacity"]
     t = EmbeddingTable(
-        C.TableConfig(
-            "pending", cfg.memory_dim, admission=C.count_filter(1000, max_pending=cfg.pending_keys)
+        hs.TableConfig(
+            "pending", cfg.memory_dim, admission=hs.count_filter(1000, max_pending=cfg.pending_keys)
         )
     )
     _fill(t, rng.integers(-(2**63), 2**63 - 1, cfg.pending_keys, dtype=np.int64, endpoint=True))
@@ -167,7 +164,7 @@ def _scaling(rng, cfg: StoreBenchConfig) -> dict[str, float]:
     grads = [rng.normal(size=(len(b), cfg.dim)).astype(np.float32) for b in batches]
 
     def make():
-        return EmbeddingTable(C.TableConfig("s", cfg.dim, optimizer=optimizers.adagrad(0.05)))
+        return EmbeddingTable(hs.TableConfig("s", cfg.dim, optimizer=optimizers.adagrad(0.05)))
 
     def drive(table, parts):
         for ids, g in parts:
@@ -260,27 +257,6 @@ def markdown(cfg: StoreBenchConfig, r: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    return f"{cpu}, {os.cpu_count()} cores, numpy {np.__version__}"
-
-
-def write_section(name: str, body: str, path: str = "BENCHMARKS.md") -> None:
-    p = pathlib.Path(path)
-    header = "# Benchmarks\n\nMeasured by `experiments/bench_*.py`, one section each.\n"
-    text = p.read_text() if p.exists() else header
-    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    section = f"{start}\n## {name}\n\n_{stamp}; {machine()}_\n\n{body.strip()}\n{end}"
-    if start in text:
-        text = re.sub(
-            re.escape(start) + ".*?" + re.escape(end), lambda _: section, text, flags=re.S
-        )
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    p.write_text(text)
-
-
 @dataclasses.dataclass(frozen=True)
 class SnapshotBenchConfig:
     rows: int = 10_000_000
@@ -294,7 +270,7 @@ def run_snapshots(cfg: SnapshotBenchConfig, workdir: str) -> dict[str, float]:
     from hoststore import snapshot
 
     rng = np.random.default_rng(cfg.seed)
-    tcfg = C.TableConfig("snap", cfg.dim, optimizer=optimizers.adagrad(0.05))
+    tcfg = hs.TableConfig("snap", cfg.dim, optimizer=optimizers.adagrad(0.05))
     table = EmbeddingTable(tcfg)
     keys = rng.integers(-(2**63), 2**63 - 1, cfg.rows, dtype=np.int64, endpoint=True)
     _fill(table, keys)
@@ -352,12 +328,11 @@ class GrpcBenchConfig:
 
 def run_grpc(cfg: GrpcBenchConfig) -> dict[str, dict[str, float]]:
     """Pull/push latency and keys/s in process and through 1 and 2 gRPC shards."""
-    from hoststore.client import ShardedStore
-    from hoststore.launch import LocalCluster
+    from hoststore.rpc import LocalCluster, ShardedStore
     from hoststore.store import LocalStore
 
     rng = np.random.default_rng(cfg.seed)
-    tcfg = C.TableConfig("bench", cfg.dim, optimizer=optimizers.adagrad(0.05))
+    tcfg = hs.TableConfig("bench", cfg.dim, optimizer=optimizers.adagrad(0.05))
     keys = rng.integers(-(2**63), 2**63 - 1, cfg.rows, dtype=np.int64, endpoint=True)
     batches = _batches(rng, keys, cfg.batches + 1, cfg.batch_unique, 0.1)
     grads = rng.normal(size=(cfg.batch_unique, cfg.dim)).astype(np.float32)

@@ -21,9 +21,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from hoststore.store import LocalStore
+from hoststore import LocalStore
 from jaxstream import models
-from jaxstream.baseline import run_hashed_baseline
 from jaxstream.batching import make_batch
 from jaxstream.config import TrainConfig
 from jaxstream.data import readers
@@ -31,6 +30,8 @@ from jaxstream.data.synthetic import StreamConfig, generate
 from jaxstream.pipeline import pull_batch_rows
 from jaxstream.step import DeviceBatch, make_steps
 from jaxstream.train import feature_spec, train_and_evaluate
+
+from .baseline import run_hashed_baseline
 
 log = logging.getLogger(__name__)
 
@@ -104,12 +105,13 @@ def _step_timing(cfg: TrainConfig, root: str, reps: int) -> dict[str, float]:
     train_fn, _ = make_steps(graphdef, tx, spec)
     db = jax.device_put(DeviceBatch(rows, hb.index, hb.mask, hb.dense, hb.labels, hb.weights))
     opt_state = tx.init(params)
-    params, opt_state, g, _, _ = train_fn(params, opt_state, db)
-    jax.block_until_ready(g)
+    out = train_fn(params, opt_state, db)
+    jax.block_until_ready(out.row_grads)
     t0 = time.perf_counter()
     for _ in range(reps):
-        params, opt_state, g, _, _ = train_fn(params, opt_state, db)
-    jax.block_until_ready(g)
+        out = train_fn(out.params, out.opt_state, db)
+    jax.block_until_ready(out.row_grads)
+    g = out.row_grads
     t_step = (time.perf_counter() - t0) / reps
     t0 = time.perf_counter()
     for t in hb.unique_ids:
@@ -168,8 +170,7 @@ def run(cfg: E2EBenchConfig, workdir: str | None = None) -> dict:
         res["cvm_auc"] = _mean(_records(s["metrics_file"]), "progressive_auc", k)
 
     if cfg.grpc_shards:
-        from hoststore.client import ShardedStore
-        from hoststore.launch import LocalCluster
+        from hoststore.rpc import LocalCluster, ShardedStore
 
         log.info("ours through %d gRPC shard servers", cfg.grpc_shards)
         with LocalCluster(cfg.grpc_shards) as cluster:
@@ -294,26 +295,3 @@ def markdown(res: dict) -> str:
                         f"{r['bayes_auc']:.4f} | {r['seen_k_auc']:.4f} | "
                         f"{r['oracle_auc']:.4f} |")  # fmt: skip
     return "\n".join(lines + per_hour)
-
-
-_REFERENCE_ROWS = (
-    ("oracle", "oracle (true probabilities)"),
-    ("seen_k_ceiling", "seen-5 ceiling (an ID's exact weight from its 5th sighting on)"),
-    ("bayes_ceiling", "Bayes ceiling (exact posterior means, every other term known)"),
-    ("plug_in_learner_told_dense_and_pairs",
-     "online Bayesian learner told the bias, dense and pairwise terms"),
-    ("plug_in_learner_told_dense", "online Bayesian learner told the bias and dense term"),
-)  # fmt: skip
-
-
-def references_markdown(stream: StreamConfig, refs: dict[str, float], skip_hours: int) -> str:
-    """The table of :func:`jaxstream.data.synthetic.learner_references`."""
-    head = (
-        f"Stream: {stream.hours} h x {stream.rows_per_hour:,} rows, vocabulary up to "
-        f"{stream.max_vocab:,} per slot, Zipf {stream.zipf} (seed {stream.seed}). "
-        f"Mean AUC over hours {skip_hours}+. The learners are "
-        "`GridBayesLearner(plug_in=True)`: exact posteriors on a grid of each slot's prior, "
-        "each label explained with the other IDs' current posterior means."
-    )
-    rows = [f"| {label} | {refs[key]:.4f} |" for key, label in _REFERENCE_ROWS]
-    return "\n".join([head, "", "| reference | AUC |", "|---|---|", *rows])

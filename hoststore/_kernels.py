@@ -5,7 +5,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from hoststore import index as ix
+from hoststore import _index as ix
 from hoststore._prefetch import prefetch, prefetch_row
 
 # How many rows ahead the row loops below prefetch: enough to cover a memory latency.

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from hoststore.proto import store_pb2 as hoststore_dot_proto_dot_store__pb2
+from hoststore.rpc.proto import store_pb2 as hoststore_dot_rpc_dot_proto_dot_store__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in hoststore/proto/store_pb2_grpc.py depends on'
+        + ' but the generated code in hoststore/rpc/proto/store_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,43 +36,43 @@ class EmbeddingStoreStub:
         """
         self.CreateTable = channel.unary_unary(
                 '/hoststore.EmbeddingStore/CreateTable',
-                request_serializer=hoststore_dot_proto_dot_store__pb2.CreateTableRequest.SerializeToString,
-                response_deserializer=hoststore_dot_proto_dot_store__pb2.CreateTableResponse.FromString,
+                request_serializer=hoststore_dot_rpc_dot_proto_dot_store__pb2.CreateTableRequest.SerializeToString,
+                response_deserializer=hoststore_dot_rpc_dot_proto_dot_store__pb2.CreateTableResponse.FromString,
                 _registered_method=True)
         self.Pull = channel.unary_unary(
                 '/hoststore.EmbeddingStore/Pull',
-                request_serializer=hoststore_dot_proto_dot_store__pb2.PullRequest.SerializeToString,
-                response_deserializer=hoststore_dot_proto_dot_store__pb2.PullResponse.FromString,
+                request_serializer=hoststore_dot_rpc_dot_proto_dot_store__pb2.PullRequest.SerializeToString,
+                response_deserializer=hoststore_dot_rpc_dot_proto_dot_store__pb2.PullResponse.FromString,
                 _registered_method=True)
         self.Push = channel.unary_unary(
                 '/hoststore.EmbeddingStore/Push',
-                request_serializer=hoststore_dot_proto_dot_store__pb2.PushRequest.SerializeToString,
-                response_deserializer=hoststore_dot_proto_dot_store__pb2.PushResponse.FromString,
+                request_serializer=hoststore_dot_rpc_dot_proto_dot_store__pb2.PushRequest.SerializeToString,
+                response_deserializer=hoststore_dot_rpc_dot_proto_dot_store__pb2.PushResponse.FromString,
                 _registered_method=True)
         self.Shrink = channel.unary_unary(
                 '/hoststore.EmbeddingStore/Shrink',
-                request_serializer=hoststore_dot_proto_dot_store__pb2.ShrinkRequest.SerializeToString,
-                response_deserializer=hoststore_dot_proto_dot_store__pb2.ShrinkResponse.FromString,
+                request_serializer=hoststore_dot_rpc_dot_proto_dot_store__pb2.ShrinkRequest.SerializeToString,
+                response_deserializer=hoststore_dot_rpc_dot_proto_dot_store__pb2.ShrinkResponse.FromString,
                 _registered_method=True)
         self.AdvanceClock = channel.unary_unary(
                 '/hoststore.EmbeddingStore/AdvanceClock',
-                request_serializer=hoststore_dot_proto_dot_store__pb2.AdvanceClockRequest.SerializeToString,
-                response_deserializer=hoststore_dot_proto_dot_store__pb2.AdvanceClockResponse.FromString,
+                request_serializer=hoststore_dot_rpc_dot_proto_dot_store__pb2.AdvanceClockRequest.SerializeToString,
+                response_deserializer=hoststore_dot_rpc_dot_proto_dot_store__pb2.AdvanceClockResponse.FromString,
                 _registered_method=True)
         self.Snapshot = channel.unary_unary(
                 '/hoststore.EmbeddingStore/Snapshot',
-                request_serializer=hoststore_dot_proto_dot_store__pb2.SnapshotRequest.SerializeToString,
-                response_deserializer=hoststore_dot_proto_dot_store__pb2.SnapshotResponse.FromString,
+                request_serializer=hoststore_dot_rpc_dot_proto_dot_store__pb2.SnapshotRequest.SerializeToString,
+                response_deserializer=hoststore_dot_rpc_dot_proto_dot_store__pb2.SnapshotResponse.FromString,
                 _registered_method=True)
         self.Load = channel.unary_unary(
                 '/hoststore.EmbeddingStore/Load',
-                request_serializer=hoststore_dot_proto_dot_store__pb2.LoadRequest.SerializeToString,
-                response_deserializer=hoststore_dot_proto_dot_store__pb2.LoadResponse.FromString,
+                request_serializer=hoststore_dot_rpc_dot_proto_dot_store__pb2.LoadRequest.SerializeToString,
+                response_deserializer=hoststore_dot_rpc_dot_proto_dot_store__pb2.LoadResponse.FromString,
                 _registered_method=True)
         self.Stats = channel.unary_unary(
                 '/hoststore.EmbeddingStore/Stats',
-                request_serializer=hoststore_dot_proto_dot_store__pb2.StatsRequest.SerializeToString,
-                response_deserializer=hoststore_dot_proto_dot_store__pb2.StatsResponse.FromString,
+                request_serializer=hoststore_dot_rpc_dot_proto_dot_store__pb2.StatsRequest.SerializeToString,
+                response_deserializer=hoststore_dot_rpc_dot_proto_dot_store__pb2.StatsResponse.FromString,
                 _registered_method=True)
 
 
@@ -132,43 +132,43 @@ def add_EmbeddingStoreServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'CreateTable': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateTable,
-                    request_deserializer=hoststore_dot_proto_dot_store__pb2.CreateTableRequest.FromString,
-                    response_serializer=hoststore_dot_proto_dot_store__pb2.CreateTableResponse.SerializeToString,
+                    request_deserializer=hoststore_dot_rpc_dot_proto_dot_store__pb2.CreateTableRequest.FromString,
+                    response_serializer=hoststore_dot_rpc_dot_proto_dot_store__pb2.CreateTableResponse.SerializeToString,
             ),
             'Pull': grpc.unary_unary_rpc_method_handler(
                     servicer.Pull,
-                    request_deserializer=hoststore_dot_proto_dot_store__pb2.PullRequest.FromString,
-                    response_serializer=hoststore_dot_proto_dot_store__pb2.PullResponse.SerializeToString,
+                    request_deserializer=hoststore_dot_rpc_dot_proto_dot_store__pb2.PullRequest.FromString,
+                    response_serializer=hoststore_dot_rpc_dot_proto_dot_store__pb2.PullResponse.SerializeToString,
             ),
             'Push': grpc.unary_unary_rpc_method_handler(
                     servicer.Push,
-                    request_deserializer=hoststore_dot_proto_dot_store__pb2.PushRequest.FromString,
-                    response_serializer=hoststore_dot_proto_dot_store__pb2.PushResponse.SerializeToString,
+                    request_deserializer=hoststore_dot_rpc_dot_proto_dot_store__pb2.PushRequest.FromString,
+                    response_serializer=hoststore_dot_rpc_dot_proto_dot_store__pb2.PushResponse.SerializeToString,
             ),
             'Shrink': grpc.unary_unary_rpc_method_handler(
                     servicer.Shrink,
-                    request_deserializer=hoststore_dot_proto_dot_store__pb2.ShrinkRequest.FromString,
-                    response_serializer=hoststore_dot_proto_dot_store__pb2.ShrinkResponse.SerializeToString,
+                    request_deserializer=hoststore_dot_rpc_dot_proto_dot_store__pb2.ShrinkRequest.FromString,
+                    response_serializer=hoststore_dot_rpc_dot_proto_dot_store__pb2.ShrinkResponse.SerializeToString,
             ),
             'AdvanceClock': grpc.unary_unary_rpc_method_handler(
                     servicer.AdvanceClock,
-                    request_deserializer=hoststore_dot_proto_dot_store__pb2.AdvanceClockRequest.FromString,
-                    response_serializer=hoststore_dot_proto_dot_store__pb2.AdvanceClockResponse.SerializeToString,
+                    request_deserializer=hoststore_dot_rpc_dot_proto_dot_store__pb2.AdvanceClockRequest.FromString,
+                    response_serializer=hoststore_dot_rpc_dot_proto_dot_store__pb2.AdvanceClockResponse.SerializeToString,
             ),
             'Snapshot': grpc.unary_unary_rpc_method_handler(
                     servicer.Snapshot,
-                    request_deserializer=hoststore_dot_proto_dot_store__pb2.SnapshotRequest.FromString,
-                    response_serializer=hoststore_dot_proto_dot_store__pb2.SnapshotResponse.SerializeToString,
+                    request_deserializer=hoststore_dot_rpc_dot_proto_dot_store__pb2.SnapshotRequest.FromString,
+                    response_serializer=hoststore_dot_rpc_dot_proto_dot_store__pb2.SnapshotResponse.SerializeToString,
             ),
             'Load': grpc.unary_unary_rpc_method_handler(
                     servicer.Load,
-                    request_deserializer=hoststore_dot_proto_dot_store__pb2.LoadRequest.FromString,
-                    response_serializer=hoststore_dot_proto_dot_store__pb2.LoadResponse.SerializeToString,
+                    request_deserializer=hoststore_dot_rpc_dot_proto_dot_store__pb2.LoadRequest.FromString,
+                    response_serializer=hoststore_dot_rpc_dot_proto_dot_store__pb2.LoadResponse.SerializeToString,
             ),
             'Stats': grpc.unary_unary_rpc_method_handler(
                     servicer.Stats,
-                    request_deserializer=hoststore_dot_proto_dot_store__pb2.StatsRequest.FromString,
-                    response_serializer=hoststore_dot_proto_dot_store__pb2.StatsResponse.SerializeToString,
+                    request_deserializer=hoststore_dot_rpc_dot_proto_dot_store__pb2.StatsRequest.FromString,
+                    response_serializer=hoststore_dot_rpc_dot_proto_dot_store__pb2.StatsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -196,8 +196,8 @@ class EmbeddingStore:
             request,
             target,
             '/hoststore.EmbeddingStore/CreateTable',
-            hoststore_dot_proto_dot_store__pb2.CreateTableRequest.SerializeToString,
-            hoststore_dot_proto_dot_store__pb2.CreateTableResponse.FromString,
+            hoststore_dot_rpc_dot_proto_dot_store__pb2.CreateTableRequest.SerializeToString,
+            hoststore_dot_rpc_dot_proto_dot_store__pb2.CreateTableResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -223,8 +223,8 @@ class EmbeddingStore:
             request,
             target,
             '/hoststore.EmbeddingStore/Pull',
-            hoststore_dot_proto_dot_store__pb2.PullRequest.SerializeToString,
-            hoststore_dot_proto_dot_store__pb2.PullResponse.FromString,
+            hoststore_dot_rpc_dot_proto_dot_store__pb2.PullRequest.SerializeToString,
+            hoststore_dot_rpc_dot_proto_dot_store__pb2.PullResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -250,8 +250,8 @@ class EmbeddingStore:
             request,
             target,
             '/hoststore.EmbeddingStore/Push',
-            hoststore_dot_proto_dot_store__pb2.PushRequest.SerializeToString,
-            hoststore_dot_proto_dot_store__pb2.PushResponse.FromString,
+            hoststore_dot_rpc_dot_proto_dot_store__pb2.PushRequest.SerializeToString,
+            hoststore_dot_rpc_dot_proto_dot_store__pb2.PushResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -277,8 +277,8 @@ class EmbeddingStore:
             request,
             target,
             '/hoststore.EmbeddingStore/Shrink',
-            hoststore_dot_proto_dot_store__pb2.ShrinkRequest.SerializeToString,
-            hoststore_dot_proto_dot_store__pb2.ShrinkResponse.FromString,
+            hoststore_dot_rpc_dot_proto_dot_store__pb2.ShrinkRequest.SerializeToString,
+            hoststore_dot_rpc_dot_proto_dot_store__pb2.ShrinkResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -304,8 +304,8 @@ class EmbeddingStore:
             request,
             target,
             '/hoststore.EmbeddingStore/AdvanceClock',
-            hoststore_dot_proto_dot_store__pb2.AdvanceClockRequest.SerializeToString,
-            hoststore_dot_proto_dot_store__pb2.AdvanceClockResponse.FromString,
+            hoststore_dot_rpc_dot_proto_dot_store__pb2.AdvanceClockRequest.SerializeToString,
+            hoststore_dot_rpc_dot_proto_dot_store__pb2.AdvanceClockResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -331,8 +331,8 @@ class EmbeddingStore:
             request,
             target,
             '/hoststore.EmbeddingStore/Snapshot',
-            hoststore_dot_proto_dot_store__pb2.SnapshotRequest.SerializeToString,
-            hoststore_dot_proto_dot_store__pb2.SnapshotResponse.FromString,
+            hoststore_dot_rpc_dot_proto_dot_store__pb2.SnapshotRequest.SerializeToString,
+            hoststore_dot_rpc_dot_proto_dot_store__pb2.SnapshotResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -358,8 +358,8 @@ class EmbeddingStore:
             request,
             target,
             '/hoststore.EmbeddingStore/Load',
-            hoststore_dot_proto_dot_store__pb2.LoadRequest.SerializeToString,
-            hoststore_dot_proto_dot_store__pb2.LoadResponse.FromString,
+            hoststore_dot_rpc_dot_proto_dot_store__pb2.LoadRequest.SerializeToString,
+            hoststore_dot_rpc_dot_proto_dot_store__pb2.LoadResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -385,8 +385,8 @@ class EmbeddingStore:
             request,
             target,
             '/hoststore.EmbeddingStore/Stats',
-            hoststore_dot_proto_dot_store__pb2.StatsRequest.SerializeToString,
-            hoststore_dot_proto_dot_store__pb2.StatsResponse.FromString,
+            hoststore_dot_rpc_dot_proto_dot_store__pb2.StatsRequest.SerializeToString,
+            hoststore_dot_rpc_dot_proto_dot_store__pb2.StatsResponse.FromString,
             options,
             channel_credentials,
             insecure,

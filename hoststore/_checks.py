@@ -1,0 +1,54 @@
+"""Argument checks shared by every store: a bad call is a ValueError naming the flaw,
+raised before any table changes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from hoststore.config import TableConfig
+
+
+def check_ids(ids: Any, what: str = "ids") -> np.ndarray:
+    """A contiguous int64 view of a 1-D int64/uint64 array, or a ValueError naming the flaw."""
+    if not isinstance(ids, np.ndarray):
+        raise ValueError(f"{what} must be a numpy array of int64, got {type(ids).__name__}")
+    if ids.ndim != 1:
+        raise ValueError(f"{what} must be 1-D, got shape {ids.shape}")
+    if ids.dtype == np.uint64:
+        return np.ascontiguousarray(ids).view(np.int64)
+    if ids.dtype != np.int64:
+        raise ValueError(f"{what} must have dtype int64 (or uint64), got {ids.dtype}")
+    return np.ascontiguousarray(ids)
+
+
+def _check_per_id(x: Any, n: int, what: str) -> np.ndarray:
+    if x is None:
+        return np.zeros(n, np.float32)
+    x = np.asarray(x)
+    if x.shape != (n,):
+        raise ValueError(f"{what} must have shape ({n},) like ids, got {x.shape}")
+    if not np.issubdtype(x.dtype, np.number):
+        raise ValueError(f"{what} must be numeric, got {x.dtype}")
+    x = x.astype(np.float32)
+    if not np.all(np.isfinite(x)) or np.any(x < 0):
+        raise ValueError(f"{what} must be finite and non-negative")
+    return x
+
+
+def check_push(config: TableConfig, ids, grads, shows, clicks):
+    """Validated, normalized push arguments, or a ValueError naming the problem."""
+    ids = check_ids(ids)
+    n = len(ids)
+    if not isinstance(grads, np.ndarray) or not np.issubdtype(grads.dtype, np.floating):
+        raise ValueError("grads must be a floating-point numpy array")
+    if grads.shape != (n, config.dim):
+        raise ValueError(
+            f"grads must have shape ({n}, {config.dim}) for {n} ids in table "
+            f"{config.name!r} (dim {config.dim}), got {grads.shape}"
+        )
+    grads = np.ascontiguousarray(grads, dtype=np.float32)
+    if not np.all(np.isfinite(grads)):
+        raise ValueError(f"grads for table {config.name!r} contain NaN or Inf")
+    return ids, grads, _check_per_id(shows, n, "shows"), _check_per_id(clicks, n, "clicks")

@@ -1,0 +1,129 @@
+"""Row slots of a table: struct-of-arrays storage, the key index and the free list.
+
+Per row: a 32-byte record (key and statistics: one cache line serves the index's key
+comparison and every statistic update), the embedding and the optimizer state, each in
+reserved memory that grows without copies (:mod:`hoststore._row_storage`). Freed slots
+are reused. Not thread-safe: the owning table holds its lock around every call.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from hoststore import _index as ix
+from hoststore import _kernels as K
+from hoststore._row_storage import GrowableRows
+
+META = np.dtype(
+    [("key", "<i8"), ("show", "<f4"), ("click", "<f4"), ("last_seen", "<i4"),
+     ("created", "<i4"), ("updates", "<u4"), ("changed", "u1")],
+    align=True,
+)  # fmt: skip
+STAT_COLUMNS = ("show", "click", "last_seen", "created", "updates")
+_GROWTH = 1.5
+
+
+class RowSlots:
+    """``cap`` row slots of one table; ``high`` of them ever used, ``free`` reusable.
+
+    ``state`` is the optimizer's state as a tuple of (cap, ...) arrays, named by
+    ``state_names`` (the fields of the optimizer's state NamedTuple).
+    """
+
+    def __init__(self, dim: int, fresh_state: tuple[np.ndarray, ...], capacity: int):
+        self.dim = dim
+        self.state_names = tuple(getattr(fresh_state, "_fields", ())) or tuple(
+            f"state_{i}" for i in range(len(fresh_state))
+        )
+        self._storage = (
+            GrowableRows((), META),
+            GrowableRows((dim,), np.float32),
+            *(GrowableRows(f.shape[1:], f.dtype) for f in fresh_state),
+        )
+        self.high = 0
+        self.free = np.empty(0, np.int64)
+        # (Re)sizings: count, seconds spent (index rebuilds, under the table's lock) and
+        # how many of them had to copy rows (only when a reservation ran out).
+        self.growth = {"resizes": 0, "seconds": 0.0, "row_copies": 0}
+        self.resize(capacity)
+
+    def resize(self, cap: int) -> None:
+        """Sizes storage for ``cap`` rows and rebuilds the index: the rows themselves grow
+        in place, so the work here is the index rebuild, not a row copy."""
+        t0 = time.perf_counter()
+        meta, self.emb, *state = (rows.resize(cap, self.high) for rows in self._storage)
+        self.meta = meta
+        self.keys = meta["key"]
+        self.show = meta["show"]
+        self.click = meta["click"]
+        self.last_seen = meta["last_seen"]
+        self.created = meta["created"]  # -1: free slot
+        self.updates = meta["updates"]
+        self.changed = meta["changed"]
+        self.state = tuple(state)
+        self.cap = cap
+        self.index = ix.new_index(cap, tagged=True)
+        ix.rebuild(self.index, self.keys, self.created[: self.high] >= 0)
+        self.growth["resizes"] += 1
+        self.growth["seconds"] += time.perf_counter() - t0
+        self.growth["row_copies"] = sum(rows.copies for rows in self._storage)
+
+    def __len__(self) -> int:
+        return self.high - len(self.free)
+
+    def take(self, k: int) -> np.ndarray:
+        """``k`` slots for new rows: freed ones first, then fresh ones (growing by 1.5x)."""
+        n_free = len(self.free)
+        if self.high + max(0, k - n_free) > self.cap:
+            need = self.high + k - n_free
+            self.resize(max(need, int(self.cap * _GROWTH)))
+        from_free = min(k, n_free)
+        rows = self.free[n_free - from_free :][::-1]
+        self.free = self.free[: n_free - from_free]
+        fresh = np.arange(self.high, self.high + k - from_free, dtype=np.int64)
+        self.high += k - from_free
+        return np.concatenate([rows, fresh])
+
+    def insert(self, keys: np.ndarray, rows: np.ndarray) -> None:
+        K.insert_rows(self.index, self.keys, keys, rows)
+
+    def find(self, keys: np.ndarray) -> np.ndarray:
+        """Each key's row, or -1."""
+        rows = np.empty(len(keys), np.int64)
+        ix.find_many(self.index, self.keys, keys, rows)
+        return rows
+
+    def delete(self, rows: np.ndarray) -> np.ndarray:
+        """Frees ``rows``; returns their keys."""
+        keys = self.keys[rows].copy()
+        ix.delete_many(self.index, self.keys, keys)
+        self.created[rows] = -1
+        self.free = np.concatenate([self.free, rows[::-1]])
+        return keys
+
+    def live(self) -> np.ndarray:
+        return np.flatnonzero(self.created[: self.high] >= 0)
+
+    # Columns of a row as snapshots store them.
+
+    def columns(self) -> list[str]:
+        return ["key", "emb", *self.state_names, *STAT_COLUMNS]
+
+    def column(self, name: str) -> np.ndarray:
+        if name == "emb":
+            return self.emb
+        if name in self.state_names:
+            return self.state[self.state_names.index(name)]
+        return self.meta[name]
+
+    def memory_bytes(self) -> tuple[int, int]:
+        """(row bytes, index and free-list bytes)."""
+        rows = sum(a.nbytes for a in (self.meta, self.emb, *self.state))
+        return rows, self.index.nbytes + self.free.nbytes
+
+    def bytes_per_row(self) -> float:
+        """Bytes of one row slot at full capacity, index share included."""
+        per = META.itemsize + 4 * self.dim + sum(s[:1].nbytes for s in self.state)
+        return per + self.index.itemsize / ix.MAX_LOAD

@@ -1,0 +1,241 @@
+"""A store shard as a gRPC server process.
+
+  python -m hoststore.server --port=50051 --shard_index=0 --num_shards=2 \\
+      [--host=127.0.0.1] [--tls_cert=... --tls_key=...] [--token_file=...] \\
+      [--snapshot_on_exit=/path] [--grace_seconds=5]
+
+Binds 127.0.0.1 unless told otherwise, serves the standard gRPC health service, and on
+SIGTERM/SIGINT reports NOT_SERVING, optionally writes a last base snapshot of every table,
+then stops with a grace period. A malformed request is answered INVALID_ARGUMENT with the
+reason and changes nothing; the shard keeps serving.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hmac
+import json
+import logging
+import os
+import signal
+import threading
+from concurrent import futures
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from hoststore import snapshot
+from hoststore._hashing import shard_of
+from hoststore.config import config_from_json, config_to_json
+from hoststore.rpc.channel import SERVICE, grpc_options
+from hoststore.rpc.proto import store_pb2, store_pb2_grpc
+from hoststore.table import EmbeddingTable
+
+log = logging.getLogger("hoststore.server")
+
+
+def _array(buf: bytes, dtype: str, what: str, context) -> np.ndarray:
+    size = np.dtype(dtype).itemsize
+    if len(buf) % size:
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                      f"{what}: {len(buf)} bytes is not a multiple of {size}")  # fmt: skip
+    return np.frombuffer(buf, dtype)
+
+
+class StoreServicer(store_pb2_grpc.EmbeddingStoreServicer):
+    def __init__(self, shard_index: int, num_shards: int):
+        if not 0 <= shard_index < num_shards:
+            raise ValueError(f"shard_index {shard_index} not in [0, {num_shards})")
+        self.shard_index = shard_index
+        self.num_shards = num_shards
+        self.tables: dict[str, EmbeddingTable] = {}
+        self._configs: dict[str, str] = {}
+        self._registry = threading.Lock()
+
+    # ------------------------------------------------------------------ helpers
+
+    def _table(self, name: str, context) -> EmbeddingTable:
+        t = self.tables.get(name)
+        if t is None:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"unknown table {name!r}; have {sorted(self.tables)}")  # fmt: skip
+        return t
+
+    def _ids(self, buf: bytes, context) -> np.ndarray:
+        ids = _array(buf, "<i8", "ids", context)
+        if self.num_shards > 1 and len(ids):
+            wrong = np.flatnonzero(shard_of(ids, self.num_shards) != self.shard_index)
+            if len(wrong):
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"{len(wrong)} ids belong to other shards (e.g. {ids[wrong[0]]}); "
+                              f"this is shard {self.shard_index} of {self.num_shards}")  # fmt: skip
+        return ids
+
+    # ------------------------------------------------------------------ RPCs
+
+    def CreateTable(self, request, context):
+        try:
+            cfg = config_from_json(request.config_json)
+        except ValueError as e:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        canonical = config_to_json(cfg)
+        with self._registry:
+            if cfg.name in self.tables:
+                if self._configs[cfg.name] != canonical:
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                  f"table {cfg.name!r} exists with another config")  # fmt: skip
+                return store_pb2.CreateTableResponse(created=False)
+            self.tables[cfg.name] = EmbeddingTable(cfg)
+            self._configs[cfg.name] = canonical
+        return store_pb2.CreateTableResponse(created=True)
+
+    def Pull(self, request, context):
+        t = self._table(request.table, context)
+        ids = self._ids(request.ids, context)
+        rows = t.pull(ids, train=request.train, with_counts=request.with_counts)
+        return store_pb2.PullResponse(rows=rows.astype("<f4").tobytes(), dim=t.config.dim)
+
+    def Push(self, request, context):
+        t = self._table(request.table, context)
+        ids = self._ids(request.ids, context)
+        dim = t.config.dim
+        grads = _array(request.grads, "<f4", "grads", context)
+        if grads.size != len(ids) * dim:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"grads: {grads.size} floats for {len(ids)} ids of table "
+                          f"{request.table!r} (dim {dim})")  # fmt: skip
+        shows = _array(request.shows, "<f4", "shows", context) if request.shows else None
+        clicks = _array(request.clicks, "<f4", "clicks", context) if request.clicks else None
+        try:
+            t.push(ids, grads.reshape(len(ids), dim), shows=shows, clicks=clicks,
+                   assume_unique=request.assume_unique)  # fmt: skip
+        except ValueError as e:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        return store_pb2.PushResponse()
+
+    def Shrink(self, request, context):
+        return store_pb2.ShrinkResponse(evicted={n: t.shrink() for n, t in self.tables.items()})
+
+    def AdvanceClock(self, request, context):
+        if request.n < 0:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"n must be >= 0, got {request.n}")
+        for t in self.tables.values():
+            t.advance_clock(request.n)
+        return store_pb2.AdvanceClockResponse()
+
+    def Snapshot(self, request, context):
+        t = self._table(request.table, context)
+        parent = json.loads(request.parent_manifest_json) if request.parent_manifest_json else None
+        path = os.path.join(request.path, f"shard-{self.shard_index}")
+        try:
+            m = snapshot.save(t, path, request.kind, parent,
+                              min_score=request.min_score if request.has_min_score else None,
+                              float16=request.float16)  # fmt: skip
+        except (ValueError, snapshot.SnapshotError) as e:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        return store_pb2.SnapshotResponse(manifest_json=json.dumps(m))
+
+    def Load(self, request, context):
+        t = self._table(request.table, context)
+        if not request.chains:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "Load needs at least one chain")
+        n, i = self.num_shards, self.shard_index
+        try:  # every shard reads every chain and keeps its own keys; shard 0 keeps the totals
+            fresh = snapshot.load_chains([list(c.paths) for c in request.chains], t.config,
+                                         keep=lambda keys: shard_of(keys, n) == i,
+                                         totals=i == 0)  # fmt: skip
+        except (snapshot.SnapshotError, ValueError, OSError) as e:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        self.tables[request.table] = fresh
+        t.close()
+        return store_pb2.LoadResponse(rows=len(fresh))
+
+    def Stats(self, request, context):
+        out = {n: {**t.stats(), "config_json": self._configs[n]} for n, t in self.tables.items()}
+        out["_shard"] = {"index": self.shard_index, "num_shards": self.num_shards}
+        return store_pb2.StatsResponse(stats_json=json.dumps(out, default=float))
+
+
+class TokenInterceptor(grpc.ServerInterceptor):
+    """Rejects calls without ``authorization: Bearer <token>`` (health checks excepted)."""
+
+    def __init__(self, token: str):
+        self._expected = f"Bearer {token}"
+
+        def deny(request, context):
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
+
+        self._deny = grpc.unary_unary_rpc_method_handler(deny)
+
+    def intercept_service(self, continuation, details):
+        if details.method.startswith("/grpc.health."):
+            return continuation(details)
+        got = dict(details.invocation_metadata).get("authorization", "")
+        if hmac.compare_digest(got.encode(), self._expected.encode()):
+            return continuation(details)
+        return self._deny
+
+
+def serve(
+    port: int, shard_index: int, num_shards: int, host: str = "127.0.0.1",
+    tls_cert: str | None = None, tls_key: str | None = None, token: str | None = None,
+    max_workers: int = 8,
+):  # fmt: skip
+    """Starts a shard; returns (server, servicer, health servicer, bound port)."""
+    interceptors = [TokenInterceptor(token)] if token else []
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers), interceptors=interceptors,
+                         options=grpc_options())  # fmt: skip
+    servicer = StoreServicer(shard_index, num_shards)
+    store_pb2_grpc.add_EmbeddingStoreServicer_to_server(servicer, server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    address = f"{host}:{port}"
+    if tls_cert:
+        with open(tls_cert, "rb") as c, open(tls_key, "rb") as k:
+            creds = grpc.ssl_server_credentials([(k.read(), c.read())])
+        bound = server.add_secure_port(address, creds)
+    else:
+        bound = server.add_insecure_port(address)
+    server.start()
+    for name in ("", SERVICE):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return server, servicer, health_servicer, bound
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description="A hoststore shard server.")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--shard_index", type=int, required=True)
+    p.add_argument("--num_shards", type=int, required=True)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--tls_cert")
+    p.add_argument("--tls_key")
+    p.add_argument("--token_file")
+    p.add_argument("--snapshot_on_exit", help="write a base snapshot of every table here")
+    p.add_argument("--grace_seconds", type=float, default=5.0)
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s shard %(process)d %(message)s")
+    if bool(a.tls_cert) != bool(a.tls_key):
+        p.error("--tls_cert and --tls_key go together")
+    token = open(a.token_file).read().strip() if a.token_file else None
+    server, servicer, health_servicer, port = serve(
+        a.port, a.shard_index, a.num_shards, a.host, a.tls_cert, a.tls_key, token
+    )
+    log.info("shard %d/%d serving on %s:%d", a.shard_index, a.num_shards, a.host, port)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    log.info("stopping: NOT_SERVING, grace %.1fs", a.grace_seconds)
+    health_servicer.enter_graceful_shutdown()
+    server.stop(a.grace_seconds).wait()
+    if a.snapshot_on_exit:
+        for name, t in servicer.tables.items():
+            path = os.path.join(a.snapshot_on_exit, name, f"shard-{a.shard_index}")
+            snapshot.save(t, path, "base")
+            log.info("wrote the last snapshot of %s to %s", name, path)
+
+
+if __name__ == "__main__":
+    main()
