@@ -113,6 +113,16 @@ class PendingCounters:
         self.click[e] = _saturate(self.click[e] + np.rint(c))
         self.last_seen[e] = clock
 
+    def stats(self, keys: np.ndarray) -> dict[str, np.ndarray]:
+        """Each key's counters (show, click; -1 where the key is not pending)."""
+        e = self.find(keys)
+        ok = e >= 0
+        out = {"pending": ok}
+        for c, col in (("show", self.show), ("click", self.click)):
+            out[c] = np.full(len(keys), -1, np.int64)
+            out[c][ok] = col[e[ok]]
+        return out
+
     def export(self) -> dict[str, np.ndarray]:
         e = np.flatnonzero(self.last_seen >= 0)
         return {c: self._entries[c][e] for c in COLUMNS}

@@ -16,6 +16,8 @@ import dataclasses
 
 import numpy as np
 
+from hoststore._hashing import mix64_np, unit_float_np
+
 KINDS = ("always", "probability", "count_filter", "show_click")
 
 
@@ -100,6 +102,13 @@ def admit(
         return shows >= adm.n
     score = (shows - clicks) * adm.nonclk_coeff + clicks * adm.click_coeff
     return score >= adm.threshold
+
+
+def draws(keys: np.ndarray, salt: np.uint64, train_pulls: int) -> np.ndarray:
+    """Uniform [0, 1) draws for "probability": a function of (table seed via ``salt``, key,
+    number of training pulls so far), so a replay draws the same numbers."""
+    nonce = mix64_np(np.array([train_pulls], np.uint64) ^ salt)[0]
+    return unit_float_np(mix64_np(keys.view(np.uint64) ^ nonce))
 
 
 def parse(text: str) -> Admission:

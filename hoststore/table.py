@@ -17,10 +17,8 @@ Semantics of one training step:
 from __future__ import annotations
 
 import collections
-import itertools
 import math
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -29,7 +27,8 @@ from hoststore import _index as ix
 from hoststore import _kernels as K
 from hoststore import admission, eviction
 from hoststore._checks import check_ids, check_push
-from hoststore._hashing import ADMIT_SALT, mix64_np, seed_salt, unit_float_np
+from hoststore._hashing import ADMIT_SALT, seed_salt
+from hoststore._lookup import LookupPool
 from hoststore._pending import PendingCounters
 from hoststore._rows import RowSlots
 from hoststore.config import TableConfig
@@ -40,11 +39,6 @@ COUNT_COLUMNS = 2
 _CHUNK = 4096
 _RECENT_PULLS = 4
 _NO_HINT = np.empty(0, np.int64)
-# A read-only pull is split over the lookup threads in chunks of at least this many ids;
-# below it the hand-off costs more than it saves.
-_MIN_IDS_PER_CHUNK = 32768
-# Several chunks per thread, so a thread on a busier core simply takes fewer of them.
-_CHUNKS_PER_THREAD = 4
 TOTALS = ("admitted", "evicted", "rejected", "expired_pending")
 
 
@@ -59,8 +53,7 @@ class EmbeddingTable:
 
     def __init__(self, config: TableConfig, *, lookup_threads: int = 1):
         self.config = config
-        self._lookup_pool: ThreadPoolExecutor | None = None
-        self.lookup_threads = lookup_threads
+        self._lookup = LookupPool(lookup_threads)
         self._opt = config.optimizer
         self._dim = config.dim
         self._lock = threading.RLock()
@@ -81,18 +74,12 @@ class EmbeddingTable:
 
     @property
     def lookup_threads(self) -> int:
-        return self._lookup_threads
+        return self._lookup.threads
 
     @lookup_threads.setter
     def lookup_threads(self, n: int) -> None:
-        if not isinstance(n, int) or n < 1:
-            raise ValueError(f"lookup_threads must be an int >= 1, got {n!r}")
-        self._lookup_threads = n
-        if self._lookup_pool is not None:
-            self._lookup_pool.shutdown(wait=False)
-        self._lookup_pool = None
-        if n > 1:
-            self._lookup_pool = ThreadPoolExecutor(n, thread_name_prefix="hoststore-lookup")
+        self._lookup.close()
+        self._lookup = LookupPool(n)
 
     def close(self) -> None:
         """Stops the lookup threads (the table stays usable single-threaded)."""
@@ -155,13 +142,9 @@ class EmbeddingTable:
                 self._clock, self.config.eviction.decay,
             )  # fmt: skip
 
-        n = len(ids)
-        parts = min(self._lookup_threads * _CHUNKS_PER_THREAD, n // _MIN_IDS_PER_CHUNK)
-        if train or self._lookup_threads < 2 or parts < 2:
-            return run(0, n)
-        bounds = np.linspace(0, n, parts + 1).astype(np.int64)
-        futures = [self._lookup_pool.submit(run, lo, hi) for lo, hi in itertools.pairwise(bounds)]
-        return sum(f.result() for f in futures)
+        if train:  # training pulls stay on the caller's thread (shards run in parallel)
+            return run(0, len(ids))
+        return self._lookup.run(run, len(ids))
 
     def _admit(self, miss_ids: np.ndarray) -> np.ndarray:
         """Admission for ids without a row; returns each one's new row or -1."""
@@ -169,7 +152,9 @@ class EmbeddingTable:
         uniq, inverse, counts = ix.unique_with_inverse(miss_ids)
         shows = counts.astype(np.float32)
         clicks = np.zeros(len(uniq), np.float32)
-        draws = self._draws(uniq) if adm.kind == "probability" else None
+        draws = None
+        if adm.kind == "probability":
+            draws = admission.draws(uniq, self._admit_salt, self._train_pulls)
         if adm.uses_counters:
             entries = self._pending.find(uniq)
             known = entries >= 0
@@ -190,11 +175,6 @@ class EmbeddingTable:
         if admit.any():
             rows_of_uniq[admit] = self._create_rows(uniq[admit], shows[admit], clicks[admit])
         return rows_of_uniq[inverse]
-
-    def _draws(self, uniq: np.ndarray) -> np.ndarray:
-        """Uniform [0, 1) draws, a function of (seed, key, number of training pulls)."""
-        nonce = mix64_np(np.array([self._train_pulls], np.uint64) ^ self._admit_salt)[0]
-        return unit_float_np(mix64_np(uniq.view(np.uint64) ^ nonce))
 
     def _create_rows(self, keys: np.ndarray, shows: np.ndarray, clicks: np.ndarray) -> np.ndarray:
         r = self._rows
@@ -413,14 +393,10 @@ class EmbeddingTable:
             )
 
     def memory_bytes(self) -> dict[str, int]:
-        rows, row_index = self._rows.memory_bytes()
-        pending, pending_index = self._pending.memory_bytes()
+        (rows, row_index), (pending, pending_index) = (self._rows.memory_bytes(),
+                                                       self._pending.memory_bytes())  # fmt: skip
         return {"row_bytes": rows, "row_index_bytes": row_index, "pending_bytes": pending,
                 "pending_index_bytes": pending_index}  # fmt: skip
-
-    def bytes_per_row(self) -> float:
-        """Bytes of one row slot at full capacity, index share included."""
-        return self._rows.bytes_per_row()
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
@@ -432,7 +408,7 @@ class EmbeddingTable:
                 "pending": self.pending_count(),
                 "clock": self._clock,
                 "bytes": sum(mem.values()),
-                "bytes_per_row_at_capacity": self.bytes_per_row(),
+                "bytes_per_row_at_capacity": self._rows.bytes_per_row(),
                 "growth_seconds": self.growth["seconds"],
                 **mem,
                 **self.totals,
@@ -456,10 +432,4 @@ class EmbeddingTable:
         """Pending counters (show, click; -1 where the key is not pending)."""
         ids = check_ids(ids)
         with self._lock:
-            e = self._pending.find(ids)
-            ok = e >= 0
-            out = {"pending": ok}
-            for c, col in (("show", self._pending.show), ("click", self._pending.click)):
-                out[c] = np.full(len(ids), -1, np.int64)
-                out[c][ok] = col[e[ok]]
-            return out
+            return self._pending.stats(ids)

@@ -7,51 +7,62 @@ import dataclasses
 from jaxstream.data.synthetic import StreamConfig
 
 
+def _field(default, help: str):  # noqa: A002 - the flag's help text
+    """A config field with the help text its command-line flag shows."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
+    """Everything a streaming run needs. ``experiments/train_stream.py`` makes every field a
+    flag of the same name (``--synthetic.hours`` for nested ones), default shown."""
+
     # --- data
-    data_root: str | None = None  # None: generate a synthetic stream under workdir/data
-    format: str = "criteo"  # criteo | avazu | slot
-    slot_names: tuple[str, ...] = ()  # for format=slot: the slot numbers to read
-    slot_max_len: int = 8
-    synthetic: StreamConfig = StreamConfig(hours=12, rows_per_hour=20_000)
-    pattern: str = r"(?P<day>\d{8})/(?P<hour>\d{2})"
-    max_partitions: int | None = None
-    wait: bool = False
-    poll_seconds: float = 5.0
-    idle_timeout_seconds: float = 600.0
+    data_root: str | None = _field(None, "Stream root ROOT/YYYYMMDD/HH/; unset: generate one.")
+    format: str = _field("criteo", "Input format: criteo | avazu | slot.")
+    slot_names: tuple[str, ...] = _field((), "For format=slot: the slot numbers to read.")
+    slot_max_len: int = _field(8, "For format=slot: IDs kept per example and slot.")
+    synthetic: StreamConfig = _field(StreamConfig(hours=12, rows_per_hour=20_000),
+                                     "The generated stream (without data_root).")  # fmt: skip
+    pattern: str = _field(r"(?P<day>\d{8})/(?P<hour>\d{2})", "Partition path regex.")
+    max_partitions: int | None = _field(None, "Stop after this many partitions.")
+    wait: bool = _field(False, "Keep polling for new partitions.")
+    poll_seconds: float = _field(5.0, "With wait: seconds between polls.")
+    idle_timeout_seconds: float = _field(600.0, "With wait: stop after this long idle.")
     # --- model and optimizers
-    model: str = "dnn"
-    hidden: tuple[int, ...] = (400, 400, 400)
-    embedding_dim: int = 8
-    batch_size: int = 1024
-    dense_optimizer: str = "adam"  # any optax alias taking learning_rate
-    dense_learning_rate: float = 1e-3
-    sparse_optimizer: str = "adagrad"
-    sparse_learning_rate: float = 0.05
-    initializer_scale: float = 0.01
-    # Paddle's CVM: feed each ID's store counters, log(show+1) and log(click+1)-log(show+1),
-    # to the model beside its embedding.
-    cvm: bool = False
-    # --- store policies: "always", "count_filter:3", "probability:0.2", "show_click:2.5"
-    admission: str = "always"
-    # comma-separated: "unseen:72,score:0.5,max_rows:1000000,decay:0.98" (ticks = partitions)
-    eviction: str = ""
-    shrink_every: str = "day"  # day | partition | never
-    store_shards: int = 1  # in-process shards per table; >1 pulls/pushes them in parallel
-    # Rows each table's index is sized for up front. Beyond it the index grows by 1.5x (a
-    # rebuild under the table's lock; the rows themselves grow in place, without a copy);
-    # sizing it for the expected rows avoids the rebuilds.
-    table_capacity: int = 1024
+    model: str = _field("dnn", "lr | dnn | wide_deep | deepfm | dcn_v2 | dlrm.")
+    hidden: tuple[int, ...] = _field((400, 400, 400), "Hidden layer sizes of the tower.")
+    embedding_dim: int = _field(8, "Embedding dimension of every slot.")
+    batch_size: int = _field(1024, "Examples per step.")
+    dense_optimizer: str = _field("adam", "Any optax alias taking learning_rate.")
+    dense_learning_rate: float = _field(1e-3, "Dense learning rate.")
+    sparse_optimizer: str = _field(
+        "adagrad", "sgd | adagrad | rowwise_adagrad | paddle_adagrad | adam | ftrl."
+    )
+    sparse_learning_rate: float = _field(0.05, "Sparse (store) learning rate.")
+    initializer_scale: float = _field(0.01, "New rows are uniform in +-this.")
+    cvm: bool = _field(False, "Feed each ID's show/click counters to the model (Paddle's CVM).")
+    # --- store policies
+    admission: str = _field(
+        "always", "always | probability:P | count_filter:N | show_click:T (Paddle's entry)."
+    )
+    eviction: str = _field(
+        "", "Comma-separated unseen:N,score:S,max_rows:N,decay:D (ticks = partitions)."
+    )
+    shrink_every: str = _field("day", "When to evict: day | partition | never.")
+    store_shards: int = _field(1, "In-process shards per table (pulled and pushed in parallel).")
+    # Beyond it the index grows by 1.5x (a rebuild under the table's lock; the rows grow in
+    # place, without a copy); sizing it for the expected rows avoids the rebuilds.
+    table_capacity: int = _field(1024, "Rows each table reserves up front.")
     # --- checkpoints: one per partition; a base at the first hour of each day, else deltas
-    checkpoint: bool = True
-    keep_bases: int = 2
+    checkpoint: bool = _field(True, "Checkpoint every partition and resume from the workdir.")
+    keep_bases: int = _field(2, "Bases kept (with their deltas).")
     # --- pipeline, metrics, bookkeeping
-    staleness: int = 1
-    metrics_file: str | None = None  # default: workdir/metrics.jsonl
-    tensorboard: bool = False
-    progress: bool = True
-    seed: int = 0
+    staleness: int = _field(1, "Pulls may run this many batches ahead of pushes.")
+    metrics_file: str | None = _field(None, "JSONL metrics path; unset: workdir/metrics.jsonl.")
+    tensorboard: bool = _field(False, "Also write TensorBoard scalars.")
+    progress: bool = _field(True, "A progress bar on a terminal.")
+    seed: int = _field(0, "Seed of the model and the tables.")
 
 
 def get_config() -> TrainConfig:

@@ -26,6 +26,7 @@ from jaxstream.checkpoint import CheckpointManager
 from jaxstream.config import TrainConfig
 from jaxstream.data.examples import Examples
 from jaxstream.data.synthetic import StreamConfig
+from jaxstream.features import FeatureSpec
 from jaxstream.metrics import BinaryMetrics
 from jaxstream.pipeline import pull_batch_rows
 from jaxstream.step import DeviceBatch, eval_step
@@ -45,8 +46,14 @@ class Predictor:
     """Scores examples with the model of the newest checkpoint under ``workdir``."""
 
     def __init__(
-        self, workdir: str, batch_size: int | None = None, model: nnx.Module | None = None
+        self,
+        workdir: str,
+        batch_size: int | None = None,
+        model: nnx.Module | None = None,
+        features: FeatureSpec | None = None,
     ):
+        """``model`` and ``features``: the ones the run was trained with, when they were not
+        the config's defaults."""
         from jaxstream.train import feature_spec  # the trainer's spec, not a copy
 
         self._ckpt = CheckpointManager(workdir)
@@ -56,7 +63,7 @@ class Predictor:
         meta = self._ckpt.read_meta(steps[-1])
         self.config = config_from_dict(meta["config"])
         self.batch_size = batch_size or self.config.batch_size
-        self.spec = feature_spec(self.config)
+        self.spec = features if features is not None else feature_spec(self.config)
         if model is None:  # a custom tower is passed in, built the way it was trained
             c = self.config
             model = models.build(c.model, self.spec.slot_dims(), self.spec.num_dense, c.seed,

@@ -7,6 +7,7 @@ shrink) -> summary.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
@@ -14,7 +15,6 @@ import json
 import logging
 import math
 import os
-import sys
 import time
 from collections.abc import Callable
 
@@ -22,7 +22,6 @@ import jax
 import numpy as np
 import optax
 from flax import nnx
-from tqdm.auto import tqdm
 
 import hoststore as hs
 from jaxstream import models
@@ -100,6 +99,26 @@ def _truth_metrics(part: Partition, labels: np.ndarray) -> dict[str, float]:
 _CEILINGS = (("bayes_auc", "bayes-ceiling"), ("oracle_auc", "oracle"))
 
 
+def partition_line(record: dict) -> str:
+    """One partition's metrics record as the line a person reads."""
+    r = record
+    line = (f"[{r['partition']}] auc {r['progressive_auc']:.4f} (train {r['train_auc']:.4f})"
+            f"  logloss {r['logloss']:.4f}  rows {r['table_rows']:,}"
+            f"  {r['train_examples_per_sec']:,.0f} ex/s")  # fmt: skip
+    if "checkpoint_seconds" in record:
+        line += f"  ckpt {record['checkpoint_seconds']:.2f}s"
+    return line + "".join(f"  {name} {record[k]:.4f}" for k, name in _CEILINGS if k in record)
+
+
+def dense_optimizer_of(cfg: TrainConfig) -> optax.GradientTransformation:
+    """The optax optimizer ``cfg.dense_optimizer`` names, at ``cfg.dense_learning_rate``."""
+    factory = getattr(optax, cfg.dense_optimizer, None)
+    if not callable(factory):
+        raise ValueError(f"unknown dense_optimizer {cfg.dense_optimizer!r}: not an optax "
+                         "optimizer (e.g. adam, adagrad, sgd, lamb)")  # fmt: skip
+    return factory(cfg.dense_learning_rate)
+
+
 @dataclasses.dataclass
 class TrainState:
     params: object
@@ -109,19 +128,40 @@ class TrainState:
     partitions: int = 0
 
 
+# A progress reporter: called with a pass's description and example count, it returns a
+# context manager that yields the per-batch callback ``tick(batches_done, examples)``.
+Progress = Callable[[str, int], contextlib.AbstractContextManager[Callable[[int, int], None]]]
+
+
+def _no_progress(desc: str, total: int):
+    return contextlib.nullcontext(None)
+
+
 def train_and_evaluate(
     cfg: TrainConfig,
     workdir: str,
     *,
-    store: hs.Store | None = None,
     model: nnx.Module | None = None,
+    features: FeatureSpec | None = None,
+    dense_optimizer: optax.GradientTransformation | None = None,
+    store: hs.Store | None = None,
     on_partition_end: Callable[[Partition, TrainState, dict], None] | None = None,
+    on_resume: Callable[[TrainState], None] | None = None,
+    progress: Progress | None = None,
     workers: Workers | None = None,
 ) -> dict:
-    """Runs the stream; returns a summary. ``store`` defaults to an in-process LocalStore,
-    ``model`` to ``models.build(cfg.model, ...)``. With ``workers`` (several trainer processes,
-    see :mod:`jaxstream.distributed`) each trains on its slice of every partition against
-    the shared ``store``; worker 0 writes the metrics and the checkpoints."""
+    """Runs the stream; returns a summary. Nothing is printed: ``on_partition_end`` gets each
+    partition's metrics record (see :func:`partition_line`), ``on_resume`` the state a
+    checkpoint restored, ``progress`` the batches as they go.
+
+    Defaults come from ``cfg``: ``features`` (slots, tables with their dims and policies)
+    from :func:`feature_spec`, ``model`` from ``models.build(cfg.model, ...)`` over the
+    features' slot widths, ``dense_optimizer`` from ``cfg.dense_optimizer`` (any optax
+    transformation: schedules, clipping and chains work), ``store`` an in-process
+    :class:`hoststore.LocalStore` (or any :class:`hoststore.Store`). With ``workers``
+    (several trainer processes, see :mod:`jaxstream.distributed`) each trains on its slice
+    of every partition against the shared ``store``; worker 0 writes the metrics and the
+    checkpoints."""
     # ------------------------------------------------------------------ set up
     workers = workers or Workers()
     os.makedirs(workdir, exist_ok=True)
@@ -131,7 +171,7 @@ def train_and_evaluate(
         if not os.path.isdir(data_root):
             log.info("generating a synthetic stream under %s", data_root)
             generate(data_root, cfg.synthetic)
-    spec = feature_spec(cfg)
+    spec = features if features is not None else feature_spec(cfg)
     store = store if store is not None else hs.LocalStore(shards=cfg.store_shards)
     for table in spec.tables:  # creates them, or checks that the store's are the same
         store.create_table(table)
@@ -139,7 +179,8 @@ def train_and_evaluate(
         model = models.build(cfg.model, spec.slot_dims(), spec.num_dense, cfg.seed,
                              hidden=cfg.hidden)  # fmt: skip
     graphdef, params = nnx.split(model)
-    tx = getattr(optax, cfg.dense_optimizer)(cfg.dense_learning_rate)
+    tx = dense_optimizer if dense_optimizer is not None else dense_optimizer_of(cfg)
+    progress = progress or _no_progress
     state = TrainState(params, tx.init(params))
     train_fn, eval_fn = make_steps(graphdef, tx, spec)
     if workers.count > 1:
@@ -158,8 +199,9 @@ def train_and_evaluate(
                            restored.cumulative, restored.step)  # fmt: skip
         if workers.is_first:
             _truncate_metrics(metrics_path, restored.cursor)
-        print(f"resumed from checkpoint {restored.step} after partition {restored.cursor}",
-              flush=True)  # fmt: skip
+        log.info("resumed from checkpoint %d after partition %s", restored.step, restored.cursor)
+        if on_resume is not None:
+            on_resume(state)
     writer = _tensorboard(cfg, workdir)
     source = PartitionSource(
         SourceConfig(data_root, cfg.pattern, poll_seconds=cfg.poll_seconds, wait=cfg.wait,
@@ -191,15 +233,13 @@ def train_and_evaluate(
         steps = workers.batches_per_worker(len(examples), cfg.batch_size)
 
         # progressive validation: predict the partition before training on it
-        pb, progress = _progress_bar(cfg, len(mine), f"{part.key} eval")
-        ev = run_pass(store, spec, batches(mine, spec, cfg.batch_size, steps), train=False,
-                      eval_fn=eval_fn, params=state.params, progress=progress)  # fmt: skip
-        pb.close()
-        pb, progress = _progress_bar(cfg, len(mine), f"{part.key} train")
-        tr = run_pass(store, spec, batches(mine, spec, cfg.batch_size, steps), train=True,
-                      train_fn=train_fn, params=state.params, opt_state=state.opt_state,
-                      staleness=cfg.staleness, progress=progress)  # fmt: skip
-        pb.close()
+        with progress(f"{part.key} eval", len(mine)) as tick:
+            ev = run_pass(store, spec, batches(mine, spec, cfg.batch_size, steps), train=False,
+                          eval_fn=eval_fn, params=state.params, progress=tick)  # fmt: skip
+        with progress(f"{part.key} train", len(mine)) as tick:
+            tr = run_pass(store, spec, batches(mine, spec, cfg.batch_size, steps), train=True,
+                          train_fn=train_fn, params=state.params, opt_state=state.opt_state,
+                          staleness=cfg.staleness, progress=tick)  # fmt: skip
         ev.metrics, tr.metrics = _merge(workers, ev.metrics), _merge(workers, tr.metrics)
         state.params, state.opt_state = tr.params, tr.opt_state
         state.cumulative = state.cumulative.merge(ev.metrics)
@@ -245,20 +285,11 @@ def train_and_evaluate(
                 state.partitions, state.params, state.opt_state, store, state.cursor,
                 state.cumulative, dataclasses.asdict(cfg), base=part.is_day_start,
             ))  # fmt: skip
-        checkpoint_s = time.perf_counter() - t0
+        record["checkpoint_seconds"] = time.perf_counter() - t0  # after the file's line
         if writer is not None and workers.is_first:
             for k, v in record.items():
                 if isinstance(v, int | float) and not math.isnan(v):
                     writer.add_scalar(k, v, state.partitions)
-        if workers.is_first:
-            print(
-                f"[{part.key}] auc {record['progressive_auc']:.4f} "
-                f"(train {record['train_auc']:.4f})"
-                f"  logloss {record['logloss']:.4f}  rows {stats['table_rows']:,}"
-                f"  {record['train_examples_per_sec']:,.0f} ex/s  ckpt {checkpoint_s:.2f}s"
-                + "".join(f"  {name} {record[k]:.4f}" for k, name in _CEILINGS if k in record),
-                flush=True,
-            )
         if on_partition_end is not None:
             on_partition_end(part, state, record)
 
@@ -273,8 +304,6 @@ def train_and_evaluate(
         "params_sha256": _digest(state.params),
         **_table_totals(store.stats()),
     }
-    if workers.is_first:
-        print("summary: " + json.dumps(summary), flush=True)
     if writer is not None:
         writer.close()
     return summary
@@ -316,13 +345,6 @@ def _truncate_metrics(path: str, cursor: str) -> None:
     with open(tmp, "w") as f:
         f.writelines(kept)
     os.replace(tmp, path)
-
-
-def _progress_bar(cfg: TrainConfig, total: int, desc: str):
-    """A tqdm bar (on a terminal) and the pipeline callback that advances it."""
-    on = cfg.progress and sys.stderr.isatty()
-    pb = tqdm(total=total, desc=desc, unit="ex", leave=False, disable=not on, mininterval=2.0)
-    return pb, (lambda i, n: pb.update(n))
 
 
 def _table_totals(stats: dict[str, dict]) -> dict[str, int | float]:

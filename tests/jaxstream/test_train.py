@@ -133,3 +133,43 @@ def test_training_through_a_two_shard_grpc_store_equals_in_process(tmp_path, clu
     remote = train.train_and_evaluate(cfg, str(tmp_path / "remote"), store=remote_store)
     lines = [metric_lines(s["metrics_file"]) for s in (local, remote)]
     assert lines[0] == lines[1] and len(lines[0]) == 2
+
+
+def test_library_api_two_tables_per_slot_dims_and_an_optax_chain(tmp_path, capsys):
+    """features, dense_optimizer and model given as objects; the library prints nothing."""
+    import optax
+
+    from jaxstream import models
+    from jaxstream.data import readers
+    from jaxstream.features import FeatureSpec, SlotSpec
+    from jaxstream.serving import Predictor
+
+    cfg = _cfg(tmp_path)
+    small = hs.TableConfig("small", 4, optimizer=hs.optimizers.adagrad(0.05))
+    big = hs.TableConfig("big", 12, optimizer=hs.optimizers.sgd(0.1), admission=hs.count_filter(2))
+    slots = tuple(SlotSpec(s, "small" if i < 13 else "big") for i, s in
+                  enumerate(readers.CRITEO_SLOTS))  # fmt: skip
+    spec = FeatureSpec(slots, (small, big), readers.CRITEO_DENSE)
+    schedule = optax.linear_schedule(1e-2, 1e-3, transition_steps=20)
+    tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(schedule))
+    model = models.build("dnn", spec.slot_dims(), spec.num_dense, 0, hidden=(16,))
+    summary = train.train_and_evaluate(cfg, str(tmp_path / "w"), model=model, features=spec,
+                                       dense_optimizer=tx)  # fmt: skip
+    assert capsys.readouterr().out == ""
+    lines = [json.loads(x) for x in open(summary["metrics_file"])]
+    assert len(lines) == 3 and lines[-1]["progressive_auc"] > 0.55
+    # Both tables grew, each with its own dim and policy.
+    store_rows = summary["table_rows"]
+    assert store_rows > 0 and summary["pending"] > 0  # the big table's count_filter:2
+    predictor = Predictor(str(tmp_path / "w"), model=models.build("dnn", spec.slot_dims(),
+                          spec.num_dense, 0, hidden=(16,)), features=spec)  # fmt: skip
+    assert set(predictor.tables) == {"small", "big"}
+    assert predictor.tables["big"].config.dim == 12
+
+
+def test_an_in_process_run_does_not_import_grpc():
+    code = ("import sys, jaxstream, hoststore\n"
+            "from jaxstream import checkpoint, serving, train\n"
+            "assert 'grpc' not in sys.modules, 'grpc imported'\n")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
