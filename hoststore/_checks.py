@@ -23,9 +23,10 @@ def check_ids(ids: Any, what: str = "ids") -> np.ndarray:
     return np.ascontiguousarray(ids)
 
 
-def _check_per_id(x: Any, n: int, what: str) -> np.ndarray:
+def check_per_id(x: Any, n: int, what: str, default: float = 0.0) -> np.ndarray:
+    """A float32 [n] array of finite non-negative numbers (``default`` everywhere if None)."""
     if x is None:
-        return np.zeros(n, np.float32)
+        return np.full(n, default, np.float32)
     x = np.asarray(x)
     if x.shape != (n,):
         raise ValueError(f"{what} must have shape ({n},) like ids, got {x.shape}")
@@ -37,8 +38,9 @@ def _check_per_id(x: Any, n: int, what: str) -> np.ndarray:
     return x
 
 
-def check_push(config: TableConfig, ids, grads, shows, clicks):
-    """Validated, normalized push arguments, or a ValueError naming the problem."""
+def check_push(config: TableConfig, ids, grads, shows, clicks, counts=None):
+    """Validated, normalized push arguments (ids, grads, shows, clicks, counts), or a
+    ValueError naming the problem."""
     ids = check_ids(ids)
     n = len(ids)
     if not isinstance(grads, np.ndarray) or not np.issubdtype(grads.dtype, np.floating):
@@ -51,4 +53,5 @@ def check_push(config: TableConfig, ids, grads, shows, clicks):
     grads = np.ascontiguousarray(grads, dtype=np.float32)
     if not np.all(np.isfinite(grads)):
         raise ValueError(f"grads for table {config.name!r} contain NaN or Inf")
-    return ids, grads, _check_per_id(shows, n, "shows"), _check_per_id(clicks, n, "clicks")
+    return (ids, grads, check_per_id(shows, n, "shows"), check_per_id(clicks, n, "clicks"),
+            check_per_id(counts, n, "counts", 1.0))  # fmt: skip

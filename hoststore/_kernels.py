@@ -26,9 +26,11 @@ def touch(r, clock, decay, show, click, last_seen, changed):
 
 @nb.njit(nogil=True, cache=True)
 def pull_existing(
-    index, keys, emb, show, click, last_seen, changed, ids, out, rows, default, train, clock, decay
-):
-    """Copies the rows of known ids into ``out``; ``rows[i] = -1`` marks the rest.
+    index, keys, emb, show, click, last_seen, changed, ids, shows, out, rows, default, train,
+    clock, decay,
+):  # fmt: skip
+    """Copies the rows of known ids into ``out``; ``rows[i] = -1`` marks the rest. A
+    training pull adds ``shows[i]`` (the occurrences ids[i] stands for) to its row's show.
 
     Keys are found a group at a time and each group is copied and touched while its
     records are still in cache.
@@ -48,7 +50,7 @@ def pull_existing(
                     out[i, j] = emb[r, j]
                 if train:
                     touch(r, clock, decay, show, click, last_seen, changed)
-                    show[r] += 1.0
+                    show[r] += shows[i]
             else:
                 n_miss += 1
                 for j in range(dim):
@@ -58,13 +60,14 @@ def pull_existing(
 
 @nb.njit(nogil=True, cache=True)
 def gather_push(
-    index, keys, ids, grads, shows, clicks, clock, decay, show, click, last_seen, changed, updates
-):
+    index, keys, ids, grads, shows, clicks, weights, clock, decay, show, click, last_seen,
+    changed, updates,
+):  # fmt: skip
     """Looks ids up, updates the statistics of their rows and sums duplicate gradients.
 
-    Returns (unique rows, summed grads, occurrence counts, positions of ids without a row).
-    Statistics are updated while the row's record is in cache: show and click per
-    occurrence, the update count once per push.
+    Returns (unique rows, summed grads, summed ``weights`` (the occurrences each gradient
+    stands for), positions of ids without a row). Statistics are updated while the row's
+    record is in cache: show and click per id, the update count once per push.
     """
     n = ids.shape[0]
     dim = grads.shape[1]
@@ -96,7 +99,7 @@ def gather_push(
             else:
                 for j in range(dim):
                     agg[p, j] += grads[i, j]
-            counts[p] += 1.0
+            counts[p] += weights[i]
             show[r] += shows[i]
             click[r] += clicks[i]
     return urows[:u], agg[:u], counts[:u], missing[:m]

@@ -3,8 +3,10 @@
 A key that has been sighted but not yet admitted costs one 16-byte entry (key, show,
 click as saturating uint16, last-seen clock) plus an index slot, never a full row. The
 table grows by doubling up to ``max_pending`` entries; when it is full, expired counters
-(unseen for ``ttl`` ticks) make room first and then new keys are rejected (the caller
-counts them). Not thread-safe: the owning table holds its lock around every call.
+(unseen for ``ttl`` ticks) make room first, then the stalest counters (oldest sighting,
+then fewest shows) give way, so a flood of one-off keys never locks new keys out for good.
+Only keys beyond the whole capacity in one call are rejected. The caller counts both. Not
+thread-safe: the owning table holds its lock around every call.
 """
 
 from __future__ import annotations
@@ -66,22 +68,32 @@ class PendingCounters:
         self.show[entries] = _saturate(shows)
         self.last_seen[entries] = clock
 
-    def add(self, keys: np.ndarray, shows: np.ndarray, clock: int, ttl: int) -> tuple[int, int]:
-        """New entries for ``keys`` (distinct, not present); returns (rejected for want of
-        room, expired to make room)."""
+    def add(self, keys: np.ndarray, shows: np.ndarray, clock: int, ttl: int) -> dict[str, int]:
+        """New entries for ``keys`` (distinct, not present); returns how many were rejected,
+        expired to make room and displaced (the stalest giving way)."""
+        out = {"rejected": 0, "expired_pending": 0, "displaced_pending": 0}
         if not len(keys):
-            return 0, 0
+            return out
         if len(self._free) < len(keys) and self.cap < self.max_entries:
             want = max(int(self.cap * 2), self.cap - len(self._free) + len(keys))
             self._alloc(min(self.max_entries, want))
-        expired = self.expire(clock, ttl) if len(self._free) < len(keys) else 0
+        if len(self._free) < len(keys):
+            out["expired_pending"] = self.expire(clock, ttl)
+        short = len(keys) - len(self._free)
+        if short > 0:
+            live = np.flatnonzero(self.last_seen >= 0)
+            order = np.lexsort((self.keys[live], self.show[live], self.last_seen[live]))
+            stalest = live[order[:short]]
+            self.drop(stalest)
+            out["displaced_pending"] = len(stalest)
         room = min(len(keys), len(self._free))
         entries = self._take(room)
         K.insert_rows(self._index, self.keys, keys[:room], entries)
         self.show[entries] = _saturate(shows[:room])
         self.click[entries] = 0
         self.last_seen[entries] = clock
-        return len(keys) - room, expired
+        out["rejected"] = len(keys) - room
+        return out
 
     def _take(self, k: int) -> np.ndarray:
         entries = self._free[len(self._free) - k :][::-1]

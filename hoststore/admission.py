@@ -34,9 +34,9 @@ class Admission:
     A key waiting for admission ("pending") pulls ``default_value`` in every coordinate,
     its gradients are dropped, and it costs one small counter (16 bytes of entry plus its
     index slot). At most ``max_pending`` counters exist; a counter unseen for
-    ``pending_ttl`` clock ticks expires at the next shrink; when the counters are full,
-    expired ones are dropped first and then new keys are rejected (counted) until room
-    frees up.
+    ``pending_ttl`` clock ticks (default 168: a week of hourly ticks) expires at the next
+    shrink; when the counters are full, expired ones are dropped first, then the stalest
+    give way to new keys (both counted).
     """
 
     kind: str = "always"
@@ -47,7 +47,7 @@ class Admission:
     click_coeff: float = 1.0
     default_value: float = 0.0
     max_pending: int = 1 << 22
-    pending_ttl: int = 2
+    pending_ttl: int = 168
 
     def __post_init__(self):
         if self.kind not in KINDS:

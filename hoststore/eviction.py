@@ -21,14 +21,20 @@ import numpy as np
 class Eviction:
     """How rows are forgotten (Paddle's "shrink"); every part is optional and they combine.
 
-    - ``decay``: show and click are multiplied by ``decay`` per clock tick (applied lazily:
-      a row stores its counts as of its last sighting, so ticking the clock is O(1) and does
-      not dirty every row for the next delta snapshot).
-    - ``unseen_ticks``: ``shrink()`` deletes rows not seen for that many ticks.
-    - ``min_score``: ``shrink()`` deletes rows whose decayed score
-      (show - click) * nonclk_coeff + click * click_coeff is below it.
-    - ``max_rows``: ``shrink()`` then evicts the lowest-score rows (ties: least recently
-      seen, then smallest key) until at most ``max_rows`` remain.
+    Each ``shrink()``, in Paddle's order (``CtrCommonAccessor::Shrink``):
+
+    - ``shrink_decay`` (Paddle's ``show_click_decay_rate``): show and click of every row are
+      multiplied by it, once per shrink (Paddle shrinks once a day).
+    - ``unseen_ticks`` (``delete_after_unseen_days``, in clock ticks): rows unseen for
+      *more* than that many ticks are deleted.
+    - ``min_score`` (``delete_threshold``): rows whose score
+      (show - click) * nonclk_coeff + click * click_coeff is below it are deleted.
+    - ``max_rows`` (no Paddle counterpart): then the lowest-score rows (ties: least
+      recently seen, then smallest key) go until at most ``max_rows`` remain.
+
+    ``decay`` is a finer-grained alternative to ``shrink_decay``: show and click are
+    multiplied by it per clock tick, applied lazily (a row stores its counts as of its last
+    sighting, so ticking the clock is O(1) and dirties no row for the next delta).
     """
 
     decay: float = 1.0
@@ -37,10 +43,12 @@ class Eviction:
     max_rows: int | None = None
     nonclk_coeff: float = 0.1
     click_coeff: float = 1.0
+    shrink_decay: float = 1.0
 
     def __post_init__(self):
-        if not 0.0 < self.decay <= 1.0:
-            raise ValueError(f"decay must be in (0, 1], got {self.decay}")
+        for name in ("decay", "shrink_decay"):
+            if not 0.0 < getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)}")
         if self.unseen_ticks is not None and self.unseen_ticks < 1:
             raise ValueError("unseen_ticks must be >= 1")
         if self.max_rows is not None and self.max_rows < 0:
@@ -61,11 +69,12 @@ def scores(ev: Eviction, show: np.ndarray, click: np.ndarray) -> np.ndarray:
 def victims(
     ev: Eviction, ticks_unseen: np.ndarray, score: np.ndarray, keys: np.ndarray
 ) -> np.ndarray:
-    """The rows one shrink deletes, as a bool mask: unseen too long, scored too low, then
-    the lowest scores (ties: least recently seen, then smallest key) beyond ``max_rows``."""
+    """The rows one shrink deletes, as a bool mask: unseen for more than ``unseen_ticks``,
+    scored below ``min_score``, then the lowest scores (ties: least recently seen, then
+    smallest key) beyond ``max_rows``."""
     kill = np.zeros(len(score), bool)
     if ev.unseen_ticks is not None:
-        kill |= ticks_unseen >= ev.unseen_ticks
+        kill |= ticks_unseen > ev.unseen_ticks
     if ev.min_score is not None:
         kill |= score < ev.min_score
     keep = np.flatnonzero(~kill)
@@ -77,16 +86,17 @@ def victims(
 
 def parse(text: str) -> Eviction:
     """The command-line form: comma-separated key:value parts, e.g.
-    ``unseen:72,score:0.5,max_rows:1000000,decay:0.98`` (empty: keep everything)."""
+    ``unseen:72,score:0.5,max_rows:1000000,shrink_decay:0.98`` (empty: keep everything);
+    ``decay:D`` is the lazy per-tick decay."""
     names = {"unseen": "unseen_ticks", "score": "min_score", "max_rows": "max_rows",
-             "decay": "decay"}  # fmt: skip
+             "decay": "decay", "shrink_decay": "shrink_decay"}  # fmt: skip
     kw = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         key, _, val = part.partition(":")
         if key not in names or not val:
             raise ValueError(f"bad eviction part {part!r}; use {', '.join(names)} as key:value")
         try:
-            kw[names[key]] = float(val) if key in ("score", "decay") else int(val)
+            kw[names[key]] = float(val) if key in ("score", "decay", "shrink_decay") else int(val)
         except ValueError:
             raise ValueError(f"bad eviction part {part!r}: {val!r} is not a number") from None
     return Eviction(**kw)

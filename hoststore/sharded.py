@@ -16,7 +16,7 @@ from typing import Any
 import numba as nb
 import numpy as np
 
-from hoststore._checks import check_ids, check_push
+from hoststore._checks import check_ids, check_per_id, check_push
 from hoststore._hashing import SHARD_SALT, mix64
 from hoststore.config import TableConfig
 from hoststore.table import COUNT_COLUMNS, EmbeddingTable
@@ -80,26 +80,34 @@ class ShardedTable:
     def _map(self, fn, items):
         return list(self._pool.map(fn, items))
 
-    def pull(self, ids: np.ndarray, *, train: bool, with_counts: bool = False) -> np.ndarray:
+    def pull(
+        self, ids: np.ndarray, *, train: bool, with_counts: bool = False, shows=None
+    ) -> np.ndarray:
         ids = check_ids(ids)
+        shows = check_per_id(shows, len(ids), "shows", 1.0)
         perm, off = split_by_shard(ids, len(self.shards))
         out = np.empty((len(ids), COUNT_COLUMNS * with_counts + self.config.dim), np.float32)
 
         def one(s):
             p = perm[off[s] : off[s + 1]]
-            out[p] = self.shards[s].pull(ids[p], train=train, with_counts=with_counts)
+            out[p] = self.shards[s].pull(ids[p], train=train, with_counts=with_counts,
+                                         shows=shows[p])  # fmt: skip
 
         self._map(one, range(len(self.shards)))
         return out
 
-    def push(self, ids, grads, *, shows=None, clicks=None, assume_unique=False) -> None:
+    def push(
+        self, ids, grads, *, shows=None, clicks=None, counts=None, assume_unique=False
+    ) -> None:
         # Validate once, before any shard changes: a bad push changes nothing anywhere.
-        ids, grads, shows, clicks = check_push(self.config, ids, grads, shows, clicks)
+        ids, grads, shows, clicks, counts = check_push(self.config, ids, grads, shows, clicks,
+                                                       counts)  # fmt: skip
         perm, off = split_by_shard(ids, len(self.shards))
 
         def one(s):
             p = perm[off[s] : off[s + 1]]
-            self.shards[s].push_checked(ids[p], grads[p], shows[p], clicks[p], assume_unique)
+            self.shards[s].push_checked(ids[p], grads[p], shows[p], clicks[p], counts[p],
+                                        assume_unique)  # fmt: skip
 
         self._map(one, range(len(self.shards)))
 

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from hoststore import eviction
 from hoststore._hashing import shard_of
 from hoststore._rows import STAT_COLUMNS
 from hoststore.config import TableConfig
@@ -38,7 +39,7 @@ from hoststore.table import EmbeddingTable
 
 FORMAT = 1
 MANIFEST = "manifest.json"
-KINDS = ("base", "delta", "serving")
+KINDS = ("base", "delta", "serving", "cache")
 
 
 class SnapshotError(RuntimeError):
@@ -95,11 +96,15 @@ def save(
     *,
     min_score: float | None = None,
     float16: bool = False,
+    cache_fraction: float = 0.1,
 ) -> dict:
     """Writes a snapshot of ``table`` to the new directory ``path``; returns its manifest.
 
     A delta needs the manifest of the snapshot it follows (``parent``). After a base or a
     delta is committed, the table's change markers and eviction record are cleared.
+    ``serving`` keeps the rows whose score is at least ``min_score`` (Paddle's xbox
+    ``base_threshold``); ``cache`` (Paddle's ``save_cache_model``) the ``cache_fraction``
+    of rows with the most (decayed) shows, ties to the smaller key: both weights only.
     """
     if kind not in KINDS:
         raise ValueError(f"snapshot kind must be one of {KINDS}, got {kind!r}")
@@ -111,11 +116,19 @@ def save(
     os.makedirs(path, exist_ok=True)
     shards = _shards(table)
     cols: dict[str, np.ndarray] = {}
-    if kind == "serving":
-        rows = _concat([s.export_rows() for s in shards])
+    if kind in ("serving", "cache"):
+        rows = _concat([_with_counts_now(s) for s in shards])
         keep = np.ones(len(rows["key"]), bool)
-        if min_score is not None:
-            keep = np.concatenate([s.scores(s.live_rows()) for s in shards]) >= min_score
+        if kind == "serving" and min_score is not None:
+            ev = table.config.eviction
+            keep = eviction.scores(ev, rows["show_now"], rows["click_now"]) >= min_score
+        if kind == "cache":
+            if not 0.0 <= cache_fraction <= 1.0:
+                raise ValueError(f"cache_fraction must be in [0, 1], got {cache_fraction}")
+            top = np.lexsort((rows["key"], -rows["show_now"]))
+            top = top[: int(round(cache_fraction * len(top)))]
+            keep = np.zeros(len(rows["key"]), bool)
+            keep[top] = True
         cols["rows.key"] = rows["key"][keep]
         cols["rows.emb"] = rows["emb"][keep].astype(np.float16 if float16 else np.float32)
     else:
@@ -146,7 +159,7 @@ def save(
     }
     _write_atomic(os.path.join(path, MANIFEST), json.dumps(manifest, indent=1).encode())
     _fsync_dir(path)
-    if kind != "serving":
+    if kind in ("base", "delta"):
         for s in shards:
             s.mark_snapshot()
     manifest["write_seconds"] = time.perf_counter() - t0
@@ -270,7 +283,8 @@ def load_chains(
     return table
 
 
-_TOTALS = ("admitted", "evicted", "rejected", "expired_pending", "train_pulls")
+_TOTALS = ("admitted", "evicted", "rejected", "expired_pending", "displaced_pending",
+           "train_pulls")  # fmt: skip
 
 
 def _apply(table, rows, deleted, pending, scalars) -> None:
@@ -278,7 +292,7 @@ def _apply(table, rows, deleted, pending, scalars) -> None:
     if len(targets) == 1:
         merged = dict(scalars[0])
         for k in _TOTALS:
-            merged[k] = sum(s[k] for s in scalars)
+            merged[k] = sum(s.get(k, 0) for s in scalars)
         targets[0].apply_snapshot(rows, deleted, pending, merged)
         return
     n = len(targets)
@@ -288,7 +302,7 @@ def _apply(table, rows, deleted, pending, scalars) -> None:
         sc = dict(scalars[i] if same else scalars[0])
         if not same:  # resharded: totals are kept once, on shard 0
             for k in _TOTALS:
-                sc[k] = sum(s[k] for s in scalars) if i == 0 else 0
+                sc[k] = sum(s.get(k, 0) for s in scalars) if i == 0 else 0
         t.apply_snapshot({k: v[r_sh == i] for k, v in rows.items()}, deleted[d_sh == i],
                          {k: v[p_sh == i] for k, v in pending.items()}, sc)  # fmt: skip
 
@@ -319,10 +333,20 @@ def apply_weights(table: EmbeddingTable, path: str, with_counts: bool = False) -
     table.apply_snapshot(rows, cols.get("deleted.key", np.empty(0, np.int64)), pending, scalars)
 
 
+def _with_counts_now(table: EmbeddingTable) -> dict[str, np.ndarray]:
+    """A shard's rows with show and click brought to its clock (one consistent export)."""
+    rows = table.export_rows()
+    unseen = table.export_scalars()["clock"] - rows["last_seen"]
+    ev = table.config.eviction
+    rows["show_now"] = eviction.decayed(ev, rows["show"], unseen)
+    rows["click_now"] = eviction.decayed(ev, rows["click"], unseen)
+    return rows
+
+
 def load_serving(path: str) -> tuple[np.ndarray, np.ndarray]:
-    """(keys, weights) of a serving snapshot, checksums verified."""
+    """(keys, weights) of a serving or cache snapshot, checksums verified."""
     m = read_manifest(path)
-    if m["kind"] != "serving":
+    if m["kind"] not in ("serving", "cache"):
         raise SnapshotError(f"{path}: not a serving snapshot ({m['kind']})")
     cols = read_columns(path, m)
     return cols["rows.key"], cols["rows.emb"]

@@ -46,8 +46,16 @@ class Store(Protocol):
     def tables(self) -> dict[str, TableConfig]: ...
 
     def pull(
-        self, table: str, ids: np.ndarray, *, train: bool, with_counts: bool = False
-    ) -> np.ndarray: ...
+        self,
+        table: str,
+        ids: np.ndarray,
+        *,
+        train: bool,
+        with_counts: bool = False,
+        shows: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Rows of ``ids``; a training pull counts ``shows[i]`` occurrences of each (1 by
+        default) toward its statistics and admission."""
 
     def push(
         self,
@@ -57,8 +65,11 @@ class Store(Protocol):
         *,
         shows: np.ndarray | None = None,
         clicks: np.ndarray | None = None,
+        counts: np.ndarray | None = None,
         assume_unique: bool = False,
-    ) -> None: ...
+    ) -> None:
+        """Gradients of ``ids``; ``clicks`` (and extra ``shows``) join the statistics,
+        ``counts`` are the occurrences each gradient sums (show-scaled rules divide by it)."""
 
     def shrink(self) -> dict[str, int]: ...
 
@@ -68,7 +79,8 @@ class Store(Protocol):
 
     def save(self, table: str, path: str, kind: str, parent: Sequence[dict] | None = None) -> Saved:
         """Writes a ``base``, ``delta`` (after ``parent``, the manifests of the previous
-        save of this chain) or ``serving`` snapshot of ``table`` under ``path``."""
+        save of this chain), ``serving`` or ``cache`` snapshot of ``table`` under
+        ``path``."""
 
     def load(self, table: str, chains: list[list[str]]) -> int:
         """Replaces ``table`` by the snapshot chains (base, then deltas), one chain per part
@@ -130,11 +142,14 @@ class LocalStore:
     def tables(self) -> dict[str, TableConfig]:
         return {n: t.config for n, t in self._tables.items()}
 
-    def pull(self, table: str, ids: np.ndarray, *, train: bool, with_counts: bool = False):
-        return self.table(table).pull(ids, train=train, with_counts=with_counts)
+    def pull(self, table: str, ids: np.ndarray, *, train: bool, with_counts: bool = False,
+             shows=None):  # fmt: skip
+        return self.table(table).pull(ids, train=train, with_counts=with_counts, shows=shows)
 
-    def push(self, table, ids, grads, *, shows=None, clicks=None, assume_unique=False) -> None:
-        self.table(table).push(ids, grads, shows=shows, clicks=clicks, assume_unique=assume_unique)
+    def push(self, table, ids, grads, *, shows=None, clicks=None, counts=None,
+             assume_unique=False) -> None:  # fmt: skip
+        self.table(table).push(ids, grads, shows=shows, clicks=clicks, counts=counts,
+                               assume_unique=assume_unique)  # fmt: skip
 
     def shrink(self) -> dict[str, int]:
         return {n: t.shrink() for n, t in self._tables.items()}
@@ -147,11 +162,13 @@ class LocalStore:
         return {n: t.stats() for n, t in self._tables.items()}
 
     def save(self, table: str, path: str, kind: str, parent: Sequence[dict] | None = None,
-             *, min_score: float | None = None, float16: bool = False) -> Saved:  # fmt: skip
+             *, min_score: float | None = None, float16: bool = False,
+             cache_fraction: float = 0.1) -> Saved:  # fmt: skip
         if parent is not None and len(parent) != 1:
             raise ValueError(f"an in-process table continues one chain, not {len(parent)}")
         m = snapshot.save(self.table(table), path, kind, parent[0] if parent else None,
-                          min_score=min_score, float16=float16)  # fmt: skip
+                          min_score=min_score, float16=float16,
+                          cache_fraction=cache_fraction)  # fmt: skip
         return Saved([os.path.abspath(path)], [m])
 
     def load(self, table: str, chains: list[list[str]]) -> int:

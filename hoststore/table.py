@@ -7,11 +7,15 @@ loses it in :mod:`hoststore.eviction`, the update rules in :mod:`hoststore.optim
 
 Semantics of one training step:
 
-- ``pull(ids, train=True)`` is a sighting: each occurrence adds 1 to the key's show,
-  refreshes its last-seen clock, and may admit a new key (creating its row).
-- ``push(ids, grads, clicks=...)`` sums the gradients of duplicate ids, applies the sparse
-  optimizer to admitted rows, and adds clicks (and optional extra shows) to the key's
-  counters, admitted or pending; a key that was never sighted is ignored.
+- ``pull(ids, train=True, shows=...)`` is a sighting: each id adds its ``shows`` (the
+  occurrences in training examples it stands for, 1 by default) to the key's show,
+  refreshes its last-seen clock, and may admit a new key (creating its row): admission
+  counts occurrences, as Paddle counts shows.
+- ``push(ids, grads, clicks=..., counts=...)`` sums the gradients of duplicate ids, applies
+  the sparse optimizer to admitted rows (a show-scaled rule divides by ``counts``, the
+  occurrences summed into each gradient, Paddle's push show), and adds clicks (and
+  optional extra shows) to the key's counters, admitted or pending; a key that was never
+  sighted is ignored.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import numpy as np
 from hoststore import _index as ix
 from hoststore import _kernels as K
 from hoststore import admission, eviction
-from hoststore._checks import check_ids, check_push
+from hoststore._checks import check_ids, check_per_id, check_push
 from hoststore._hashing import ADMIT_SALT, seed_salt
 from hoststore._lookup import LookupPool
 from hoststore._pending import PendingCounters
@@ -39,7 +43,7 @@ COUNT_COLUMNS = 2
 _CHUNK = 4096
 _RECENT_PULLS = 4
 _NO_HINT = np.empty(0, np.int64)
-TOTALS = ("admitted", "evicted", "rejected", "expired_pending")
+TOTALS = ("admitted", "evicted", "rejected", "expired_pending", "displaced_pending")
 
 
 class EmbeddingTable:
@@ -65,6 +69,7 @@ class EmbeddingTable:
         self._bounds = (float(config.weight_bounds[0]), float(config.weight_bounds[1]))
         self.totals = dict.fromkeys(TOTALS, 0)
         self._evicted_keys: list[np.ndarray] = []
+        self._shrink_decays: list[float] = []  # shrink decay rates applied since the snapshot
         # Rows found by the last few training pulls: the push of the same ids (the usual
         # next call) starts from them instead of probing the index again.
         self._recent: collections.deque = collections.deque(maxlen=_RECENT_PULLS)
@@ -91,11 +96,19 @@ class EmbeddingTable:
 
     # ------------------------------------------------------------------ pull
 
-    def pull(self, ids: np.ndarray, *, train: bool, with_counts: bool = False) -> np.ndarray:
+    def pull(
+        self,
+        ids: np.ndarray,
+        *,
+        train: bool,
+        with_counts: bool = False,
+        shows: np.ndarray | None = None,
+    ) -> np.ndarray:
         """Rows for ``ids`` as a new (n, dim) float32 array, in the order given.
 
-        ``train=True`` counts a sighting of each occurrence and may create rows (subject to
-        admission); ``train=False`` reads only. Keys without a row read the default row.
+        ``train=True`` counts a sighting of each id, ``shows[i]`` occurrences (default 1),
+        and may create rows (subject to admission); ``train=False`` reads only and counts
+        nothing. Keys without a row read the default row.
         ``with_counts`` prepends each key's (show, click) counters as they stood before
         this pull (decayed to the clock; a pending key's counters; 0 for unknown keys):
         an (n, 2 + dim) array, the layout of Paddle's pull with CVM, which a model turns
@@ -103,18 +116,19 @@ class EmbeddingTable:
         """
         ids = check_ids(ids)
         n = len(ids)
+        shows = check_per_id(shows, n, "shows", 1.0)
         out = np.empty((n, COUNT_COLUMNS * with_counts + self._dim), np.float32)
         emb_out = out[:, COUNT_COLUMNS:] if with_counts else out
         rows = np.empty(n, np.int64)
         with self._lock:
             if with_counts:
                 self._counts(ids, out[:, :COUNT_COLUMNS])
-            n_miss = self._pull_existing(ids, emb_out, rows, train)
+            n_miss = self._pull_existing(ids, shows, emb_out, rows, train)
             if train:
                 self._train_pulls += 1
                 if n_miss:
                     miss = np.flatnonzero(rows < 0)
-                    new_rows = self._admit(ids[miss])
+                    new_rows = self._admit(ids[miss], shows[miss])
                     rows[miss] = new_rows
                     got = new_rows >= 0
                     emb_out[miss[got]] = self._rows.emb[new_rows[got]]
@@ -132,13 +146,13 @@ class EmbeddingTable:
         out[pend, 0] = self._pending.show[e[pend]]
         out[pend, 1] = self._pending.click[e[pend]]
 
-    def _pull_existing(self, ids, out, rows, train: bool) -> int:
+    def _pull_existing(self, ids, shows, out, rows, train: bool) -> int:
         r = self._rows
 
         def run(lo: int, hi: int) -> int:
             return K.pull_existing(
                 r.index, r.keys, r.emb, r.show, r.click, r.last_seen, r.changed, ids[lo:hi],
-                out[lo:hi], rows[lo:hi], self.config.admission.default_value, train,
+                shows[lo:hi], out[lo:hi], rows[lo:hi], self.config.admission.default_value, train,
                 self._clock, self.config.eviction.decay,
             )  # fmt: skip
 
@@ -146,11 +160,11 @@ class EmbeddingTable:
             return run(0, len(ids))
         return self._lookup.run(run, len(ids))
 
-    def _admit(self, miss_ids: np.ndarray) -> np.ndarray:
+    def _admit(self, miss_ids: np.ndarray, miss_shows: np.ndarray) -> np.ndarray:
         """Admission for ids without a row; returns each one's new row or -1."""
         adm = self.config.admission
-        uniq, inverse, counts = ix.unique_with_inverse(miss_ids)
-        shows = counts.astype(np.float32)
+        uniq, inverse, _ = ix.unique_with_inverse(miss_ids)
+        shows = np.bincount(inverse, weights=miss_shows, minlength=len(uniq)).astype(np.float32)
         clicks = np.zeros(len(uniq), np.float32)
         draws = None
         if adm.kind == "probability":
@@ -167,10 +181,9 @@ class EmbeddingTable:
             stay = known & ~admit
             self._pending.set_shows(entries[stay], shows[stay], self._clock)
             new = ~known & ~admit
-            rejected, expired = self._pending.add(uniq[new], shows[new], self._clock,
-                                                  adm.pending_ttl)  # fmt: skip
-            self.totals["rejected"] += rejected
-            self.totals["expired_pending"] += expired
+            for k, n in self._pending.add(uniq[new], shows[new], self._clock,
+                                          adm.pending_ttl).items():  # fmt: skip
+                self.totals[k] += n
         rows_of_uniq = np.full(len(uniq), -1, np.int64)
         if admit.any():
             rows_of_uniq[admit] = self._create_rows(uniq[admit], shows[admit], clicks[admit])
@@ -203,17 +216,22 @@ class EmbeddingTable:
         *,
         shows: np.ndarray | None = None,
         clicks: np.ndarray | None = None,
+        counts: np.ndarray | None = None,
         assume_unique: bool = False,
     ) -> None:
         """Applies the optimizer to the rows of ``ids`` with ``grads`` (n, dim).
 
-        Duplicate ids have their gradients, shows and clicks summed first. ``clicks`` (and
-        optional extra ``shows``) are per-occurrence counts added to the key's statistics;
-        pending keys keep them toward admission, their gradients are dropped.
+        Duplicate ids have their gradients, shows, clicks and counts summed first.
+        ``clicks`` (and optional extra ``shows``, beyond those the training pull counted)
+        are added to the key's statistics; pending keys keep them toward admission, their
+        gradients are dropped. ``counts`` are the occurrences each gradient sums (default
+        1 per id): show-scaled rules (``paddle_adagrad``) divide by them, as Paddle divides
+        by the pushed show.
         ``assume_unique=True`` is a promise that ids has no duplicates (a trainer's deduped
         batch): it skips the dedup pass; a duplicate would then be applied twice in a row.
         """
-        self.push_checked(*check_push(self.config, ids, grads, shows, clicks), assume_unique)
+        self.push_checked(*check_push(self.config, ids, grads, shows, clicks, counts),
+                          assume_unique)  # fmt: skip
 
     def push_checked(
         self,
@@ -221,6 +239,7 @@ class EmbeddingTable:
         grads: np.ndarray,
         shows: np.ndarray,
         clicks: np.ndarray,
+        counts: np.ndarray,
         assume_unique: bool = False,
     ) -> None:
         """``push`` for arguments already normalized by :func:`check_push`."""
@@ -237,11 +256,11 @@ class EmbeddingTable:
                 )  # fmt: skip
                 missing = np.flatnonzero(rows < 0) if n_miss else _NO_HINT
                 if n_miss:
-                    grads, rows = grads[rows >= 0], rows[rows >= 0]
-                counts = np.ones(len(rows), np.float32)
+                    found = rows >= 0
+                    grads, rows, counts = grads[found], rows[found], counts[found]
             else:
                 rows, grads, counts, missing = K.gather_push(
-                    r.index, r.keys, ids, grads, shows, clicks, self._clock,
+                    r.index, r.keys, ids, grads, shows, clicks, counts, self._clock,
                     self.config.eviction.decay, r.show, r.click, r.last_seen, r.changed,
                     r.updates,
                 )  # fmt: skip
@@ -297,15 +316,24 @@ class EmbeddingTable:
                 eviction.decayed(ev, self._rows.click[rows], unseen))  # fmt: skip
 
     def shrink(self) -> int:
-        """One eviction pass (unseen, score, max_rows) plus pending expiry; returns rows evicted."""
+        """One eviction pass (shrink decay, then unseen, score, max_rows) plus pending
+        expiry; returns rows evicted."""
         with self._lock:
             rows = self.live_rows()
+            rate = self.config.eviction.shrink_decay
+            if rate != 1.0:  # every row: not marked changed, a delta carries the rate instead
+                self._decay_rows(rows, rate)
+                self._shrink_decays.append(rate)
             kill = eviction.victims(self.config.eviction, self._clock - self._rows.last_seen[rows],
                                     self.scores(rows), self._rows.keys[rows])  # fmt: skip
             self._delete_rows(rows[kill])
             ttl = self.config.admission.pending_ttl
             self.totals["expired_pending"] += self._pending.expire(self._clock, ttl)
             return int(kill.sum())
+
+    def _decay_rows(self, rows: np.ndarray, rate: float) -> None:
+        self._rows.show[rows] *= np.float32(rate)
+        self._rows.click[rows] *= np.float32(rate)
 
     def _delete_rows(self, rows: np.ndarray, record: bool = True) -> None:
         if not len(rows):
@@ -340,13 +368,15 @@ class EmbeddingTable:
 
     def export_scalars(self) -> dict[str, Any]:
         with self._lock:
-            return {"clock": self._clock, "train_pulls": self._train_pulls, **self.totals}
+            return {"clock": self._clock, "train_pulls": self._train_pulls,
+                    "shrink_decays": list(self._shrink_decays), **self.totals}  # fmt: skip
 
     def mark_snapshot(self) -> None:
         """Called once a snapshot is committed: nothing has changed since, nothing evicted."""
         with self._lock:
             self._rows.changed[: self._rows.high] = 0
             self._evicted_keys = []
+            self._shrink_decays = []
 
     def apply_snapshot(
         self,
@@ -357,10 +387,16 @@ class EmbeddingTable:
     ) -> None:
         """Applies one snapshot on top of this table: delete ``deleted`` keys, upsert
         ``rows``, replace the pending counters and the scalars. A base is applied to an
-        empty table; deltas in order after it."""
+        empty table; deltas in order after it. The shrink decays a delta records are
+        applied first to every row: the rows it carries are upserted with their final
+        counts, the rest are the parent's rows as the shrinks left them."""
         r = self._rows
         with self._lock:
-            found = r.find(np.ascontiguousarray(deleted, np.int64))
+            for rate in scalars.get("shrink_decays", ()):
+                self._decay_rows(self.live_rows(), rate)
+            # A key evicted twice since the parent (evicted, re-admitted, evicted) is listed
+            # twice: free its slot once.
+            found = r.find(np.unique(np.asarray(deleted, np.int64)))
             self._delete_rows(found[found >= 0], record=False)
             keys = np.ascontiguousarray(rows["key"], np.int64)
             where = r.find(keys)
@@ -374,8 +410,9 @@ class EmbeddingTable:
             self._pending.replace(pending)
             self._clock = int(scalars["clock"])
             self._train_pulls = int(scalars["train_pulls"])
-            self.totals = {k: int(scalars[k]) for k in self.totals}
+            self.totals = {k: int(scalars.get(k, 0)) for k in self.totals}
             self._evicted_keys = []
+            self._shrink_decays = []
 
     # ------------------------------------------------------------------ introspection
 
@@ -386,11 +423,11 @@ class EmbeddingTable:
         return len(self._pending)
 
     def evicted_keys(self) -> np.ndarray:
-        """Keys evicted since the last snapshot (what a delta must delete)."""
+        """Keys evicted since the last snapshot, each once (what a delta must delete)."""
         with self._lock:
-            return (
-                np.concatenate(self._evicted_keys) if self._evicted_keys else np.empty(0, np.int64)
-            )
+            if not self._evicted_keys:
+                return np.empty(0, np.int64)
+            return np.unique(np.concatenate(self._evicted_keys))
 
     def memory_bytes(self) -> dict[str, int]:
         (rows, row_index), (pending, pending_index) = (self._rows.memory_bytes(),

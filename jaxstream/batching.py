@@ -28,7 +28,8 @@ class HostBatch:
     weights: np.ndarray  # [B] float32, 0 on padding
     dense: np.ndarray  # [B, D] float32
     unique_ids: dict[str, np.ndarray]  # table -> [U] int64 store keys
-    clicks: dict[str, np.ndarray]  # table -> [U] float32 clicks of each unique ID
+    shows: dict[str, np.ndarray]  # table -> [U] float32 occurrences of each unique ID
+    clicks: dict[str, np.ndarray]  # table -> [U] float32 occurrences in clicked examples
     index: dict[str, np.ndarray]  # slot -> [B, L] int32 rows into the table's unique rows
     mask: dict[str, np.ndarray]  # slot -> [B, L] float32
 
@@ -46,7 +47,7 @@ def make_batch(ex: Examples, spec: FeatureSpec, batch_size: int) -> HostBatch:
     weights[:n] = 1.0
     dense = np.zeros((batch_size, spec.num_dense), np.float32)
     dense[:n] = ex.dense
-    index, mask, unique_ids, clicks = {}, {}, {}, {}
+    index, mask, unique_ids, shows, clicks = {}, {}, {}, {}, {}
     for table in spec.tables:
         slots = spec.slots_of(table.name)
         ids = [ex.slot_ids[s.name] for s in slots]
@@ -62,8 +63,9 @@ def make_batch(ex: Examples, spec: FeatureSpec, batch_size: int) -> HostBatch:
             index[s.name] = d.index[j, :, : s.max_len]
             mask[s.name] = d.mask[j, :, : s.max_len]
         unique_ids[table.name] = d.unique
+        shows[table.name] = d.counts
         clicks[table.name] = d.clicks
-    return HostBatch(n, labels, weights, dense, unique_ids, clicks, index, mask)
+    return HostBatch(n, labels, weights, dense, unique_ids, shows, clicks, index, mask)
 
 
 def batches(ex: Examples, spec: FeatureSpec, batch_size: int, min_batches: int = 0):

@@ -19,9 +19,23 @@ class TrainConfig:
 
     # --- data
     data_root: str | None = _field(None, "Stream root ROOT/YYYYMMDD/HH/; unset: generate one.")
-    format: str = _field("criteo", "Input format: criteo | avazu | slot.")
-    slot_names: tuple[str, ...] = _field((), "For format=slot: the slot numbers to read.")
-    slot_max_len: int = _field(8, "For format=slot: IDs kept per example and slot.")
+    format: str = _field(
+        "criteo",
+        "Input format: criteo | avazu | slot (Paddle feasign:slot) "
+        "| paddlerec (PaddleRec name:value).",
+    )
+    slot_names: tuple[str, ...] = _field(
+        (),
+        "For format=slot/paddlerec: the slot numbers to "
+        "read (other slots' tokens are skipped, counted).",
+    )
+    num_dense: int = _field(13, "For format=paddlerec: dense_feature values per line.")
+    slot_max_len: int = _field(
+        8,
+        "For format=slot: IDs kept per example and slot (the rest "
+        "are counted as ids_over_max_len).",
+    )
+    slot_pooling: str = _field("sum", "For format=slot: how a slot's IDs pool: sum | mean.")
     synthetic: StreamConfig = _field(StreamConfig(hours=12, rows_per_hour=20_000),
                                      "The generated stream (without data_root).")  # fmt: skip
     pattern: str = _field(r"(?P<day>\d{8})/(?P<hour>\d{2})", "Partition path regex.")
@@ -46,8 +60,12 @@ class TrainConfig:
     admission: str = _field(
         "always", "always | probability:P | count_filter:N | show_click:T (Paddle's entry)."
     )
+    pending_ttl: int = _field(168, "Ticks (partitions) a pending key's counter outlives its "
+                              "last sighting: a week of hourly partitions.")  # fmt: skip
     eviction: str = _field(
-        "", "Comma-separated unseen:N,score:S,max_rows:N,decay:D (ticks = partitions)."
+        "",
+        "Comma-separated unseen:N,score:S,max_rows:N,shrink_decay:R,decay:D "
+        "(ticks = partitions; unseen:N deletes rows unseen for more than N).",
     )
     shrink_every: str = _field("day", "When to evict: day | partition | never.")
     store_shards: int = _field(1, "In-process shards per table (pulled and pushed in parallel).")
@@ -61,6 +79,9 @@ class TrainConfig:
     staleness: int = _field(1, "Pulls may run this many batches ahead of pushes.")
     metrics_file: str | None = _field(None, "JSONL metrics path; unset: workdir/metrics.jsonl.")
     tensorboard: bool = _field(False, "Also write TensorBoard scalars.")
+    dump_predictions: bool = _field(False, "Paddle's dump_fields: write each example's file, "
+                                    "line, label and progressive prediction to "
+                                    "workdir/predictions/<partition>.tsv.")  # fmt: skip
     progress: bool = _field(True, "A progress bar on a terminal.")
     seed: int = _field(0, "Seed of the model and the tables.")
 

@@ -62,20 +62,16 @@ def _pad_rows(rows: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
-def _pull(store: Store, spec: FeatureSpec, table: str, ids: np.ndarray, train: bool):
-    # Stores written before counts existed keep working when the spec does not ask for them.
-    if spec.counts:
-        return store.pull(table, ids, train=train, with_counts=True)
-    return store.pull(table, ids, train=train)
-
-
 def pull_batch_rows(store: Store, spec: FeatureSpec, hb: HostBatch, train: bool):
     """Each table's rows for host batch ``hb`` (count columns first with CVM), zero-padded
-    to the batch's row bucket: the ``rows`` of a :class:`DeviceBatch`."""
+    to the batch's row bucket: the ``rows`` of a :class:`DeviceBatch`. A training pull
+    counts every occurrence of a unique ID as a show (Paddle's statistics); an evaluation
+    pull counts nothing."""
     return {
-        t: _pad_rows(_pull(store, spec, t, ids, train), hb.padded_rows(t))
+        t: _pad_rows(store.pull(t, ids, train=train, with_counts=spec.counts,
+                                shows=hb.shows[t] if train else None), hb.padded_rows(t))
         for t, ids in hb.unique_ids.items()
-    }
+    }  # fmt: skip
 
 
 class _Stage(threading.Thread):
@@ -230,7 +226,7 @@ class Pipeline:
                 for t, g in row_grads.items():
                     u = len(hb.unique_ids[t])
                     self.store.push(t, hb.unique_ids[t], np.asarray(g)[:u], clicks=hb.clicks[t],
-                                    assume_unique=True)  # fmt: skip
+                                    counts=hb.shows[t], assume_unique=True)  # fmt: skip
             self._metrics.update(hb.labels[: hb.size], preds)
             if self.keep_predictions:
                 self._predictions.append(preds)

@@ -30,6 +30,7 @@ from jaxstream.checkpoint import CheckpointManager
 from jaxstream.config import TrainConfig
 from jaxstream.data import readers
 from jaxstream.data.examples import Examples, ReadReport
+from jaxstream.data.paddlerec import read_paddlerec
 from jaxstream.data.synthetic import generate
 from jaxstream.distributed import Workers
 from jaxstream.features import FeatureSpec, single_table_spec
@@ -47,7 +48,9 @@ def feature_spec(cfg: TrainConfig) -> FeatureSpec:
         cfg.embedding_dim,
         optimizer=hs.optimizers.from_name(cfg.sparse_optimizer, cfg.sparse_learning_rate),
         initializer=hs.uniform(cfg.initializer_scale),
-        admission=hs.admission.parse(cfg.admission),
+        admission=dataclasses.replace(
+            hs.admission.parse(cfg.admission), pending_ttl=cfg.pending_ttl
+        ),
         eviction=hs.eviction.parse(cfg.eviction),
         seed=cfg.seed,
         initial_capacity=cfg.table_capacity,
@@ -56,11 +59,13 @@ def feature_spec(cfg: TrainConfig) -> FeatureSpec:
         return single_table_spec(readers.CRITEO_SLOTS, readers.CRITEO_DENSE, table, counts=cfg.cvm)
     if cfg.format == "avazu":
         return single_table_spec(readers.AVAZU_SLOTS, 0, table, counts=cfg.cvm)
-    if cfg.format == "slot":
+    if cfg.format in ("slot", "paddlerec"):
         if not cfg.slot_names:
-            raise ValueError("format=slot needs slot_names (the slot numbers to read)")
-        return single_table_spec(cfg.slot_names, 0, table, cfg.slot_max_len, counts=cfg.cvm)
-    raise ValueError(f"unknown format {cfg.format!r}; use criteo, avazu or slot")
+            raise ValueError(f"format={cfg.format} needs slot_names (the slot numbers to read)")
+        dense = cfg.num_dense if cfg.format == "paddlerec" else 0
+        return single_table_spec(cfg.slot_names, dense, table, cfg.slot_max_len,
+                                 cfg.slot_pooling, counts=cfg.cvm)  # fmt: skip
+    raise ValueError(f"unknown format {cfg.format!r}; use criteo, avazu, slot or paddlerec")
 
 
 def read_partition(cfg: TrainConfig, part: Partition) -> tuple[Examples, ReadReport]:
@@ -70,13 +75,40 @@ def read_partition(cfg: TrainConfig, part: Partition) -> tuple[Examples, ReadRep
             ex, rep = readers.read_criteo(path)
         elif cfg.format == "avazu":
             ex, rep, _ = readers.read_avazu(path)
+        elif cfg.format == "paddlerec":
+            ex, rep = read_paddlerec(path, cfg.slot_names, cfg.num_dense)
         else:
             ex, rep = readers.read_slots(path, cfg.slot_names)
+        rep.files.append((os.path.basename(path), len(ex)))
         parts.append(ex)
         report.merge(rep)
     if not parts:
         raise ValueError(f"partition {part.path} has no part-* files")
     return Examples.concat(parts), report
+
+
+def ids_over_max_len(examples: Examples, spec: FeatureSpec) -> int:
+    """IDs beyond their slot's ``max_len`` (not trained on: counted, never dropped silently)."""
+    return int(sum(np.maximum(np.diff(examples.slot_offsets[s.name]) - s.max_len, 0).sum()
+                   for s in spec.slots))  # fmt: skip
+
+
+def _dump_predictions(workdir, part, examples, report, workers, predictions) -> None:
+    """Paddle's dump_fields: each example's file, line, label and progressive prediction,
+    one TSV per partition (and worker), written whole or not at all."""
+    lo, hi = workers.slice(len(examples))
+    files = np.repeat([f for f, _ in report.files], [n for _, n in report.files])[lo:hi]
+    lines = examples.line_numbers[lo:hi]
+    preds = np.concatenate(predictions) if predictions else np.empty(0, np.float32)
+    out_dir = os.path.join(workdir, "predictions")
+    os.makedirs(out_dir, exist_ok=True)
+    suffix = f".worker-{workers.index}" if workers.count > 1 else ""
+    path = os.path.join(out_dir, part.key.replace("/", "-") + suffix + ".tsv")
+    with open(path + ".tmp", "w") as f:
+        f.write("file\tline\tlabel\tprediction\n")
+        for name, line, label, p in zip(files, lines, examples.labels[lo:hi], preds, strict=True):
+            f.write(f"{name}\t{line}\t{label:.0f}\t{p:.9g}\n")  # float32, exactly
+    os.replace(path + ".tmp", path)
 
 
 def _truth_metrics(part: Partition, labels: np.ndarray) -> dict[str, float]:
@@ -235,7 +267,10 @@ def train_and_evaluate(
         # progressive validation: predict the partition before training on it
         with progress(f"{part.key} eval", len(mine)) as tick:
             ev = run_pass(store, spec, batches(mine, spec, cfg.batch_size, steps), train=False,
-                          eval_fn=eval_fn, params=state.params, progress=tick)  # fmt: skip
+                          eval_fn=eval_fn, params=state.params, progress=tick,
+                          keep_predictions=cfg.dump_predictions)  # fmt: skip
+        if cfg.dump_predictions:
+            _dump_predictions(workdir, part, examples, report, workers, ev.predictions)
         with progress(f"{part.key} train", len(mine)) as tick:
             tr = run_pass(store, spec, batches(mine, spec, cfg.batch_size, steps), train=True,
                           train_fn=train_fn, params=state.params, opt_state=state.opt_state,
@@ -271,6 +306,8 @@ def train_and_evaluate(
             "push_seconds": tr.push_seconds,
             "train_seconds": tr.seconds,
             "malformed_lines": report.malformed,
+            "ids_over_max_len": ids_over_max_len(examples, spec),
+            "ignored_tokens": report.ignored_tokens,
             **stats,
             **_truth_metrics(part, examples.labels),
         }

@@ -23,8 +23,9 @@ def smoke_stream(root: str, hours: int, **overrides):
 
     stream = StreamConfig(hours=hours, rows_per_hour=2000, max_vocab=3000)
     generate(root, stream)
+    overrides = {"staleness": 0, "admission": "count_filter:2", **overrides}
     return dataclasses.replace(config.smoke_config(), data_root=root, synthetic=stream,
-                               staleness=0, admission="count_filter:2", **overrides)  # fmt: skip
+                               **overrides)  # fmt: skip
 
 
 def metric_lines(path: str, keys=DETERMINISTIC_KEYS) -> list[dict]:

@@ -117,7 +117,12 @@ def _step_timing(cfg: TrainConfig, root: str, reps: int) -> dict[str, float]:
     for t in hb.unique_ids:
         u = len(hb.unique_ids[t])
         store.push(
-            t, hb.unique_ids[t], np.asarray(g[t])[:u], clicks=hb.clicks[t], assume_unique=True
+            t,
+            hb.unique_ids[t],
+            np.asarray(g[t])[:u],
+            clicks=hb.clicks[t],
+            counts=hb.shows[t],
+            assume_unique=True,
         )
     t_push = time.perf_counter() - t0
     return {"device_step_ms": 1e3 * t_step, "batching_ms": 1e3 * t_batch,

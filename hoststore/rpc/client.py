@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from hoststore._checks import check_ids, check_push
+from hoststore._checks import check_ids, check_per_id, check_push
 from hoststore.config import TableConfig, config_from_json, config_to_json
 from hoststore.rpc.channel import grpc_options
 from hoststore.rpc.proto import store_pb2, store_pb2_grpc
@@ -117,20 +117,26 @@ class ShardedStore:
                 self._configs[name] = config_from_json(s["config_json"])
         return dict(self._configs)
 
-    def pull(self, table: str, ids: np.ndarray, *, train: bool, with_counts: bool = False):
+    def pull(self, table: str, ids: np.ndarray, *, train: bool, with_counts: bool = False,
+             shows: np.ndarray | None = None):  # fmt: skip
         ids = check_ids(ids)
+        shows = None if shows is None else check_per_id(shows, len(ids), "shows")
         width = COUNT_COLUMNS * with_counts + self._config(table).dim
         perm, off = split_by_shard(ids, self.num_shards)
         parts = [perm[off[s] : off[s + 1]] for s in range(self.num_shards)]
-        reqs = [store_pb2.PullRequest(table=table, ids=ids[p].astype("<i8").tobytes(), train=train,
-                                      with_counts=with_counts) for p in parts]  # fmt: skip
+        reqs = [store_pb2.PullRequest(
+            table=table, ids=ids[p].astype("<i8").tobytes(), train=train, with_counts=with_counts,
+            shows=b"" if shows is None else shows[p].astype("<f4").tobytes(),
+        ) for p in parts]  # fmt: skip
         out = np.empty((len(ids), width), np.float32)
         for p, resp in zip(parts, self._all("Pull", reqs, idempotent=not train), strict=True):
             out[p] = np.frombuffer(resp.rows, "<f4").reshape(len(p), width)
         return out
 
-    def push(self, table, ids, grads, *, shows=None, clicks=None, assume_unique=False) -> None:
-        ids, grads, shows, clicks = check_push(self._config(table), ids, grads, shows, clicks)
+    def push(self, table, ids, grads, *, shows=None, clicks=None, counts=None,
+             assume_unique=False) -> None:  # fmt: skip
+        ids, grads, shows, clicks, counts = check_push(self._config(table), ids, grads, shows,
+                                                       clicks, counts)  # fmt: skip
         perm, off = split_by_shard(ids, self.num_shards)
         reqs = []
         for s in range(self.num_shards):
@@ -138,7 +144,8 @@ class ShardedStore:
             reqs.append(store_pb2.PushRequest(
                 table=table, ids=ids[p].astype("<i8").tobytes(),
                 grads=grads[p].astype("<f4").tobytes(), shows=shows[p].astype("<f4").tobytes(),
-                clicks=clicks[p].astype("<f4").tobytes(), assume_unique=assume_unique,
+                clicks=clicks[p].astype("<f4").tobytes(), counts=counts[p].astype("<f4").tobytes(),
+                assume_unique=assume_unique,
             ))  # fmt: skip
         self._all("Push", reqs, idempotent=False)
 
@@ -167,7 +174,8 @@ class ShardedStore:
     # ------------------------------------------------------------------ snapshots
 
     def save(self, table: str, path: str, kind: str, parent: Sequence[dict] | None = None,
-             *, min_score: float | None = None, float16: bool = False) -> Saved:  # fmt: skip
+             *, min_score: float | None = None, float16: bool = False,
+             cache_fraction: float = 0.1) -> Saved:  # fmt: skip
         """Each shard writes ``path/shard-<i>`` (the servers must share the filesystem)."""
         if parent is not None and len(parent) != self.num_shards:
             raise ValueError(f"a delta on {self.num_shards} shards needs {self.num_shards} "
@@ -176,6 +184,7 @@ class ShardedStore:
             table=table, path=path, kind=kind,
             parent_manifest_json=json.dumps(parent[i]) if parent else "",
             min_score=min_score or 0.0, has_min_score=min_score is not None, float16=float16,
+            cache_fraction=cache_fraction,
         ) for i in range(self.num_shards)]  # fmt: skip
         manifests = [json.loads(r.manifest_json) for r in self._all("Snapshot", reqs, False)]
         return Saved([os.path.join(path, f"shard-{i}") for i in range(self.num_shards)],

@@ -93,7 +93,11 @@ class StoreServicer(store_pb2_grpc.EmbeddingStoreServicer):
     def Pull(self, request, context):
         t = self._table(request.table, context)
         ids = self._ids(request.ids, context)
-        rows = t.pull(ids, train=request.train, with_counts=request.with_counts)
+        shows = _array(request.shows, "<f4", "shows", context) if request.shows else None
+        try:
+            rows = t.pull(ids, train=request.train, with_counts=request.with_counts, shows=shows)
+        except ValueError as e:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         return store_pb2.PullResponse(rows=rows.astype("<f4").tobytes(), dim=t.config.dim)
 
     def Push(self, request, context):
@@ -107,8 +111,9 @@ class StoreServicer(store_pb2_grpc.EmbeddingStoreServicer):
                           f"{request.table!r} (dim {dim})")  # fmt: skip
         shows = _array(request.shows, "<f4", "shows", context) if request.shows else None
         clicks = _array(request.clicks, "<f4", "clicks", context) if request.clicks else None
+        counts = _array(request.counts, "<f4", "counts", context) if request.counts else None
         try:
-            t.push(ids, grads.reshape(len(ids), dim), shows=shows, clicks=clicks,
+            t.push(ids, grads.reshape(len(ids), dim), shows=shows, clicks=clicks, counts=counts,
                    assume_unique=request.assume_unique)  # fmt: skip
         except ValueError as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
@@ -131,7 +136,8 @@ class StoreServicer(store_pb2_grpc.EmbeddingStoreServicer):
         try:
             m = snapshot.save(t, path, request.kind, parent,
                               min_score=request.min_score if request.has_min_score else None,
-                              float16=request.float16)  # fmt: skip
+                              float16=request.float16,
+                              cache_fraction=request.cache_fraction)  # fmt: skip
         except (ValueError, snapshot.SnapshotError) as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         return store_pb2.SnapshotResponse(manifest_json=json.dumps(m))

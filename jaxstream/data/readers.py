@@ -33,8 +33,10 @@ _REASONS = {
     4: "bad hex categorical (up to 16 hex digits)",
     5: "too few fields",
     6: "bad token (want feasign:slot)",
-    7: "unknown slot",
     8: "bad hour (want YYMMDDHH)",
+    9: "bad token (want name:value)",
+    10: "bad float",
+    11: "wrong number of dense values",
 }
 
 
@@ -213,13 +215,15 @@ def _parse_avazu(buf, starts, ends):
 
 @nb.njit(cache=True, nogil=True)
 def _parse_slots(buf, starts, ends, slot_of, label_slot):
-    """``feasign:slot`` tokens; ``slot_of[slot_id]`` is the column or -1 (unknown)."""
+    """``feasign:slot`` tokens; ``slot_of[slot_id]`` is the column or -1 (a slot not read:
+    its tokens are skipped and counted)."""
     n = starts.shape[0]
     n_slots = 0
     for v in slot_of:
         n_slots = max(n_slots, v + 1)
     labels = np.zeros(n, np.float32)
     status = np.zeros(n, np.int8)
+    ignored = 0
     # Two passes: count tokens per (line, slot), then fill.
     cap = 0
     for r in range(n):
@@ -268,8 +272,7 @@ def _parse_slots(buf, starts, ends, slot_of, label_slot):
                 labels[r] = np.float32(h)
                 has_label = True
             elif sid >= slot_of.shape[0] or slot_of[sid] < 0:
-                bad = 7
-                break
+                ignored += 1
             else:
                 row_of[t] = r
                 col_of[t] = slot_of[sid]
@@ -281,7 +284,7 @@ def _parse_slots(buf, starts, ends, slot_of, label_slot):
         if bad:
             t = t0
         status[r] = bad
-    return labels, row_of[:t], col_of[:t], val_of[:t], status, n_slots
+    return labels, row_of[:t], col_of[:t], val_of[:t], status, ignored
 
 
 def _read_bytes(path: str) -> np.ndarray:
@@ -318,10 +321,11 @@ def read_criteo(path: str, sep: str = "\t") -> tuple[Examples, ReadReport]:
     buf = _read_bytes(path)
     starts, ends = _line_bounds(buf)
     labels, dense, cats, present, status = _parse_criteo(buf, starts, ends, ord(sep))
-    report = _report(path, status, _line_numbers(buf, starts))
+    line_no = _line_numbers(buf, starts)
+    report = _report(path, status, line_no)
     ok = status == 0
     ids, offs = _single_valued(cats[ok], present[ok], CRITEO_SLOTS)
-    return Examples(labels[ok], dense[ok], ids, offs), report
+    return Examples(labels[ok], dense[ok], ids, offs, line_no[ok]), report
 
 
 def read_avazu(path: str) -> tuple[Examples, ReadReport, np.ndarray]:
@@ -336,21 +340,26 @@ def read_avazu(path: str) -> tuple[Examples, ReadReport, np.ndarray]:
     report = _report(path, status, line_no)
     ok = status == 0
     ids, offs = _single_valued(cats[ok], np.ones((ok.sum(), 21), bool), AVAZU_SLOTS)
-    return Examples(labels[ok], np.zeros((ok.sum(), 0), np.float32), ids, offs), report, hours[ok]
+    ex = Examples(labels[ok], np.zeros((ok.sum(), 0), np.float32), ids, offs, line_no[ok])
+    return ex, report, hours[ok]
 
 
 def read_slots(
     path: str, slots: tuple[str, ...], label_slot: int = 1
 ) -> tuple[Examples, ReadReport]:
     """Paddle's ``feasign:slot`` lines (slot_dnn demo). ``slots`` names the slot numbers
-    to keep, e.g. ("2", "3", ...); tokens of other slots mark the line malformed."""
+    to keep, e.g. ("2", "3", ...); tokens of other slots are skipped and counted
+    (``ReadReport.ignored_tokens``), as a Paddle reader reading a subset of the slots does."""
     buf = _read_bytes(path)
     starts, ends = _line_bounds(buf)
     slot_numbers = [int(s) for s in slots]
     slot_of = np.full(max(slot_numbers + [label_slot]) + 1, -1, np.int64)
     slot_of[slot_numbers] = np.arange(len(slots))
-    labels, rows, cols, vals, status, _ = _parse_slots(buf, starts, ends, slot_of, label_slot)
-    report = _report(path, status, _line_numbers(buf, starts))
+    labels, rows, cols, vals, status, ignored = _parse_slots(buf, starts, ends, slot_of,
+                                                             label_slot)  # fmt: skip
+    line_no = _line_numbers(buf, starts)
+    report = _report(path, status, line_no)
+    report.ignored_tokens = int(ignored)
     ok = status == 0
     # Renumber kept lines 0..N-1 and build one CSR per slot (tokens are in line order).
     new_row = np.cumsum(ok) - 1
@@ -361,4 +370,4 @@ def read_slots(
         r = new_row[rows[sel]]
         ids[name] = vals[sel]
         offs[name] = np.concatenate([[0], np.cumsum(np.bincount(r, minlength=n))]).astype(np.int64)
-    return Examples(labels[ok], np.zeros((n, 0), np.float32), ids, offs), report
+    return Examples(labels[ok], np.zeros((n, 0), np.float32), ids, offs, line_no[ok]), report

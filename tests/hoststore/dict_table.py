@@ -46,6 +46,7 @@ class DictTable:
         self.pending: dict[int, Pending] = {}
         self.evicted: list[int] = []
         self.rejected = 0
+        self.displaced = 0
 
     def _touch(self, row: Row) -> None:
         dt = self.clock - row.last_seen
@@ -56,8 +57,9 @@ class DictTable:
             row.click = F32(float(row.click) * f)
         row.last_seen = self.clock
 
-    def pull(self, ids: np.ndarray, train: bool) -> np.ndarray:
+    def pull(self, ids: np.ndarray, train: bool, shows=None) -> np.ndarray:
         dim = self.cfg.dim
+        shows = np.ones(len(ids), F32) if shows is None else np.asarray(shows, F32)
         out = np.full((len(ids), dim), self.cfg.admission.default_value, np.float32)
         if train:
             self.train_pulls += 1
@@ -68,9 +70,9 @@ class DictTable:
                 out[i] = row.weights
                 if train:
                     self._touch(row)
-                    row.show = F32(row.show + F32(1.0))
+                    row.show = F32(row.show + shows[i])
             elif train:
-                missing[k] = missing.get(k, 0) + 1
+                missing[k] = missing.get(k, 0) + float(shows[i])
         if missing:
             self._admit(missing)
             for i, k in enumerate(ids.tolist()):
@@ -119,6 +121,13 @@ class DictTable:
                 self.pending[k].last_seen = self.clock
             if len(self.pending) + len(newcomers) > adm.max_pending:
                 self._expire_pending()
+            short = len(self.pending) + len(newcomers) - adm.max_pending
+            if short > 0:  # the stalest give way: oldest sighting, fewest shows, smallest key
+                order = sorted(self.pending, key=lambda k: (self.pending[k].last_seen,
+                                                            self.pending[k].show, k))  # fmt: skip
+                for k in order[:short]:
+                    del self.pending[k]
+                    self.displaced += 1
             room = max(0, adm.max_pending - len(self.pending))
             self.rejected += max(0, len(newcomers) - room)
             for k, show in newcomers[:room]:
@@ -133,8 +142,9 @@ class DictTable:
         for k in [k for k, p in self.pending.items() if self.clock - p.last_seen >= ttl]:
             del self.pending[k]
 
-    def push(self, ids, grads, shows=None, clicks=None) -> None:
+    def push(self, ids, grads, shows=None, clicks=None, counts=None) -> None:
         n = len(ids)
+        counts = np.ones(n, F32) if counts is None else np.asarray(counts, F32)
         shows = np.zeros(n, F32) if shows is None else np.asarray(shows, F32)
         clicks = np.zeros(n, F32) if clicks is None else np.asarray(clicks, F32)
         agg: dict[int, list] = {}
@@ -148,7 +158,7 @@ class DictTable:
                     agg[k] = [grads[i].astype(F32).copy(), F32(0)]
                 else:
                     agg[k][0] = agg[k][0] + grads[i].astype(F32)
-                agg[k][1] = F32(agg[k][1] + F32(1))
+                agg[k][1] = F32(agg[k][1] + counts[i])
                 row.show = F32(row.show + shows[i])
                 row.click = F32(row.click + clicks[i])
             elif self.cfg.admission.uses_counters and k in self.pending:
@@ -181,8 +191,11 @@ class DictTable:
     def shrink(self) -> int:
         ev = self.cfg.eviction
         kill = set()
+        for row in self.rows.values():  # Paddle decays first, then judges
+            row.show = F32(row.show * F32(ev.shrink_decay))
+            row.click = F32(row.click * F32(ev.shrink_decay))
         for k, row in self.rows.items():
-            if ev.unseen_ticks is not None and self.clock - row.last_seen >= ev.unseen_ticks:
+            if ev.unseen_ticks is not None and self.clock - row.last_seen > ev.unseen_ticks:
                 kill.add(k)
             if ev.min_score is not None and self.score(row) < ev.min_score:
                 kill.add(k)

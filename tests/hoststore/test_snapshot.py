@@ -18,7 +18,7 @@ from hoststore import snapshot as snap
 UNIVERSE = np.array([0, -1, 1, 2**63 - 1, -(2**63), 5, 6, 7, 8, 9, 10, 11, 12], np.int64)
 CFG = hs.TableConfig(
     "t", 3, optimizer=opt.adam(0.05), admission=hs.count_filter(2, max_pending=5),
-    eviction=hs.Eviction(decay=0.9, unseen_ticks=2, max_rows=8), seed=4,
+    eviction=hs.Eviction(decay=0.9, unseen_ticks=2, max_rows=8, shrink_decay=0.95), seed=4,
 )  # fmt: skip
 
 
@@ -33,10 +33,11 @@ def full_state(table) -> dict:
             for k in ("key", "show", "click", "last_seen")}  # fmt: skip
     porder = np.argsort(pend["key"])
     scal = [s.export_scalars() for s in shards]
-    totals = {k: sum(x[k] for x in scal) for k in scal[0] if k != "clock"}
+    totals = {k: sum(x[k] for x in scal) for k in scal[0] if k not in ("clock", "shrink_decays")}
     return {"rows": {k: v[order] for k, v in rows.items()},
             "pending": {k: v[porder] for k, v in pend.items()},
-            "clock": scal[0]["clock"], "totals": totals}  # fmt: skip
+            "clock": scal[0]["clock"], "totals": totals,
+            "shrink_decays": scal[0]["shrink_decays"]}  # fmt: skip
 
 
 def assert_same(a, b, probability_totals=True):
@@ -77,7 +78,7 @@ def test_base_plus_deltas_reproduce_the_live_table(tmp_path_factory, shards, loa
     for op in history:
         ids = np.array(op[1], np.int64) if len(op) > 1 else None
         if op[0] == "pull":
-            live.pull(ids, train=True)
+            live.pull(ids, train=True, shows=rng.integers(1, 4, len(ids)).astype(np.float32))
         elif op[0] == "push":
             live.push(ids, rng.normal(size=(len(ids), 3)).astype(np.float32),
                       clicks=rng.integers(0, 2, len(ids)))  # fmt: skip
@@ -197,3 +198,18 @@ def test_columns_take_the_optimizer_state_names_and_old_positional_names_still_l
         files[new_name] = meta
     (old / "manifest.json").write_text(json.dumps({**m, "files": files}))
     assert_same(snap.load([str(old)], CFG), t)
+
+
+def test_a_key_evicted_twice_between_snapshots_frees_its_slot_once(tmp_path):
+    """Evicted, re-admitted, evicted again: the delta lists it twice, and a load that freed
+    the slot twice would hand it to two new keys."""
+    cfg = hs.TableConfig("t", 3, eviction=hs.Eviction(max_rows=1), seed=1)
+    t = hs.EmbeddingTable(cfg)
+    t.pull(np.array([1, 2], np.int64), train=True)
+    base = snap.save(t, str(tmp_path / "base"), "base")
+    for _ in range(2):  # key 2 loses to key 1 (more shows) both times
+        t.pull(np.array([1, 1, 2], np.int64), train=True)
+        t.shrink()
+    t.pull(np.array([3, 4], np.int64), train=True)  # two new keys take free slots
+    snap.save(t, str(tmp_path / "d1"), "delta", base)
+    assert_same(snap.load([str(tmp_path / "base"), str(tmp_path / "d1")], cfg), t)

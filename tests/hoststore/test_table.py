@@ -162,11 +162,12 @@ def test_pending_counters_are_bounded_and_expire(table):
 
 
 def test_unseen_eviction_and_slot_reuse(table):
-    t = table(eviction=hs.Eviction(unseen_ticks=2))
+    t = table(eviction=hs.Eviction(unseen_ticks=1))  # Paddle: unseen > delete_after_unseen_days
     t.pull(np.arange(100, dtype=np.int64), train=True)
     cap = t.stats()["capacity"]
     t.advance_clock(1)
     t.pull(np.arange(50, dtype=np.int64), train=True)
+    assert t.shrink() == 0  # unseen for 1 tick: not more than 1
     t.advance_clock(1)
     assert t.shrink() == 50 and len(t) == 50
     assert sorted(t.evicted_keys().tolist()) == list(range(50, 100))
@@ -339,3 +340,20 @@ def test_pending_count_is_exact_across_growth_and_expiry(table):
             last = {k: c for k, c in last.items() if clock + 1 - c < 2}
         keys = np.array(sorted(last), np.int64)
         assert t.pending_count() == len(last) == t.pending_stats(keys)["pending"].sum()
+
+
+def test_when_pending_counters_are_full_the_stalest_give_way():
+    # One table (shards split max_pending and give way each within their own share).
+    t = hs.EmbeddingTable(hs.TableConfig("t", 4, admission=hs.count_filter(3, max_pending=1000)))
+    old = np.arange(1000, dtype=np.int64)
+    t.pull(old, train=True)
+    t.advance_clock(1)
+    t.pull(old[:10], train=True)  # seen again: the freshest of the old ones
+    t.pull(np.arange(5000, 5500, dtype=np.int64), train=True)
+    st = t.stats()
+    assert st["pending"] == 1000 and st["rejected"] == 0 and st["displaced_pending"] == 500
+    left = t.pending_stats(old)
+    assert left["pending"][:10].all() and (left["show"][:10] == 2).all()
+    assert left["pending"].sum() == 500  # 490 stalest of the rest gave way, 10 kept
+    new = t.pending_stats(np.arange(5000, 5500, dtype=np.int64))
+    assert new["pending"].all()

@@ -17,7 +17,8 @@ DIM = 3
 
 CONFIGS = {
     "always_adagrad_unseen": hs.TableConfig(
-        "t", DIM, optimizer=opt.adagrad(0.1), eviction=hs.Eviction(unseen_ticks=2), seed=3
+        "t", DIM, optimizer=opt.adagrad(0.1),
+        eviction=hs.Eviction(unseen_ticks=2, shrink_decay=0.5, min_score=0.2), seed=3
     ),
     "count_filter_sgd_maxrows": hs.TableConfig(
         "t", DIM, optimizer=opt.sgd(0.5),
@@ -43,7 +44,7 @@ ids_st = st.lists(st.sampled_from(list(UNIVERSE)), min_size=0, max_size=12).map(
     lambda xs: np.array(xs, np.int64)
 )
 op_st = st.one_of(
-    st.tuples(st.just("pull"), ids_st, st.booleans()),
+    st.tuples(st.just("pull"), ids_st, st.booleans(), st.integers(0, 2**31 - 1)),
     st.tuples(st.just("push"), ids_st, st.integers(0, 2**31 - 1)),
     st.tuples(st.just("shrink")),
     st.tuples(st.just("advance"), st.integers(0, 3)),
@@ -72,8 +73,9 @@ def assert_same_table(table: hs.EmbeddingTable, model: DictTable) -> None:
     np.testing.assert_allclose(weights, expect, rtol=1e-5, atol=1e-7)
     assert len(table) == len(model.rows)
     assert table.pending_count() == len(model.pending)
-    assert sorted(table.evicted_keys().tolist()) == sorted(model.evicted)
+    assert sorted(table.evicted_keys().tolist()) == sorted(set(model.evicted))
     assert table.stats()["rejected"] == model.rejected
+    assert table.stats()["displaced_pending"] == model.displaced
 
 
 # A sharded table equals the model where its semantics are global: max_rows is split over
@@ -93,16 +95,20 @@ def test_random_history_matches_dict_model(name, shards, ops):
     model = DictTable(cfg)
     for op in ops:
         if op[0] == "pull":
-            got = table.pull(op[1], train=op[2])
-            expect = model.pull(op[1], train=op[2])
+            # Half the pulls stand for several occurrences per id (a trainer's deduped batch).
+            rng = np.random.default_rng(op[3])
+            shows = rng.integers(1, 4, len(op[1])).astype(np.float32) if op[3] % 2 else None
+            got = table.pull(op[1], train=op[2], shows=shows)
+            expect = model.pull(op[1], train=op[2], shows=shows)
             np.testing.assert_allclose(got, expect, rtol=1e-5, atol=1e-7)
         elif op[0] == "push":
             rng = np.random.default_rng(op[2])
             ids = op[1]
             grads = rng.normal(size=(len(ids), DIM)).astype(np.float32)
             clicks = rng.integers(0, 2, len(ids)).astype(np.float32)
-            table.push(ids, grads, clicks=clicks)
-            model.push(ids, grads, clicks=clicks)
+            counts = rng.integers(1, 4, len(ids)).astype(np.float32) if op[2] % 2 else None
+            table.push(ids, grads, clicks=clicks, counts=counts)
+            model.push(ids, grads, clicks=clicks, counts=counts)
         elif op[0] == "shrink":
             assert table.shrink() == model.shrink()
         else:

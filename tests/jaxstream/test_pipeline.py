@@ -55,11 +55,11 @@ def test_staleness_zero_equals_a_sequential_loop():
         hb = make_batch(ex.take(lo, min(len(ex), lo + BATCH)), spec, BATCH)
         u = hb.unique_ids["embedding"]
         rows = np.zeros((hb.padded_rows("embedding"), 4), np.float32)
-        rows[: len(u)] = store_b.pull("embedding", u, train=True)
+        rows[: len(u)] = store_b.pull("embedding", u, train=True, shows=hb.shows["embedding"])
         db = DeviceBatch({"embedding": rows}, hb.index, hb.mask, hb.dense, hb.labels, hb.weights)
         p, s, g, _, _ = train_fn(p, s, db)
         store_b.push("embedding", u, np.asarray(g["embedding"])[: len(u)],
-                     clicks=hb.clicks["embedding"])  # fmt: skip
+                     clicks=hb.clicks["embedding"], counts=hb.shows["embedding"])  # fmt: skip
 
     assert res.batches == -(-len(ex) // BATCH)
     jax.tree.map(np.testing.assert_array_equal, res.params, p)
@@ -76,11 +76,11 @@ class BrokenStore(LocalStore):
         self.fail_pull_at = fail_pull_at
         self.fail_push = fail_push
 
-    def pull(self, table, ids, *, train):
+    def pull(self, table, ids, *, train, **kw):
         self.pulls += 1
         if self.pulls == self.fail_pull_at:
             raise ConnectionError("shard 127.0.0.1:1234 is down")
-        return super().pull(table, ids, train=train)
+        return super().pull(table, ids, train=train, **kw)
 
     def push(self, table, ids, grads, **kw):
         if self.fail_push:

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from jaxstream.data import readers
+from jaxstream.data import read_paddlerec, readers
 
 GOOD_CRITEO = [
     "1\t1\t2\t\t-3\t4\t5\t6\t7\t8\t9\t10\t11\t12\t68fd1e64\t80e26c9b\t" + "\t".join(["ab"] * 24),
@@ -100,18 +100,49 @@ def test_slot_format_multi_hot(tmp_path):
         "1:1 11:2 12:2 13:3",
         "0:1 21:3",
         "0:1 5:2 bad",  # bad token
-        "1:1 7:9",  # unknown slot
+        "1:1 7:9",  # a slot not read: skipped and counted, the line is fine
         "3:1 7:2",  # label not 0/1
         "8:2",  # no label
         "0:1 18446744073709551615:2",
     ]
     ex, report = readers.read_slots(_write(tmp_path, "part-0", lines), ("2", "3"))
-    assert len(ex) == 3 and report.malformed == 4
-    assert ex.labels.tolist() == [1, 0, 0]
-    assert ex.slot_offsets["2"].tolist() == [0, 2, 2, 3]
+    assert len(ex) == 4 and report.malformed == 3 and report.ignored_tokens == 1
+    assert ex.labels.tolist() == [1, 0, 1, 0]
+    assert ex.slot_offsets["2"].tolist() == [0, 2, 2, 2, 3]
     assert ex.slot_ids["2"].tolist() == [11, 12, -1]
-    assert ex.slot_offsets["3"].tolist() == [0, 1, 2, 2]
+    assert ex.slot_offsets["3"].tolist() == [0, 1, 2, 2, 2]
     assert ex.slot_ids["3"].tolist() == [13, 21]
+
+
+@pytest.mark.parametrize(
+    "line, reason",
+    [
+        ("click:2 dense_feature:0.5 dense_feature:1 1:7", "label is not 0 or 1"),
+        ("dense_feature:0.5 dense_feature:1 1:7", "label is not 0 or 1"),  # no label
+        ("click:1 dense_feature:0.5 1:7", "wrong number of dense values"),
+        ("click:1 dense_feature:0.5 dense_feature:1 dense_feature:2 1:7", "wrong number of dense"),
+        ("click:1 dense_feature:x dense_feature:1 1:7", "bad float"),
+        ("click:1 dense_feature:0.5 dense_feature:1 1:7a", "bad token (want name:value)"),
+        ("click:1 dense_feature:0.5 dense_feature:1 oops", "bad token (want name:value)"),
+    ],
+)
+def test_paddlerec_malformed(tmp_path, line, reason):
+    ex, report = read_paddlerec(_write(tmp_path, "part-0", [line]), ("1", "2"), 2)
+    assert len(ex) == 0 and report.malformed == 1 and reason in report.first_errors[0]
+
+
+def test_paddlerec_name_value_lines(tmp_path):
+    lines = [
+        "click:1 dense_feature:0.25 dense_feature:1e-3 1:7 2:8 2:9 3:5",
+        "click:0 dense_feature:-2.5 dense_feature:0 2:18446744073709551615",
+    ]
+    ex, report = read_paddlerec(_write(tmp_path, "part-0", lines), ("1", "2"), 2)
+    assert len(ex) == 2 and report.malformed == 0 and report.ignored_tokens == 1  # slot 3
+    assert ex.labels.tolist() == [1, 0]
+    np.testing.assert_allclose(ex.dense, [[0.25, 1e-3], [-2.5, 0.0]], rtol=1e-6)
+    assert ex.slot_offsets["1"].tolist() == [0, 1, 1] and ex.slot_ids["1"].tolist() == [7]
+    assert ex.slot_offsets["2"].tolist() == [0, 2, 3]
+    assert ex.slot_ids["2"].tolist() == [8, 9, -1]
 
 
 def test_ten_thousand_malformed_lines_never_crash(tmp_path):

@@ -59,12 +59,12 @@ def _pooled_reference(spec, ex, store, batch_size):
     return out
 
 
-def test_batch_dedups_per_table_and_counts_clicks():
+def test_batch_dedups_per_table_and_counts_shows_and_clicks():
     spec, ex = _spec(), _examples()
     hb = make_batch(ex, spec, 8)
     assert hb.size == 6 and hb.weights.tolist() == [1] * 6 + [0] * 2
     assert hb.padded_rows("shared") == bucket(len(hb.unique_ids["shared"]))
-    clicks = {}
+    clicks, shows = {}, {}
     for s in spec.slots:
         o = ex.slot_offsets[s.name]
         for i in range(len(ex)):
@@ -75,10 +75,11 @@ def test_batch_dedups_per_table_and_counts_clicks():
             assert hb.mask[s.name][i].sum() == len(raw)
             for k in keys.tolist():
                 clicks[(s.table, k)] = clicks.get((s.table, k), 0) + ex.labels[i]
+                shows[(s.table, k)] = shows.get((s.table, k), 0) + 1
     for t in ("shared", "other"):
         assert len(set(hb.unique_ids[t].tolist())) == len(hb.unique_ids[t])
-        for k, c in zip(hb.unique_ids[t].tolist(), hb.clicks[t]):
-            assert c == clicks[(t, k)]
+        for k, c, n in zip(hb.unique_ids[t].tolist(), hb.clicks[t], hb.shows[t]):
+            assert c == clicks[(t, k)] and n == shows[(t, k)] >= c
     # The same raw value in two slots is two features.
     assert salt_ids(np.array([3]), "a")[0] != salt_ids(np.array([3]), "b")[0]
 

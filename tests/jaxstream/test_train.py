@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 import hoststore as hs
@@ -173,3 +174,23 @@ def test_an_in_process_run_does_not_import_grpc():
             "assert 'grpc' not in sys.modules, 'grpc imported'\n")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_prediction_dumps_reference_every_example_and_match_the_progressive_auc(tmp_path):
+    from jaxstream.metrics import BinaryMetrics
+
+    cfg = _cfg(tmp_path, dump_predictions=True, checkpoint=False)
+    summary = train.train_and_evaluate(cfg, str(tmp_path / "w"))
+    records = [json.loads(x) for x in open(summary["metrics_file"])]
+    for rec in records:
+        day, hour = rec["partition"].split("/")
+        path = tmp_path / "w" / "predictions" / f"{day}-{hour}.tsv"
+        rows = [line.split("\t") for line in path.read_text().splitlines()[1:]]
+        assert len(rows) == rec["examples"]
+        part_lines = (tmp_path / "data" / day / hour / "part-00000").read_text().splitlines()
+        m = BinaryMetrics()
+        labels = np.array([float(r[2]) for r in rows])
+        m.update(labels, np.array([float(r[3]) for r in rows]))
+        assert abs(m.auc() - rec["progressive_auc"]) < 1e-9
+        for name, line, label, _ in rows[:50]:  # each row points at its line in its file
+            assert name == "part-00000" and part_lines[int(line) - 1].split("\t")[0] == label
