@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 
 import config_flags
 from jaxstream import config as config_lib
-from jaxstream import distributed, train
+from jaxstream import distributed, records, train
+from jaxstream import workdir as workdir_lib
 
 F = flags.FLAGS
 config_flags.define_flags(config_lib.get_config())
@@ -36,6 +37,12 @@ flags.DEFINE_integer("num_workers", 1, "Trainer processes sharing the store (jax
 flags.DEFINE_integer("worker_index", 0, "This trainer's index among --num_workers.")
 flags.DEFINE_string("coordinator", None, "host:port of the jax.distributed coordinator.")
 flags.DEFINE_boolean("smoke", False, "Tiny stream and model: seconds.")
+flags.DEFINE_boolean(
+    "start_over",
+    False,
+    "Move the workdir's history (checkpoints, metrics) "
+    "aside into workdir/history-<time>/ and train from the first partition.",
+)
 
 
 @contextlib.contextmanager
@@ -61,19 +68,31 @@ def main(argv):
         cert = open(F.store_root_cert, "rb").read() if F.store_root_cert else None
         store = ShardedStore(F.store_addresses, token=token, root_certificates=cert)
     first = F.worker_index == 0
-    summary = train.train_and_evaluate(
-        cfg, workdir, store=store, workers=workers,
-        on_resume=lambda st: first and print(
-            f"resumed from checkpoint {st.partitions} after partition {st.cursor}", flush=True),
-        on_partition_end=lambda part, st, rec: first and print(train.partition_line(rec),
-                                                               flush=True),
-        progress=_progress_bar if cfg.progress and first and sys.stderr.isatty() else None,
-    )  # fmt: skip
+    if F.start_over and first:
+        moved = workdir_lib.move_history_aside(workdir)
+        if moved:
+            print(f"moved the previous history to {moved}", flush=True)
+    try:
+        summary = _train(cfg, workdir, store, workers, first)
+    except workdir_lib.RunError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(1)
     if first:
         print("summary: " + json.dumps(summary), flush=True)
     if workers is not None:
         with open(os.path.join(workdir, f"worker-{F.worker_index}.json"), "w") as f:
             json.dump(summary, f)
+
+
+def _train(cfg, workdir, store, workers, first):
+    return train.train_and_evaluate(
+        cfg, workdir, store=store, workers=workers,
+        on_resume=lambda st: first and print(
+            f"resumed from checkpoint {st.partitions} after partition {st.cursor}", flush=True),
+        on_partition_end=lambda part, st, rec: first and print(records.partition_line(rec),
+                                                               flush=True),
+        progress=_progress_bar if cfg.progress and first and sys.stderr.isatty() else None,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ META = np.dtype(
 )  # fmt: skip
 STAT_COLUMNS = ("show", "click", "last_seen", "created", "updates")
 _GROWTH = 1.5
+_CHUNK = 4096
 
 
 class RowSlots:
@@ -85,6 +86,40 @@ class RowSlots:
         fresh = np.arange(self.high, self.high + k - from_free, dtype=np.int64)
         self.high += k - from_free
         return np.concatenate([rows, fresh])
+
+    def apply_optimizer(self, opt, rows, grads, counts, hparams, bounds) -> None:
+        """The optimizer on ``rows`` (distinct): gathered into blocks, updated, scattered.
+
+        Blocks of _CHUNK rows stay in L2 between the gather and the scatter, and the
+        optimizer's loop runs over contiguous memory instead of waiting on random rows.
+        """
+        columns = (self.emb, *self.state)
+        as_2d = [c.reshape(len(c), -1) for c in columns]  # views: (cap, width) each
+        for lo in range(0, len(rows), _CHUNK):
+            r = rows[lo : lo + _CHUNK]
+            blocks = [np.empty((len(r), *c.shape[1:]), c.dtype) for c in columns]
+            for c, b in zip(as_2d, blocks, strict=True):
+                K.gather_rows(c, r, b.reshape(len(r), -1))
+            hi = lo + len(r)
+            opt.apply(blocks[0], tuple(blocks[1:]), grads[lo:hi], counts[lo:hi], hparams,
+                      *bounds)  # fmt: skip
+            for c, b in zip(as_2d, blocks, strict=True):
+                K.scatter_rows(c, r, b.reshape(len(r), -1))
+
+    def create(self, keys, shows, clicks, clock: int, fresh_state) -> np.ndarray:
+        """Rows for new ``keys`` with their statistics and fresh optimizer state (the
+        caller writes the initial embeddings); returns the rows."""
+        rows = self.take(len(keys))
+        self.insert(keys, rows)
+        for arr, init in zip(self.state, fresh_state, strict=True):
+            arr[rows] = init
+        self.show[rows] = shows
+        self.click[rows] = clicks
+        self.last_seen[rows] = clock
+        self.created[rows] = clock
+        self.updates[rows] = 0
+        self.changed[rows] = 1
+        return rows
 
     def insert(self, keys: np.ndarray, rows: np.ndarray) -> None:
         K.insert_rows(self.index, self.keys, keys, rows)

@@ -157,6 +157,7 @@ def save(
         "deleted": int(len(cols.get("deleted.key", ()))),
         "files": files,
     }
+    manifest["sha256"] = _manifest_sha256(manifest)
     _write_atomic(os.path.join(path, MANIFEST), json.dumps(manifest, indent=1).encode())
     _fsync_dir(path)
     if kind in ("base", "delta"):
@@ -164,6 +165,12 @@ def save(
             s.mark_snapshot()
     manifest["write_seconds"] = time.perf_counter() - t0
     return manifest
+
+
+def _manifest_sha256(m: dict) -> str:
+    """Of the manifest's own body: its scalars (clock, totals, parent) are checked too."""
+    body = {k: v for k, v in m.items() if k not in ("sha256", "write_seconds")}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 def read_manifest(path: str) -> dict:
@@ -177,6 +184,8 @@ def read_manifest(path: str) -> dict:
         raise SnapshotError(f"{mpath}: unreadable manifest: {e}") from None
     if m.get("format") != FORMAT or m.get("kind") not in KINDS:
         raise SnapshotError(f"{mpath}: unknown format {m.get('format')} / kind {m.get('kind')}")
+    if "sha256" in m and m["sha256"] != _manifest_sha256(m):
+        raise SnapshotError(f"{mpath}: sha256 mismatch (the manifest was altered)")
     return m
 
 

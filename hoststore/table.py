@@ -5,17 +5,9 @@ rule: row slots and the key index in :mod:`hoststore._rows`, the pending-admissi
 counters in :mod:`hoststore._pending`, who gets a row in :mod:`hoststore.admission`, who
 loses it in :mod:`hoststore.eviction`, the update rules in :mod:`hoststore.optimizers`.
 
-Semantics of one training step:
-
-- ``pull(ids, train=True, shows=...)`` is a sighting: each id adds its ``shows`` (the
-  occurrences in training examples it stands for, 1 by default) to the key's show,
-  refreshes its last-seen clock, and may admit a new key (creating its row): admission
-  counts occurrences, as Paddle counts shows.
-- ``push(ids, grads, clicks=..., counts=...)`` sums the gradients of duplicate ids, applies
-  the sparse optimizer to admitted rows (a show-scaled rule divides by ``counts``, the
-  occurrences summed into each gradient, Paddle's push show), and adds clicks (and
-  optional extra shows) to the key's counters, admitted or pending; a key that was never
-  sighted is ignored.
+One training step: ``pull(ids, train=True, shows=...)`` is a sighting (each id adds its
+occurrences to the key's show and may be admitted); ``push(ids, grads, clicks=...,
+counts=...)`` applies the optimizer to admitted rows and adds the clicks.
 """
 
 from __future__ import annotations
@@ -40,7 +32,6 @@ from hoststore.initializers import KIND_CODES, table_salt, write_initial_rows
 
 # Columns a pull ``with_counts`` puts before the embedding: show, click.
 COUNT_COLUMNS = 2
-_CHUNK = 4096
 _RECENT_PULLS = 4
 _NO_HINT = np.empty(0, np.int64)
 TOTALS = ("admitted", "evicted", "rejected", "expired_pending", "displaced_pending")
@@ -190,20 +181,10 @@ class EmbeddingTable:
         return rows_of_uniq[inverse]
 
     def _create_rows(self, keys: np.ndarray, shows: np.ndarray, clicks: np.ndarray) -> np.ndarray:
-        r = self._rows
-        rows = r.take(len(keys))
-        r.insert(keys, rows)
-        write_initial_rows(
-            r.emb, rows, keys, self._init_code, self.config.initializer.scale, self._init_salt
-        )
-        for arr, init in zip(r.state, self._opt.init(len(rows), self._dim), strict=True):
-            arr[rows] = init
-        r.show[rows] = shows
-        r.click[rows] = clicks
-        r.last_seen[rows] = self._clock
-        r.created[rows] = self._clock
-        r.updates[rows] = 0
-        r.changed[rows] = 1
+        rows = self._rows.create(keys, shows, clicks, self._clock,
+                                 self._opt.init(len(keys), self._dim))  # fmt: skip
+        write_initial_rows(self._rows.emb, rows, keys, self._init_code,
+                           self.config.initializer.scale, self._init_salt)  # fmt: skip
         self.totals["admitted"] += len(rows)
         return rows
 
@@ -264,29 +245,10 @@ class EmbeddingTable:
                     self.config.eviction.decay, r.show, r.click, r.last_seen, r.changed,
                     r.updates,
                 )  # fmt: skip
-            self._apply_optimizer(rows, grads, counts)
+            hp = self._opt.hparams(self._clock)
+            r.apply_optimizer(self._opt, rows, grads, counts, hp, self._bounds)
             if len(missing) and self.config.admission.uses_counters:
                 self._pending.count(ids[missing], shows[missing], clicks[missing], self._clock)
-
-    def _apply_optimizer(self, rows: np.ndarray, grads: np.ndarray, counts: np.ndarray) -> None:
-        """Gathers touched rows into blocks, updates them, scatters them back.
-
-        Blocks of _CHUNK rows stay in L2 between the gather and the scatter, and the
-        optimizer's loop runs over contiguous memory instead of waiting on random rows.
-        """
-        hp = self._opt.hparams(self._clock)
-        columns = (self._rows.emb, *self._rows.state)
-        as_2d = [c.reshape(len(c), -1) for c in columns]  # views: (cap, width) each
-        for lo in range(0, len(rows), _CHUNK):
-            r = rows[lo : lo + _CHUNK]
-            blocks = [np.empty((len(r), *c.shape[1:]), c.dtype) for c in columns]
-            for c, b in zip(as_2d, blocks, strict=True):
-                K.gather_rows(c, r, b.reshape(len(r), -1))
-            hi = lo + len(r)
-            self._opt.apply(blocks[0], tuple(blocks[1:]), grads[lo:hi], counts[lo:hi], hp,
-                            *self._bounds)  # fmt: skip
-            for c, b in zip(as_2d, blocks, strict=True):
-                K.scatter_rows(c, r, b.reshape(len(r), -1))
 
     # ------------------------------------------------------------------ clock and eviction
 

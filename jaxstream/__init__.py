@@ -13,15 +13,10 @@ from jaxstream.config import TrainConfig, get_config, smoke_config
 from jaxstream.features import FeatureSpec, SlotSpec, salt_ids, single_table_spec
 from jaxstream.metrics import BinaryMetrics
 from jaxstream.pipeline import Pipeline, PipelineError, run_pass
+from jaxstream.records import partition_line
 from jaxstream.step import DeviceBatch, StepOutput, make_steps
 from jaxstream.stream import Partition, PartitionSource, SourceConfig
-from jaxstream.train import (
-    TrainState,
-    dense_optimizer_of,
-    feature_spec,
-    partition_line,
-    train_and_evaluate,
-)
+from jaxstream.train import TrainState, dense_optimizer_of, feature_spec, train_and_evaluate
 
 __all__ = [
     "BinaryMetrics",

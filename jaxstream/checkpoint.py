@@ -60,13 +60,31 @@ def _sha_tree(root: str) -> dict[str, str]:
     return out
 
 
+def _body_sha256(obj: dict) -> str:
+    body = {k: v for k, v in obj.items() if k != "sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def _write_json_atomic(path: str, obj: dict) -> None:
+    """Writes ``obj`` with the sha256 of its own body (so an edit of any value, the cursor
+    included, is detected), fsynced, under a temporary name, then renamed."""
+    obj = {**obj, "sha256": _body_sha256(obj)}
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=1, default=str)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def _read_checked_json(path: str) -> dict:
+    """A JSON file written by :func:`_write_json_atomic`; CheckpointError if it was altered
+    (files written before the checksum existed are read as they are)."""
+    with open(path) as f:
+        obj = json.load(f)
+    if "sha256" in obj and obj["sha256"] != _body_sha256(obj):
+        raise CheckpointError(f"{path}: sha256 mismatch (the file was altered)")
+    return obj
 
 
 class CheckpointManager:
@@ -86,6 +104,20 @@ class CheckpointManager:
         )
         self._last_meta: dict | None = None
 
+    @staticmethod
+    def newest_config(workdir: str) -> dict | None:
+        """The config the newest readable checkpoint under ``workdir`` recorded (None: no
+        checkpoint). Reads only: creates nothing."""
+        root = os.path.join(workdir, "checkpoints")
+        if not os.path.isdir(root):
+            return None
+        for name in sorted((d for d in os.listdir(root) if d.isdigit()), reverse=True):
+            try:
+                return _read_checked_json(os.path.join(root, name, META))["config"]
+            except (OSError, ValueError, KeyError, CheckpointError):
+                continue
+        return None
+
     def steps(self) -> list[int]:
         """Committed steps, oldest first."""
         names = [d for d in os.listdir(self.root) if d.isdigit()]
@@ -97,7 +129,8 @@ class CheckpointManager:
     # ------------------------------------------------------------------ save
 
     def save(self, step: int, params, opt_state, store: Store, cursor: str,
-             cumulative: BinaryMetrics, config: dict, base: bool) -> dict:  # fmt: skip
+             cumulative: BinaryMetrics, config: dict, base: bool,
+             skipped: list[str] = ()) -> dict:  # fmt: skip
         """Writes step ``step``; ``base`` forces full store snapshots (else deltas on the
         previous step's, when there is one)."""
         path = self._dir(step)
@@ -125,6 +158,7 @@ class CheckpointManager:
         meta = {
             "step": step,
             "cursor": cursor,
+            "skipped": list(skipped),  # partitions missing when later ones were trained
             "base_step": step if base else prev["base_step"],
             "store_chains": chains,
             "store_manifests": manifests,
@@ -148,10 +182,10 @@ class CheckpointManager:
                 shutil.rmtree(self._dir(s), ignore_errors=True)
 
     def read_meta(self, step: int) -> dict | None:
+        """A step's meta.json, verified; None when it is missing, unreadable or altered."""
         try:
-            with open(os.path.join(self._dir(step), META)) as f:
-                return _upgrade(json.load(f))
-        except (OSError, ValueError, KeyError, TypeError, IndexError):
+            return _upgrade(_read_checked_json(os.path.join(self._dir(step), META)))
+        except (OSError, ValueError, KeyError, TypeError, IndexError, CheckpointError):
             return None
 
     # ------------------------------------------------------------------ restore
@@ -178,7 +212,7 @@ class CheckpointManager:
         path = self._dir(step)
         meta = self.read_meta(step)
         if meta is None:
-            raise CheckpointError(f"{path}/{META} unreadable")
+            raise CheckpointError(f"{path}/{META} unreadable or altered")
         dense = os.path.join(path, "dense")
         if _sha_tree(dense) != meta["dense_sha256"]:
             raise CheckpointError(f"{dense}: files do not match their sha256 in {META}")
@@ -191,6 +225,13 @@ class CheckpointManager:
         unknown = set(meta["store_chains"]) - set(store.tables())
         if unknown:
             raise CheckpointError(f"checkpoint has tables {sorted(unknown)} the config lacks")
+        for name, chains in meta["store_chains"].items():
+            # The snapshots are the ones this meta committed, not others at the same paths.
+            for chain, m in zip(chains, meta["store_manifests"][name], strict=True):
+                found = snap.read_manifest(os.path.join(self.root, chain[-1]))["id"]
+                if found != m["id"]:
+                    raise CheckpointError(f"{chain[-1]}: manifest {found}, but {META} "
+                                          f"committed {m['id']}")  # fmt: skip
         if load_store:
             for name, chains in meta["store_chains"].items():
                 store.load(name, [[os.path.join(self.root, c) for c in chain]

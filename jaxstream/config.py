@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from jaxstream.data.synthetic import StreamConfig
+from jaxstream.stream import DEFAULT_PATTERN
 
 
 def _field(default, help: str):  # noqa: A002 - the flag's help text
@@ -38,11 +39,26 @@ class TrainConfig:
     slot_pooling: str = _field("sum", "For format=slot: how a slot's IDs pool: sum | mean.")
     synthetic: StreamConfig = _field(StreamConfig(hours=12, rows_per_hour=20_000),
                                      "The generated stream (without data_root).")  # fmt: skip
-    pattern: str = _field(r"(?P<day>\d{8})/(?P<hour>\d{2})", "Partition path regex.")
+    pattern: str = _field(DEFAULT_PATTERN, "Partition path regex (groups day, hour, minute).")
+    split_interval_minutes: int = _field(
+        60,
+        "Spacing of partitions (Paddle's split_interval): "
+        "60 for ROOT/YYYYMMDD/HH, e.g. 30 for HHMM splits.",
+    )
     max_partitions: int | None = _field(None, "Stop after this many partitions.")
     wait: bool = _field(False, "Keep polling for new partitions.")
     poll_seconds: float = _field(5.0, "With wait: seconds between polls.")
     idle_timeout_seconds: float = _field(600.0, "With wait: stop after this long idle.")
+    gap_wait_seconds: float = _field(
+        600.0,
+        "With wait: how long a missing partition is waited "
+        "for while later ones are ready (then it is skipped, "
+        "reported, and still trained if it arrives).",
+    )
+    max_malformed_fraction: float = _field(
+        0.05,
+        "A partition with more malformed lines than this stops the run (nothing of it committed).",
+    )
     # --- model and optimizers
     model: str = _field("dnn", "lr | dnn | wide_deep | deepfm | dcn_v2 | dlrm.")
     hidden: tuple[int, ...] = _field((400, 400, 400), "Hidden layer sizes of the tower.")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime as dt
 import hashlib
 import json
 import logging
@@ -24,7 +23,8 @@ import optax
 from flax import nnx
 
 import hoststore as hs
-from jaxstream import models
+from jaxstream import models, records
+from jaxstream import workdir as workdir_lib
 from jaxstream.batching import batches
 from jaxstream.checkpoint import CheckpointManager
 from jaxstream.config import TrainConfig
@@ -37,7 +37,7 @@ from jaxstream.features import FeatureSpec, single_table_spec
 from jaxstream.metrics import BinaryMetrics
 from jaxstream.pipeline import run_pass
 from jaxstream.step import make_distributed_train_step, make_steps
-from jaxstream.stream import Partition, PartitionSource, SourceConfig
+from jaxstream.stream import Partition, PartitionSource, SourceConfig, key_time
 
 log = logging.getLogger(__name__)
 
@@ -87,61 +87,6 @@ def read_partition(cfg: TrainConfig, part: Partition) -> tuple[Examples, ReadRep
     return Examples.concat(parts), report
 
 
-def ids_over_max_len(examples: Examples, spec: FeatureSpec) -> int:
-    """IDs beyond their slot's ``max_len`` (not trained on: counted, never dropped silently)."""
-    return int(sum(np.maximum(np.diff(examples.slot_offsets[s.name]) - s.max_len, 0).sum()
-                   for s in spec.slots))  # fmt: skip
-
-
-def _dump_predictions(workdir, part, examples, report, workers, predictions) -> None:
-    """Paddle's dump_fields: each example's file, line, label and progressive prediction,
-    one TSV per partition (and worker), written whole or not at all."""
-    lo, hi = workers.slice(len(examples))
-    files = np.repeat([f for f, _ in report.files], [n for _, n in report.files])[lo:hi]
-    lines = examples.line_numbers[lo:hi]
-    preds = np.concatenate(predictions) if predictions else np.empty(0, np.float32)
-    out_dir = os.path.join(workdir, "predictions")
-    os.makedirs(out_dir, exist_ok=True)
-    suffix = f".worker-{workers.index}" if workers.count > 1 else ""
-    path = os.path.join(out_dir, part.key.replace("/", "-") + suffix + ".tsv")
-    with open(path + ".tmp", "w") as f:
-        f.write("file\tline\tlabel\tprediction\n")
-        for name, line, label, p in zip(files, lines, examples.labels[lo:hi], preds, strict=True):
-            f.write(f"{name}\t{line}\t{label:.0f}\t{p:.9g}\n")  # float32, exactly
-    os.replace(path + ".tmp", path)
-
-
-def _truth_metrics(part: Partition, labels: np.ndarray) -> dict[str, float]:
-    path = os.path.join(part.path, "truth.npz")
-    if not os.path.exists(path):
-        return {}
-    truth = np.load(path)
-    if len(truth["p_true"]) != len(labels):  # malformed lines were dropped: no alignment
-        return {}
-    out = {}
-    for name, key in (("oracle_auc", "p_true"), ("seen_k_auc", "p_seen"), ("bayes_auc", "p_bayes")):
-        if key not in truth:
-            continue
-        m = BinaryMetrics()
-        m.update(labels, truth[key])
-        out[name] = m.auc()
-    return out
-
-
-_CEILINGS = (("bayes_auc", "bayes-ceiling"), ("oracle_auc", "oracle"))
-
-
-def partition_line(record: dict) -> str:
-    """One partition's metrics record as the line a person reads."""
-    r = record
-    line = (f"[{r['partition']}] auc {r['progressive_auc']:.4f} (train {r['train_auc']:.4f})"
-            f"  logloss {r['logloss']:.4f}  rows {r['table_rows']:,}"
-            f"  {r['train_examples_per_sec']:,.0f} ex/s")  # fmt: skip
-    if "checkpoint_seconds" in record:
-        line += f"  ckpt {record['checkpoint_seconds']:.2f}s"
-    return line + "".join(f"  {name} {record[k]:.4f}" for k, name in _CEILINGS if k in record)
-
-
 def dense_optimizer_of(cfg: TrainConfig) -> optax.GradientTransformation:
     """The optax optimizer ``cfg.dense_optimizer`` names, at ``cfg.dense_learning_rate``."""
     factory = getattr(optax, cfg.dense_optimizer, None)
@@ -158,6 +103,7 @@ class TrainState:
     cursor: str | None = None
     cumulative: BinaryMetrics = dataclasses.field(default_factory=BinaryMetrics)
     partitions: int = 0
+    skipped: list[str] = dataclasses.field(default_factory=list)  # missing, not yet trained
 
 
 # A progress reporter: called with a pass's description and example count, it returns a
@@ -182,9 +128,9 @@ def train_and_evaluate(
     progress: Progress | None = None,
     workers: Workers | None = None,
 ) -> dict:
-    """Runs the stream; returns a summary. Nothing is printed: ``on_partition_end`` gets each
-    partition's metrics record (see :func:`partition_line`), ``on_resume`` the state a
-    checkpoint restored, ``progress`` the batches as they go.
+    """Runs the stream; returns a summary. Nothing is printed: ``on_partition_end`` gets
+    each partition's metrics record (:func:`jaxstream.partition_line` formats it),
+    ``on_resume`` the state a checkpoint restored, ``progress`` the batches as they go.
 
     Defaults come from ``cfg``: ``features`` (slots, tables with their dims and policies)
     from :func:`feature_spec`, ``model`` from ``models.build(cfg.model, ...)`` over the
@@ -193,10 +139,39 @@ def train_and_evaluate(
     :class:`hoststore.LocalStore` (or any :class:`hoststore.Store`). With ``workers``
     (several trainer processes, see :mod:`jaxstream.distributed`) each trains on its slice
     of every partition against the shared ``store``; worker 0 writes the metrics and the
-    checkpoints."""
-    # ------------------------------------------------------------------ set up
+    checkpoints.
+
+    A run that cannot do its job raises :class:`jaxstream.workdir.RunError` with one line
+    saying why, before it changes anything: another trainer holds the workdir, the config
+    differs from the checkpoint's in a field that changes the model or the data, the data
+    root is missing, a partition is mostly malformed, or there was nothing to train.
+    """
     workers = workers or Workers()
+    workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
+    if cfg.checkpoint:  # read-only: a refused run leaves the workdir byte for byte as it was
+        saved = CheckpointManager.newest_config(workdir)
+        if saved is not None:
+            workdir_lib.check_resumable(saved, cfg)
+    # One trainer per workdir (several workers of one run share it: the first holds it).
+    with workdir_lib.lock(workdir) if workers.is_first else contextlib.nullcontext():
+        return _train(cfg, workdir, model, features, dense_optimizer, store, on_partition_end,
+                      on_resume, progress, workers)  # fmt: skip
+
+
+class NothingToTrain(workdir_lib.RunError):
+    pass
+
+
+class TooManyMalformed(workdir_lib.RunError):
+    pass
+
+
+def _train(cfg, workdir, model, features, dense_optimizer, store, on_partition_end, on_resume,
+           progress, workers) -> dict:  # fmt: skip
+    # ------------------------------------------------------------------ set up
+    if cfg.data_root is not None and not os.path.isdir(cfg.data_root):
+        raise NothingToTrain(f"data_root {cfg.data_root}: no such directory")
     data_root = cfg.data_root
     if data_root is None:
         data_root = os.path.join(workdir, "data")
@@ -228,35 +203,46 @@ def train_and_evaluate(
     if restored is not None:
         store = restored.store
         state = TrainState(restored.params, restored.opt_state, restored.cursor,
-                           restored.cumulative, restored.step)  # fmt: skip
+                           restored.cumulative, restored.step,
+                           list(restored.meta.get("skipped", [])))  # fmt: skip
         if workers.is_first:
-            _truncate_metrics(metrics_path, restored.cursor)
+            records.truncate_metrics(metrics_path, restored.cursor, state.skipped)
         log.info("resumed from checkpoint %d after partition %s", restored.step, restored.cursor)
         if on_resume is not None:
             on_resume(state)
-    writer = _tensorboard(cfg, workdir)
+    writer = records.tensorboard_writer(cfg, workdir)
     source = PartitionSource(
         SourceConfig(data_root, cfg.pattern, poll_seconds=cfg.poll_seconds, wait=cfg.wait,
                      idle_timeout_seconds=cfg.idle_timeout_seconds,
-                     max_partitions=cfg.max_partitions),
-        cursor=state.cursor,
+                     max_partitions=cfg.max_partitions,
+                     interval_minutes=cfg.split_interval_minutes,
+                     gap_wait_seconds=cfg.gap_wait_seconds),
+        cursor=state.cursor, skipped=state.skipped,
     )  # fmt: skip
+    reported = 0
     log.info("devices: %s", jax.devices())
 
     # ------------------------------------------------------------------ loop
-    last_day = (
-        None if state.cursor is None else dt.datetime.strptime(state.cursor, "%Y%m%d/%H").date()
-    )
+    last_day = None if state.cursor is None else key_time(state.cursor).date()
     malformed_total = 0
+    partitions_before = state.partitions
     t_run = time.perf_counter()
     for part in source:
-        if last_day is not None and part.time.date() != last_day and cfg.shrink_every == "day":
+        # A day boundary forward (a late partition of an earlier day changes nothing).
+        if last_day is not None and part.time.date() > last_day and cfg.shrink_every == "day":
             evicted = workers.on_first(store.shrink)
             log.info("day boundary: shrink evicted %s", evicted)
-        last_day = part.time.date()
+        last_day = max(last_day or part.time.date(), part.time.date())
         t0 = time.perf_counter()
         examples, report = read_partition(cfg, part)
         parse_s = time.perf_counter() - t0
+        if report.lines == 0 or report.malformed > cfg.max_malformed_fraction * report.lines:
+            raise TooManyMalformed(
+                f"partition {part.path}: {report.malformed} of {report.lines} lines malformed "
+                f"(more than max_malformed_fraction={cfg.max_malformed_fraction}; is "
+                f"format={cfg.format} right?)"
+                + (f"; first: {report.first_errors[0]}" if report.first_errors else "")
+            )
         malformed_total += report.malformed
         for err in report.first_errors:
             log.warning("malformed line %s", err)
@@ -270,7 +256,7 @@ def train_and_evaluate(
                           eval_fn=eval_fn, params=state.params, progress=tick,
                           keep_predictions=cfg.dump_predictions)  # fmt: skip
         if cfg.dump_predictions:
-            _dump_predictions(workdir, part, examples, report, workers, ev.predictions)
+            records.dump_predictions(workdir, part, examples, report, workers, ev.predictions)
         with progress(f"{part.key} train", len(mine)) as tick:
             tr = run_pass(store, spec, batches(mine, spec, cfg.batch_size, steps), train=True,
                           train_fn=train_fn, params=state.params, opt_state=state.opt_state,
@@ -278,7 +264,9 @@ def train_and_evaluate(
         ev.metrics, tr.metrics = _merge(workers, ev.metrics), _merge(workers, tr.metrics)
         state.params, state.opt_state = tr.params, tr.opt_state
         state.cumulative = state.cumulative.merge(ev.metrics)
-        state.cursor = part.key
+        if state.cursor is None or part.time > key_time(state.cursor):
+            state.cursor = part.key
+        state.skipped = sorted(source.skipped - {part.key})
         state.partitions += 1
 
         def end_of_partition():
@@ -288,7 +276,7 @@ def train_and_evaluate(
 
         workers.on_first(end_of_partition)
 
-        stats = _table_totals(store.stats())
+        stats = records.table_totals(store.stats())
         record = {
             "partition": part.key,
             "progressive_auc": ev.metrics.auc(),
@@ -306,11 +294,13 @@ def train_and_evaluate(
             "push_seconds": tr.push_seconds,
             "train_seconds": tr.seconds,
             "malformed_lines": report.malformed,
-            "ids_over_max_len": ids_over_max_len(examples, spec),
+            "ids_over_max_len": records.ids_over_max_len(examples, spec),
             "ignored_tokens": report.ignored_tokens,
             **stats,
-            **_truth_metrics(part, examples.labels),
+            **records.truth_metrics(part, examples.labels),
+            "source_warnings": source.reports[reported:],
         }
+        reported = len(source.reports)
         # The record goes out before the checkpoint commits: a run killed in between
         # retrains this partition on resume, and the restore drops the stale line.
         if workers.is_first:
@@ -321,6 +311,7 @@ def train_and_evaluate(
             workers.on_first(lambda part=part: ckpt.save(
                 state.partitions, state.params, state.opt_state, store, state.cursor,
                 state.cumulative, dataclasses.asdict(cfg), base=part.is_day_start,
+                skipped=state.skipped,
             ))  # fmt: skip
         record["checkpoint_seconds"] = time.perf_counter() - t0  # after the file's line
         if writer is not None and workers.is_first:
@@ -331,6 +322,12 @@ def train_and_evaluate(
             on_partition_end(part, state, record)
 
     # ------------------------------------------------------------------ summary
+    if state.partitions == partitions_before:
+        raise NothingToTrain(
+            f"no ready partition under {data_root}"
+            + (f" after {state.cursor}" if state.cursor else "")
+            + " (a partition is a YYYYMMDD/HH folder with a _SUCCESS file)"
+        )
     summary = {
         "partitions": state.partitions,
         "cursor": state.cursor,
@@ -339,7 +336,7 @@ def train_and_evaluate(
         "seconds": time.perf_counter() - t_run,
         "metrics_file": metrics_path,
         "params_sha256": _digest(state.params),
-        **_table_totals(store.stats()),
+        **records.table_totals(store.stats()),
     }
     if writer is not None:
         writer.close()
@@ -361,46 +358,3 @@ def _merge(workers: Workers, m: BinaryMetrics) -> BinaryMetrics:
     fields = {k: np.asarray(v, np.float64) for k, v in dataclasses.asdict(m).items()}
     total = workers.allreduce_sum(fields)
     return BinaryMetrics(**{k: (v if v.ndim else float(v)) for k, v in total.items()})
-
-
-def _truncate_metrics(path: str, cursor: str) -> None:
-    """After a restore: keep one line per partition up to the cursor, drop the rest (lines
-    a killed run wrote for partitions it had not checkpointed)."""
-    if not os.path.exists(path):
-        return
-    kept, seen = [], set()
-    with open(path) as f:
-        for line in f:
-            try:
-                p = json.loads(line)["partition"]
-            except (ValueError, KeyError):
-                continue
-            if p <= cursor and p not in seen:
-                seen.add(p)
-                kept.append(line if line.endswith("\n") else line + "\n")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.writelines(kept)
-    os.replace(tmp, path)
-
-
-def _table_totals(stats: dict[str, dict]) -> dict[str, int | float]:
-    return {
-        "table_rows": sum(s["rows"] for s in stats.values()),
-        "pending": sum(s["pending"] for s in stats.values()),
-        "admitted": sum(s["admitted"] for s in stats.values()),
-        "evicted": sum(s["evicted"] for s in stats.values()),
-        "table_bytes": sum(s["bytes"] for s in stats.values()),
-        # cumulative; summed over shards (shards grow in parallel)
-        "table_growth_seconds": sum(s.get("growth_seconds", 0.0) for s in stats.values()),
-    }
-
-
-def _tensorboard(cfg: TrainConfig, workdir: str):
-    if not cfg.tensorboard:
-        return None
-    try:
-        from tensorboardX import SummaryWriter
-    except ImportError:
-        raise ValueError("tensorboard=True needs the [tensorboard] extra (tensorboardX)") from None
-    return SummaryWriter(os.path.join(workdir, "tb"))

@@ -8,7 +8,13 @@ import numba as nb
 import numpy as np
 
 from jaxstream.data.examples import Examples, ReadReport
-from jaxstream.data.readers import _line_bounds, _line_numbers, _read_bytes, _report
+from jaxstream.data.readers import (
+    _line_bounds,
+    _line_numbers,
+    _mark_truncated,
+    _read_bytes,
+    _report,
+)
 
 _LABEL = np.frombuffer(b"click", np.uint8)
 _DENSE = np.frombuffer(b"dense_feature", np.uint8)
@@ -153,6 +159,7 @@ def read_paddlerec(
     labels, dense, rows, cols, vals, status, ignored = _parse(
         buf, starts, ends, slot_of, num_dense, _LABEL, _DENSE
     )
+    _mark_truncated(buf, ends, status)
     line_no = _line_numbers(buf, starts)
     report = _report(path, status, line_no)
     report.ignored_tokens = int(ignored)
@@ -161,7 +168,7 @@ def read_paddlerec(
     n = int(ok.sum())
     ids, offs = {}, {}
     for j, name in enumerate(slots):
-        sel = cols == j
+        sel = (cols == j) & ok[rows]
         ids[name] = vals[sel]
         per_line = np.bincount(new_row[rows[sel]], minlength=n)
         offs[name] = np.concatenate([[0], np.cumsum(per_line)]).astype(np.int64)

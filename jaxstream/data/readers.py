@@ -37,6 +37,7 @@ _REASONS = {
     9: "bad token (want name:value)",
     10: "bad float",
     11: "wrong number of dense values",
+    12: "truncated (no newline at the end of the file: a partial write?)",
 }
 
 
@@ -292,6 +293,12 @@ def _read_bytes(path: str) -> np.ndarray:
         return np.frombuffer(f.read(), np.uint8)
 
 
+def _mark_truncated(buf: np.ndarray, ends: np.ndarray, status: np.ndarray) -> None:
+    """A last line without its newline may be a partial write: never trusted, counted."""
+    if len(ends) and len(buf) and buf[-1] != 10 and ends[-1] >= len(buf) - 1:
+        status[-1] = 12
+
+
 def _report(path: str, status: np.ndarray, line_numbers: np.ndarray) -> ReadReport:
     bad = np.flatnonzero(status)
     errors = [
@@ -321,6 +328,7 @@ def read_criteo(path: str, sep: str = "\t") -> tuple[Examples, ReadReport]:
     buf = _read_bytes(path)
     starts, ends = _line_bounds(buf)
     labels, dense, cats, present, status = _parse_criteo(buf, starts, ends, ord(sep))
+    _mark_truncated(buf, ends, status)
     line_no = _line_numbers(buf, starts)
     report = _report(path, status, line_no)
     ok = status == 0
@@ -337,6 +345,7 @@ def read_avazu(path: str) -> tuple[Examples, ReadReport, np.ndarray]:
     if len(starts) and bytes(buf[starts[0] : starts[0] + 3]) == b"id,":
         starts, ends, line_no = starts[1:], ends[1:], line_no[1:]
     labels, hours, cats, status = _parse_avazu(buf, starts, ends)
+    _mark_truncated(buf, ends, status)
     report = _report(path, status, line_no)
     ok = status == 0
     ids, offs = _single_valued(cats[ok], np.ones((ok.sum(), 21), bool), AVAZU_SLOTS)
@@ -357,6 +366,7 @@ def read_slots(
     slot_of[slot_numbers] = np.arange(len(slots))
     labels, rows, cols, vals, status, ignored = _parse_slots(buf, starts, ends, slot_of,
                                                              label_slot)  # fmt: skip
+    _mark_truncated(buf, ends, status)
     line_no = _line_numbers(buf, starts)
     report = _report(path, status, line_no)
     report.ignored_tokens = int(ignored)
@@ -366,7 +376,7 @@ def read_slots(
     n = int(ok.sum())
     ids, offs = {}, {}
     for j, name in enumerate(slots):
-        sel = cols == j
+        sel = (cols == j) & ok[rows]  # a line marked bad after parsing keeps no tokens
         r = new_row[rows[sel]]
         ids[name] = vals[sel]
         offs[name] = np.concatenate([[0], np.cumsum(np.bincount(r, minlength=n))]).astype(np.int64)

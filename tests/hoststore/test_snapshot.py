@@ -196,7 +196,8 @@ def test_columns_take_the_optimizer_state_names_and_old_positional_names_still_l
             new_name = new_name.replace(f"rows.{field}.npy", f"rows.state_{i}.npy")
         shutil.copy(tmp_path / "new" / name, old / new_name)
         files[new_name] = meta
-    (old / "manifest.json").write_text(json.dumps({**m, "files": files}))
+    old_manifest = {k: v for k, v in m.items() if k != "sha256"}  # older ones had none
+    (old / "manifest.json").write_text(json.dumps({**old_manifest, "files": files}))
     assert_same(snap.load([str(old)], CFG), t)
 
 
@@ -213,3 +214,14 @@ def test_a_key_evicted_twice_between_snapshots_frees_its_slot_once(tmp_path):
     t.pull(np.array([3, 4], np.int64), train=True)  # two new keys take free slots
     snap.save(t, str(tmp_path / "d1"), "delta", base)
     assert_same(snap.load([str(tmp_path / "base"), str(tmp_path / "d1")], cfg), t)
+
+
+def test_an_edited_manifest_scalar_is_detected(tmp_path):
+    t = hs.EmbeddingTable(CFG)
+    t.pull(UNIVERSE[:4], train=True)
+    t.advance_clock(3)
+    snap.save(t, str(tmp_path / "base"), "base")
+    path = tmp_path / "base" / "manifest.json"
+    path.write_text(path.read_text().replace('"clock": 3', '"clock": 4'))
+    with pytest.raises(snap.SnapshotError, match="manifest was altered"):
+        snap.load([str(tmp_path / "base")], CFG)

@@ -153,3 +153,20 @@ def test_ten_thousand_malformed_lines_never_crash(tmp_path):
     ex, report = readers.read_criteo(_write(tmp_path, "part-0", lines))
     assert report.lines == len([x for x in lines if x]) and len(ex) >= len(GOOD_CRITEO)
     assert report.malformed + len(ex) == report.lines
+
+
+@pytest.mark.parametrize(
+    "read, lines",
+    [
+        (readers.read_criteo, GOOD_CRITEO[:2]),
+        (lambda p: readers.read_slots(p, ("2",)), ["1:1 5:2", "0:1 6:2"]),
+        (lambda p: read_paddlerec(p, ("1",), 1), ["click:1 dense_feature:1 1:5"] * 2),
+    ],
+)
+def test_a_last_line_without_its_newline_is_truncated_not_trusted(tmp_path, read, lines):
+    p = tmp_path / "part-0"
+    p.write_text("\n".join(lines))  # no newline at the end: maybe a partial write
+    ex, report = read(str(p))[:2]
+    assert len(ex) == len(lines) - 1 and report.malformed == 1
+    assert "truncated" in report.first_errors[0]
+    assert all(len(v) <= len(ex) for v in ex.slot_ids.values())

@@ -82,3 +82,50 @@ def test_count_filter_admits_exactly_the_features_seen_n_times(tmp_path, n):
     pending = store.table("embedding").pending_stats(keys)
     np.testing.assert_array_equal(pending["pending"], shows < n)
     np.testing.assert_array_equal(pending["show"][shows < n], shows[shows < n])
+
+
+class _RecordingStore(hs.LocalStore):
+    """An in-process store that keeps every push the trainer makes."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.pushes = []
+
+    def push(self, table, ids, grads, **kw):
+        self.pushes.append((ids.copy(), grads.copy(), {k: v for k, v in kw.items()}))
+        super().push(table, ids, grads, **kw)
+
+
+def test_paddle_adagrad_on_the_trainer_path_divides_by_each_keys_occurrences(tmp_path):
+    """The trainer's pushes replayed on the direct table path give the trainer's rows, and
+    one key's row follows Paddle's rule computed by hand from those pushes."""
+    cfg = smoke_stream(str(tmp_path / "data"), hours=1, admission="always", checkpoint=False,
+                       sparse_optimizer="paddle_adagrad", initializer_scale=0.0)  # fmt: skip
+    spec = train.feature_spec(cfg)
+    store = _RecordingStore(spec.tables)
+    train.train_and_evaluate(cfg, str(tmp_path / "work"), store=store)
+    table = spec.tables[0]
+    replay = hs.EmbeddingTable(table)
+    for ids, grads, kw in store.pushes:
+        replay.pull(ids, train=True, shows=kw["counts"])
+        replay.push(ids, grads, **kw)
+    keys = np.concatenate([ids for ids, _, _ in store.pushes])
+    np.testing.assert_array_equal(store.pull(table.name, keys, train=False),
+                                  replay.pull(keys, train=False))  # fmt: skip
+    # By hand, for the key with the most occurrences in one batch.
+    b = max(range(len(store.pushes)), key=lambda b: store.pushes[b][2]["counts"].max())
+    ids, _, kw = store.pushes[b]
+    key = ids[int(np.argmax(kw["counts"]))]
+    w, g2 = np.zeros(table.dim), 0.0
+    lr, g0 = table.optimizer.spec["learning_rate"], table.optimizer.spec["initial_g2sum"]
+    for ids, grads, kw in store.pushes:
+        hit = np.flatnonzero(ids == key)
+        if len(hit):
+            n = float(kw["counts"][hit[0]])
+            assert n >= 1
+            scaled = grads[hit[0]].astype(np.float64) / n
+            w = w - lr * scaled * np.sqrt(g0 / (g0 + g2))
+            g2 += float(np.mean(scaled**2))
+    np.testing.assert_allclose(store.pull(table.name, np.array([key]), train=False)[0], w,
+                               rtol=1e-4, atol=1e-7)  # fmt: skip
+    assert max(kw["counts"].max() for _, _, kw in store.pushes) > 1  # occurrences did repeat

@@ -190,7 +190,7 @@ def test_prediction_dumps_reference_every_example_and_match_the_progressive_auc(
         part_lines = (tmp_path / "data" / day / hour / "part-00000").read_text().splitlines()
         m = BinaryMetrics()
         labels = np.array([float(r[2]) for r in rows])
-        m.update(labels, np.array([float(r[3]) for r in rows]))
+        m.update(labels, np.array([r[3] for r in rows], np.float32))  # float32-exact text
         assert abs(m.auc() - rec["progressive_auc"]) < 1e-9
         for name, line, label, _ in rows[:50]:  # each row points at its line in its file
             assert name == "part-00000" and part_lines[int(line) - 1].split("\t")[0] == label

@@ -1,0 +1,116 @@
+"""The per-partition metrics record: what goes in it beyond the pass metrics (the
+generator's ceilings, the store's totals, IDs over a slot's length), the line a person
+reads, the prediction dump, and one line per partition in metrics.jsonl."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from jaxstream.config import TrainConfig
+from jaxstream.data.examples import Examples
+from jaxstream.features import FeatureSpec
+from jaxstream.metrics import BinaryMetrics
+from jaxstream.stream import Partition, key_time
+
+
+def ids_over_max_len(examples: Examples, spec: FeatureSpec) -> int:
+    """IDs beyond their slot's ``max_len`` (not trained on: counted, never dropped silently)."""
+    return int(sum(np.maximum(np.diff(examples.slot_offsets[s.name]) - s.max_len, 0).sum()
+                   for s in spec.slots))  # fmt: skip
+
+
+def dump_predictions(workdir, part, examples, report, workers, predictions) -> None:
+    """Paddle's dump_fields: each example's file, line, label and progressive prediction,
+    one TSV per partition (and worker), written whole or not at all."""
+    lo, hi = workers.slice(len(examples))
+    files = np.repeat([f for f, _ in report.files], [n for _, n in report.files])[lo:hi]
+    lines = examples.line_numbers[lo:hi]
+    preds = np.concatenate(predictions) if predictions else np.empty(0, np.float32)
+    out_dir = os.path.join(workdir, "predictions")
+    os.makedirs(out_dir, exist_ok=True)
+    suffix = f".worker-{workers.index}" if workers.count > 1 else ""
+    path = os.path.join(out_dir, part.key.replace("/", "-") + suffix + ".tsv")
+    with open(path + ".tmp", "w") as f:
+        f.write("file\tline\tlabel\tprediction\n")
+        for name, line, label, p in zip(files, lines, examples.labels[lo:hi], preds, strict=True):
+            f.write(f"{name}\t{line}\t{label:.0f}\t{p:.9g}\n")  # float32, exactly
+    os.replace(path + ".tmp", path)
+
+
+def truth_metrics(part: Partition, labels: np.ndarray) -> dict[str, float]:
+    path = os.path.join(part.path, "truth.npz")
+    if not os.path.exists(path):
+        return {}
+    truth = np.load(path)
+    if len(truth["p_true"]) != len(labels):  # malformed lines were dropped: no alignment
+        return {}
+    out = {}
+    for name, key in (("oracle_auc", "p_true"), ("seen_k_auc", "p_seen"), ("bayes_auc", "p_bayes")):
+        if key not in truth:
+            continue
+        m = BinaryMetrics()
+        m.update(labels, truth[key])
+        out[name] = m.auc()
+    return out
+
+
+_CEILINGS = (("bayes_auc", "bayes-ceiling"), ("oracle_auc", "oracle"))
+
+
+def partition_line(record: dict) -> str:
+    """One partition's metrics record as the line a person reads."""
+    r = record
+    line = (f"[{r['partition']}] auc {r['progressive_auc']:.4f} (train {r['train_auc']:.4f})"
+            f"  logloss {r['logloss']:.4f}  rows {r['table_rows']:,}"
+            f"  {r['train_examples_per_sec']:,.0f} ex/s")  # fmt: skip
+    if "checkpoint_seconds" in record:
+        line += f"  ckpt {record['checkpoint_seconds']:.2f}s"
+    return line + "".join(f"  {name} {record[k]:.4f}" for k, name in _CEILINGS if k in record)
+
+
+def truncate_metrics(path: str, cursor: str, skipped: list[str] = ()) -> None:
+    """After a restore: keep one line per partition the checkpoint trained (up to the cursor,
+    less those skipped), drop the rest (lines a killed run wrote for partitions it had not
+    checkpointed)."""
+    if not os.path.exists(path):
+        return
+    cursor_time, skipped = key_time(cursor), set(skipped)
+    kept, seen = [], set()
+    with open(path) as f:
+        for line in f:
+            try:
+                p = json.loads(line)["partition"]
+            except (ValueError, KeyError):
+                continue
+            if key_time(p) <= cursor_time and p not in skipped and p not in seen:
+                seen.add(p)
+                kept.append(line if line.endswith("\n") else line + "\n")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.writelines(kept)
+    os.replace(tmp, path)
+
+
+def table_totals(stats: dict[str, dict]) -> dict[str, int | float]:
+    return {
+        "table_rows": sum(s["rows"] for s in stats.values()),
+        "pending": sum(s["pending"] for s in stats.values()),
+        "admitted": sum(s["admitted"] for s in stats.values()),
+        "evicted": sum(s["evicted"] for s in stats.values()),
+        "table_bytes": sum(s["bytes"] for s in stats.values()),
+        # cumulative; summed over shards (shards grow in parallel)
+        "table_growth_seconds": sum(s.get("growth_seconds", 0.0) for s in stats.values()),
+    }
+
+
+def tensorboard_writer(cfg: TrainConfig, workdir: str):
+    if not cfg.tensorboard:
+        return None
+    try:
+        from tensorboardX import SummaryWriter
+    except ImportError:
+        raise ValueError("tensorboard=True needs the [tensorboard] extra (tensorboardX)") from None
+    return SummaryWriter(os.path.join(workdir, "tb"))

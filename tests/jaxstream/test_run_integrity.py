@@ -1,0 +1,139 @@
+"""A streaming run never lies and never loses its history, end to end through the CLI (real
+processes, real files): a changed config is refused with the workdir untouched, a second
+trainer is refused, nothing to train is an error, an altered meta.json is never trusted."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from jaxstream import workdir as workdir_lib
+from jaxstream.data.synthetic import StreamConfig, generate
+from tests.conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def stream(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("stream"))
+    generate(root, StreamConfig(hours=3, rows_per_hour=1000, max_vocab=2000))
+    return root
+
+
+def _cli(*args, cwd=REPO):
+    cmd = [sys.executable, os.path.join(REPO, "experiments", "train_stream.py"), "--smoke",
+           "--staleness=0", *args]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+def _tree_digest(root: str) -> dict[str, str]:
+    out = {}
+    for d, _, files in os.walk(root):
+        for f in files:
+            p = os.path.join(d, f)
+            out[os.path.relpath(p, root)] = hashlib.sha256(open(p, "rb").read()).hexdigest()
+    return out
+
+
+def _error_line(proc) -> str:
+    lines = [x for x in proc.stderr.splitlines() if x.startswith("error: ")]
+    assert len(lines) == 1, proc.stderr[-3000:]
+    return lines[0]
+
+
+def test_a_changed_config_is_refused_and_the_workdir_is_untouched(tmp_path, stream):
+    work = str(tmp_path / "w")
+    first = _cli(f"--data_root={stream}", f"--workdir={work}", "--max_partitions=2")
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = _tree_digest(work)
+    again = _cli(f"--data_root={stream}", f"--workdir={work}", "--embedding_dim=16", "--cvm")
+    assert again.returncode == 1
+    line = _error_line(again)
+    assert "embedding_dim: 8 -> 16" in line and "cvm: False -> True" in line
+    assert _tree_digest(work) == before  # nothing touched
+    # Fields that change neither the model nor the data may change on resume.
+    resumed = _cli(f"--data_root={stream}", f"--workdir={work}", "--max_partitions=5")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from checkpoint 2" in resumed.stdout
+    # Starting over is explicit: the old history is moved aside, never overwritten.
+    over = _cli(f"--data_root={stream}", f"--workdir={work}", "--embedding_dim=16",
+                "--start_over")  # fmt: skip
+    assert over.returncode == 0, over.stderr[-3000:]
+    assert "moved the previous history to" in over.stdout
+    (old,) = [d for d in os.listdir(work) if d.startswith("history-")]
+    assert len(open(os.path.join(work, old, "metrics.jsonl")).readlines()) == 3
+    assert len(open(os.path.join(work, "metrics.jsonl")).readlines()) == 3
+
+
+def test_a_second_trainer_on_the_workdir_is_refused(tmp_path, stream):
+    work = tmp_path / "w"
+    work.mkdir()
+    with workdir_lib.lock(str(work)):
+        proc = _cli(f"--data_root={stream}", f"--workdir={work}")
+    assert proc.returncode == 1
+    assert f"in use by another trainer (pid {os.getpid()})" in _error_line(proc)
+    assert not (work / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        (lambda tmp, stream: ["--data_root=/nonexistent/stream"], "no such directory"),
+        (lambda tmp, stream: [f"--data_root={_loose_files(tmp)}"], "no ready partition"),
+        (lambda tmp, stream: [f"--data_root={stream}", "--format=avazu"], "lines malformed"),
+    ],
+    ids=["missing_root", "loose_files", "wrong_format"],
+)
+def test_nothing_to_train_exits_non_zero_and_commits_nothing(tmp_path, stream, setup, message):
+    work = tmp_path / "w"
+    proc = _cli(*setup(tmp_path, stream), f"--workdir={work}")
+    assert proc.returncode == 1 and message in _error_line(proc)
+    ckpts = work / "checkpoints"
+    assert not ckpts.exists() or not [d for d in os.listdir(ckpts) if d.isdigit()]
+
+
+def _loose_files(tmp) -> str:
+    root = tmp / "loose"
+    root.mkdir()
+    (root / "day1.txt").write_text("1\t2\t3\n")
+    return str(root)
+
+
+def test_a_relative_workdir_works_and_an_altered_meta_is_never_trusted(tmp_path, stream):
+    first = _cli(f"--data_root={stream}", "--workdir=rel", "--max_partitions=2", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    meta_path = tmp_path / "rel" / "checkpoints" / "000002" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    assert meta["cursor"] == "20260101/01"
+    # A one-byte edit of the cursor: the checkpoint is refused, the previous one is used,
+    # and the hour is trained again (one metrics line per partition, none skipped).
+    meta_path.write_text(meta_path.read_text().replace("20260101/01", "20260101/02"))
+    again = _cli(f"--data_root={stream}", "--workdir=rel", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resumed from checkpoint 1 after partition 20260101/00" in again.stdout
+    lines = [json.loads(x)["partition"] for x in open(tmp_path / "rel" / "metrics.jsonl")]
+    assert lines == ["20260101/00", "20260101/01", "20260101/02"]
+
+
+def test_a_late_hour_is_trained_when_it_arrives(tmp_path):
+    root = tmp_path / "stream"
+    generate(str(root), StreamConfig(hours=3, rows_per_hour=1000, max_vocab=2000))
+    marker = root / "20260101" / "01" / "_SUCCESS"
+    marker.unlink()  # hour 01 is late
+    work = tmp_path / "w"
+    first = _cli(f"--data_root={root}", f"--workdir={work}")
+    assert first.returncode == 0, first.stderr[-3000:]
+    recs = [json.loads(x) for x in open(work / "metrics.jsonl")]
+    assert [r["partition"] for r in recs] == ["20260101/00", "20260101/02"]
+    assert any("20260101/01" in w for r in recs for w in r["source_warnings"])
+    marker.touch()
+    second = _cli(f"--data_root={root}", f"--workdir={work}")
+    assert second.returncode == 0, second.stderr[-3000:]
+    recs = [json.loads(x)["partition"] for x in open(work / "metrics.jsonl")]
+    assert recs == ["20260101/00", "20260101/02", "20260101/01"]  # each once, none skipped
+    third = _cli(f"--data_root={root}", f"--workdir={work}")
+    assert third.returncode == 1 and "no ready partition" in _error_line(third)
