@@ -165,9 +165,12 @@ class ShardedStore:
         reqs = [store_pb2.StatsRequest()] * self.num_shards
         per = [json.loads(r.stats_json) for r in self._all("Stats", reqs, True)]
         out = {}
-        for name in per[0]:
-            if name == "_shard":
-                continue
+        for name in sorted(set().union(*per) - {"_shard"}):
+            missing = [f"{i} ({self.addresses[i]})" for i, p in enumerate(per) if name not in p]
+            if missing:
+                raise StoreError(f"table {name!r} is missing on shard(s) "
+                                 f"{', '.join(missing)}: create it there (create_table) "
+                                 "or restore those shards")  # fmt: skip
             out[name] = merge_shard_stats([p[name] for p in per])
         return out
 

@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import grpc
@@ -49,9 +50,12 @@ class LocalCluster:
         log_dir: str | None = None,
     ):
         self.ports = [free_port() for _ in range(num_shards)]
+        # Server output goes to files, never to a pipe nobody reads (a full pipe blocks
+        # the server's logging, and with it every RPC).
+        self.log_dir = log_dir or tempfile.mkdtemp(prefix="hoststore-shards-")
         self.addresses = [f"127.0.0.1:{p}" for p in self.ports]
         args = list(extra_args) + ([f"--token_file={token_file}"] if token_file else [])
-        self._args, self._log_dir, self._credentials = args, log_dir, credentials
+        self._args, self._credentials = args, credentials
         self.procs = [self._start(i) for i in range(num_shards)]
         try:
             for a in self.addresses:
@@ -61,12 +65,12 @@ class LocalCluster:
             raise
 
     def _start(self, i: int) -> subprocess.Popen:
-        out = open(os.path.join(self._log_dir, f"shard-{i}.log"), "a") if self._log_dir else None
-        return subprocess.Popen(
-            [sys.executable, "-m", "hoststore.server", f"--port={self.ports[i]}",
-             f"--shard_index={i}", f"--num_shards={len(self.ports)}", *self._args],
-            stdout=out or subprocess.DEVNULL, stderr=out or subprocess.PIPE,
-        )  # fmt: skip
+        with open(os.path.join(self.log_dir, f"shard-{i}.log"), "a") as out:
+            return subprocess.Popen(
+                [sys.executable, "-m", "hoststore.server", f"--port={self.ports[i]}",
+                 f"--shard_index={i}", f"--num_shards={len(self.ports)}", *self._args],
+                stdout=out, stderr=subprocess.STDOUT,
+            )  # fmt: skip
 
     def restart(self, i: int) -> None:
         """Starts shard ``i`` again (empty) on its address, e.g. after it was killed."""

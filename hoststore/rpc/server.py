@@ -13,6 +13,7 @@ reason and changes nothing; the shard keeps serving.
 from __future__ import annotations
 
 import argparse
+import functools
 import hmac
 import json
 import logging
@@ -41,6 +42,26 @@ def _array(buf: bytes, dtype: str, what: str, context) -> np.ndarray:
         context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                       f"{what}: {len(buf)} bytes is not a multiple of {size}")  # fmt: skip
     return np.frombuffer(buf, dtype)
+
+
+def _answered(handler):
+    """Every failure of a handler becomes a status with its reason, never UNKNOWN: a bad
+    argument INVALID_ARGUMENT, anything else INTERNAL (logged with its traceback)."""
+
+    @functools.wraps(handler)
+    def wrapper(self, request, context):
+        try:
+            return handler(self, request, context)
+        except Exception as e:
+            if context.code() is not None:  # the handler aborted with its own status
+                raise
+            if isinstance(e, ValueError):
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+            log.exception("%s failed", handler.__name__)
+            context.abort(grpc.StatusCode.INTERNAL,
+                          f"{handler.__name__} failed: {type(e).__name__}: {e}")  # fmt: skip
+
+    return wrapper
 
 
 class StoreServicer(store_pb2_grpc.EmbeddingStoreServicer):
@@ -74,6 +95,7 @@ class StoreServicer(store_pb2_grpc.EmbeddingStoreServicer):
 
     # ------------------------------------------------------------------ RPCs
 
+    @_answered
     def CreateTable(self, request, context):
         try:
             cfg = config_from_json(request.config_json)
@@ -90,6 +112,7 @@ class StoreServicer(store_pb2_grpc.EmbeddingStoreServicer):
             self._configs[cfg.name] = canonical
         return store_pb2.CreateTableResponse(created=True)
 
+    @_answered
     def Pull(self, request, context):
         t = self._table(request.table, context)
         ids = self._ids(request.ids, context)
@@ -100,6 +123,7 @@ class StoreServicer(store_pb2_grpc.EmbeddingStoreServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         return store_pb2.PullResponse(rows=rows.astype("<f4").tobytes(), dim=t.config.dim)
 
+    @_answered
     def Push(self, request, context):
         t = self._table(request.table, context)
         ids = self._ids(request.ids, context)
@@ -119,9 +143,11 @@ class StoreServicer(store_pb2_grpc.EmbeddingStoreServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         return store_pb2.PushResponse()
 
+    @_answered
     def Shrink(self, request, context):
         return store_pb2.ShrinkResponse(evicted={n: t.shrink() for n, t in self.tables.items()})
 
+    @_answered
     def AdvanceClock(self, request, context):
         if request.n < 0:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"n must be >= 0, got {request.n}")
@@ -129,6 +155,7 @@ class StoreServicer(store_pb2_grpc.EmbeddingStoreServicer):
             t.advance_clock(request.n)
         return store_pb2.AdvanceClockResponse()
 
+    @_answered
     def Snapshot(self, request, context):
         t = self._table(request.table, context)
         parent = json.loads(request.parent_manifest_json) if request.parent_manifest_json else None
@@ -142,6 +169,7 @@ class StoreServicer(store_pb2_grpc.EmbeddingStoreServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         return store_pb2.SnapshotResponse(manifest_json=json.dumps(m))
 
+    @_answered
     def Load(self, request, context):
         t = self._table(request.table, context)
         if not request.chains:
@@ -157,6 +185,7 @@ class StoreServicer(store_pb2_grpc.EmbeddingStoreServicer):
         t.close()
         return store_pb2.LoadResponse(rows=len(fresh))
 
+    @_answered
     def Stats(self, request, context):
         out = {n: {**t.stats(), "config_json": self._configs[n]} for n, t in self.tables.items()}
         out["_shard"] = {"index": self.shard_index, "num_shards": self.num_shards}
@@ -224,7 +253,14 @@ def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s shard %(process)d %(message)s")
     if bool(a.tls_cert) != bool(a.tls_key):
         p.error("--tls_cert and --tls_key go together")
-    token = open(a.token_file).read().strip() if a.token_file else None
+    token = None
+    if a.token_file:  # a blank or unreadable credential never turns authentication off
+        try:
+            token = open(a.token_file).read().strip()
+        except OSError as e:
+            p.error(f"--token_file {a.token_file}: cannot read it ({e.strerror})")
+        if not token:
+            p.error(f"--token_file {a.token_file} is empty: refusing to serve without a token")
     server, servicer, health_servicer, port = serve(
         a.port, a.shard_index, a.num_shards, a.host, a.tls_cert, a.tls_key, token
     )
@@ -239,8 +275,22 @@ def main(argv=None) -> None:
     if a.snapshot_on_exit:
         for name, t in servicer.tables.items():
             path = os.path.join(a.snapshot_on_exit, name, f"shard-{a.shard_index}")
-            snapshot.save(t, path, "base")
+            _save_rotating(t, path)
             log.info("wrote the last snapshot of %s to %s", name, path)
+
+
+def _save_rotating(table, path: str) -> None:
+    """A base at ``path`` on every shutdown: written beside it, then swapped in (the one
+    before stays at ``path.prev`` until the next swap)."""
+    import shutil
+
+    new, prev = path + ".new", path + ".prev"
+    shutil.rmtree(new, ignore_errors=True)
+    snapshot.save(table, new, "base")
+    if os.path.exists(path):
+        shutil.rmtree(prev, ignore_errors=True)
+        os.replace(path, prev)
+    os.replace(new, path)
 
 
 if __name__ == "__main__":
