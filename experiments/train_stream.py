@@ -38,6 +38,12 @@ flags.DEFINE_integer("worker_index", 0, "This trainer's index among --num_worker
 flags.DEFINE_string("coordinator", None, "host:port of the jax.distributed coordinator.")
 flags.DEFINE_boolean("smoke", False, "Tiny stream and model: seconds.")
 flags.DEFINE_boolean(
+    "adopt_store",
+    False,
+    "Train on top of rows already in the store "
+    "though the workdir has no checkpoint (default: refuse).",
+)
+flags.DEFINE_boolean(
     "start_over",
     False,
     "Move the workdir's history (checkpoints, metrics) "
@@ -86,7 +92,7 @@ def main(argv):
 
 def _train(cfg, workdir, store, workers, first):
     return train.train_and_evaluate(
-        cfg, workdir, store=store, workers=workers,
+        cfg, workdir, store=store, workers=workers, adopt_store=F.adopt_store,
         on_resume=lambda st: first and print(
             f"resumed from checkpoint {st.partitions} after partition {st.cursor}", flush=True),
         on_partition_end=lambda part, st, rec: first and print(records.partition_line(rec),

@@ -75,7 +75,12 @@ class Store(Protocol):
 
     def advance_clock(self, n: int = 1) -> None: ...
 
-    def stats(self) -> dict[str, dict[str, Any]]: ...
+    def stats(self) -> dict[str, dict[str, Any]]:
+        """Per table: rows, pending, clock, totals, memory, and ``tag``."""
+
+    def set_tag(self, table: str, tag: str) -> None:
+        """Records which run and checkpoint the table holds (``stats()[table]["tag"]``;
+        empty after create_table and load; "<mixed>" when shards disagree)."""
 
     def save(self, table: str, path: str, kind: str, parent: Sequence[dict] | None = None) -> Saved:
         """Writes a ``base``, ``delta`` (after ``parent``, the manifests of the previous
@@ -112,6 +117,7 @@ class LocalStore:
             raise ValueError(f"table names must be unique, got {names}")
         self.shards = shards
         self._tables: dict[str, EmbeddingTable | ShardedTable] = {}
+        self._tags: dict[str, str] = {}
         for c in configs:
             self.create_table(c)
 
@@ -136,6 +142,7 @@ class LocalStore:
         have = self._tables.get(config.name)
         if have is None:
             self._tables[config.name] = self._new_table(config)
+            self._tags[config.name] = ""
         elif not same_config(have.config, config):
             raise ValueError(f"table {config.name!r} exists with another config")
 
@@ -159,7 +166,11 @@ class LocalStore:
             t.advance_clock(n)
 
     def stats(self) -> dict[str, dict[str, Any]]:
-        return {n: t.stats() for n, t in self._tables.items()}
+        return {n: {**t.stats(), "tag": self._tags.get(n, "")} for n, t in self._tables.items()}
+
+    def set_tag(self, table: str, tag: str) -> None:
+        self.table(table)
+        self._tags[table] = tag
 
     def save(self, table: str, path: str, kind: str, parent: Sequence[dict] | None = None,
              *, min_score: float | None = None, float16: bool = False,
@@ -176,6 +187,7 @@ class LocalStore:
         loaded = snapshot.load_chains(chains, config, shards=self.shards)
         self._tables[table].close()
         self._tables[table] = loaded
+        self._tags[table] = ""
         return len(loaded)
 
     def close(self) -> None:

@@ -130,7 +130,7 @@ class CheckpointManager:
 
     def save(self, step: int, params, opt_state, store: Store, cursor: str,
              cumulative: BinaryMetrics, config: dict, base: bool,
-             skipped: list[str] = ()) -> dict:  # fmt: skip
+             skipped: list[str] = (), run_id: str = "") -> dict:  # fmt: skip
         """Writes step ``step``; ``base`` forces full store snapshots (else deltas on the
         previous step's, when there is one)."""
         path = self._dir(step)
@@ -158,6 +158,7 @@ class CheckpointManager:
         meta = {
             "step": step,
             "cursor": cursor,
+            "run_id": run_id,
             "skipped": list(skipped),  # partitions missing when later ones were trained
             "base_step": step if base else prev["base_step"],
             "store_chains": chains,
@@ -190,15 +191,16 @@ class CheckpointManager:
 
     # ------------------------------------------------------------------ restore
 
-    def restore(self, params, opt_state, store: Store, load_store: bool = True
-                ) -> Restored | None:  # fmt: skip
+    def restore(self, params, opt_state, store: Store, load_store: bool = True,
+                store_tags: dict[str, str] | None = None) -> Restored | None:  # fmt: skip
         """The newest step that verifies, or None. ``params``/``opt_state`` give the tree
         structure to fill; the store snapshots are loaded into ``store`` (a remote store's
         shards read the files and verify them) unless another worker loads the shared
         store (``load_store=False``)."""
         for step in reversed(self.steps()):
             try:
-                r = self._restore_step(step, params, opt_state, store, load_store)
+                r = self._restore_step(step, params, opt_state, store, load_store,
+                                       store_tags or {})  # fmt: skip
             except (CheckpointError, snap.SnapshotError, StoreError, OSError, ValueError) as e:
                 log.warning("checkpoint %d is unusable (%s); falling back to the previous one",
                             step, e)  # fmt: skip
@@ -208,7 +210,7 @@ class CheckpointManager:
             return r
         return None
 
-    def _restore_step(self, step, params, opt_state, store: Store, load_store) -> Restored:
+    def _restore_step(self, step, params, opt_state, store: Store, load_store, tags) -> Restored:
         path = self._dir(step)
         meta = self.read_meta(step)
         if meta is None:
@@ -232,8 +234,12 @@ class CheckpointManager:
                 if found != m["id"]:
                     raise CheckpointError(f"{chain[-1]}: manifest {found}, but {META} "
                                           f"committed {m['id']}")  # fmt: skip
+        at_step = f"{meta.get('run_id')}/{step}"
         if load_store:
             for name, chains in meta["store_chains"].items():
+                if meta.get("run_id") and tags.get(name) == at_step:
+                    log.info("store table %s is at checkpoint %d already: not reloaded", name, step)
+                    continue
                 store.load(name, [[os.path.join(self.root, c) for c in chain]
                                   for chain in chains])  # fmt: skip
         return Restored(step, p, o, meta["cursor"], BinaryMetrics.from_state(meta["metrics"]),

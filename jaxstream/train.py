@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import time
+import uuid
 from collections.abc import Callable
 
 import jax
@@ -127,6 +128,7 @@ def train_and_evaluate(
     on_resume: Callable[[TrainState], None] | None = None,
     progress: Progress | None = None,
     workers: Workers | None = None,
+    adopt_store: bool = False,
 ) -> dict:
     """Runs the stream; returns a summary. Nothing is printed: ``on_partition_end`` gets
     each partition's metrics record (:func:`jaxstream.partition_line` formats it),
@@ -156,7 +158,7 @@ def train_and_evaluate(
     # One trainer per workdir (several workers of one run share it: the first holds it).
     with workdir_lib.lock(workdir) if workers.is_first else contextlib.nullcontext():
         return _train(cfg, workdir, model, features, dense_optimizer, store, on_partition_end,
-                      on_resume, progress, workers)  # fmt: skip
+                      on_resume, progress, workers, adopt_store)  # fmt: skip
 
 
 class NothingToTrain(workdir_lib.RunError):
@@ -168,7 +170,7 @@ class TooManyMalformed(workdir_lib.RunError):
 
 
 def _train(cfg, workdir, model, features, dense_optimizer, store, on_partition_end, on_resume,
-           progress, workers) -> dict:  # fmt: skip
+           progress, workers, adopt_store) -> dict:  # fmt: skip
     # ------------------------------------------------------------------ set up
     if cfg.data_root is not None and not os.path.isdir(cfg.data_root):
         raise NothingToTrain(f"data_root {cfg.data_root}: no such directory")
@@ -198,8 +200,14 @@ def _train(cfg, workdir, model, features, dense_optimizer, store, on_partition_e
     ckpt = CheckpointManager(workdir, cfg.keep_bases) if cfg.checkpoint else None
     restored = None
     if ckpt is not None:
-        restored = ckpt.restore(state.params, state.opt_state, store, load_store=workers.is_first)
-        workers.barrier()  # the shared store is loaded before anyone pulls from it
+        # A store already at the checkpoint's state (its tag says so) is not reloaded.
+        tags = {name: s.get("tag", "") for name, s in store.stats().items()}
+        restored = ckpt.restore(state.params, state.opt_state, store, load_store=workers.is_first,
+                                store_tags=tags)  # fmt: skip
+    if restored is None and not adopt_store:
+        _refuse_foreign_rows(store, spec)
+    workers.barrier()  # the shared store is loaded (or checked) before anyone pulls from it
+    run_id = (restored.meta.get("run_id") if restored else None) or uuid.uuid4().hex[:12]
     if restored is not None:
         store = restored.store
         state = TrainState(restored.params, restored.opt_state, restored.cursor,
@@ -257,6 +265,8 @@ def _train(cfg, workdir, model, features, dense_optimizer, store, on_partition_e
                           keep_predictions=cfg.dump_predictions)  # fmt: skip
         if cfg.dump_predictions:
             records.dump_predictions(workdir, part, examples, report, workers, ev.predictions)
+        if ckpt is not None:  # the store moves past the checkpoint its tag names
+            workers.on_first(lambda: _tag(store, spec, f"{run_id}/{state.partitions}+"))
         with progress(f"{part.key} train", len(mine)) as tick:
             tr = run_pass(store, spec, batches(mine, spec, cfg.batch_size, steps), train=True,
                           train_fn=train_fn, params=state.params, opt_state=state.opt_state,
@@ -311,8 +321,9 @@ def _train(cfg, workdir, model, features, dense_optimizer, store, on_partition_e
             workers.on_first(lambda part=part: ckpt.save(
                 state.partitions, state.params, state.opt_state, store, state.cursor,
                 state.cumulative, dataclasses.asdict(cfg), base=part.is_day_start,
-                skipped=state.skipped,
+                skipped=state.skipped, run_id=run_id,
             ))  # fmt: skip
+            workers.on_first(lambda: _tag(store, spec, f"{run_id}/{state.partitions}"))
         record["checkpoint_seconds"] = time.perf_counter() - t0  # after the file's line
         if writer is not None and workers.is_first:
             for k, v in record.items():
@@ -341,6 +352,29 @@ def _train(cfg, workdir, model, features, dense_optimizer, store, on_partition_e
     if writer is not None:
         writer.close()
     return summary
+
+
+def _tag(store: hs.Store, spec: FeatureSpec, tag: str) -> None:
+    for table in spec.tables:
+        store.set_tag(table.name, tag)
+
+
+def _refuse_foreign_rows(store: hs.Store, spec: FeatureSpec) -> None:
+    """A run without a checkpoint starts from empty tables: rows already in the store were
+    written by something else (another run, or this one killed before its first checkpoint)
+    and would be trained on top of without a word."""
+    stats = store.stats()
+    full = {t.name: stats[t.name] for t in spec.tables
+            if stats[t.name]["rows"] or stats[t.name]["pending"]}  # fmt: skip
+    if full:
+        held = "; ".join(f"{n}: {s['rows']:,} rows, {s['pending']:,} pending"
+                         + (f" (tag {s['tag']})" if s.get("tag") else "")
+                         for n, s in full.items())  # fmt: skip
+        raise workdir_lib.RunError(
+            f"the store already holds rows this run did not write ({held}) and the workdir "
+            "has no checkpoint: start with empty tables (restart the shards), or pass "
+            "adopt_store=True (--adopt_store) to train on top of them"
+        )
 
 
 def _digest(params) -> str:

@@ -161,6 +161,11 @@ class ShardedStore:
             raise ValueError(f"advance_clock needs n >= 0, got {n}")
         self._all("AdvanceClock", [store_pb2.AdvanceClockRequest(n=n)] * self.num_shards, False)
 
+    def set_tag(self, table: str, tag: str) -> None:
+        self._config(table)
+        req = store_pb2.SetTagRequest(table=table, tag=tag)
+        self._all("SetTag", [req] * self.num_shards, idempotent=True)
+
     def stats(self) -> dict[str, dict[str, Any]]:
         reqs = [store_pb2.StatsRequest()] * self.num_shards
         per = [json.loads(r.stats_json) for r in self._all("Stats", reqs, True)]

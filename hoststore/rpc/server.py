@@ -72,6 +72,7 @@ class StoreServicer(store_pb2_grpc.EmbeddingStoreServicer):
         self.num_shards = num_shards
         self.tables: dict[str, EmbeddingTable] = {}
         self._configs: dict[str, str] = {}
+        self._tags: dict[str, str] = {}
         self._registry = threading.Lock()
 
     # ------------------------------------------------------------------ helpers
@@ -110,6 +111,7 @@ class StoreServicer(store_pb2_grpc.EmbeddingStoreServicer):
                 return store_pb2.CreateTableResponse(created=False)
             self.tables[cfg.name] = EmbeddingTable(cfg)
             self._configs[cfg.name] = canonical
+            self._tags[cfg.name] = ""
         return store_pb2.CreateTableResponse(created=True)
 
     @_answered
@@ -182,14 +184,24 @@ class StoreServicer(store_pb2_grpc.EmbeddingStoreServicer):
         except (snapshot.SnapshotError, ValueError, OSError) as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         self.tables[request.table] = fresh
+        self._tags[request.table] = ""  # whoever loads it says what it now holds
         t.close()
         return store_pb2.LoadResponse(rows=len(fresh))
 
     @_answered
     def Stats(self, request, context):
-        out = {n: {**t.stats(), "config_json": self._configs[n]} for n, t in self.tables.items()}
+        out = {n: {**t.stats(), "config_json": self._configs[n], "tag": self._tags.get(n, "")}
+               for n, t in self.tables.items()}  # fmt: skip
         out["_shard"] = {"index": self.shard_index, "num_shards": self.num_shards}
         return store_pb2.StatsResponse(stats_json=json.dumps(out, default=float))
+
+    @_answered
+    def SetTag(self, request, context):
+        self._table(request.table, context)
+        if len(request.tag) > 4096:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "tag longer than 4096 characters")
+        self._tags[request.table] = request.tag
+        return store_pb2.SetTagResponse()
 
 
 class TokenInterceptor(grpc.ServerInterceptor):

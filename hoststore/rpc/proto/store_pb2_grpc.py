@@ -74,6 +74,11 @@ class EmbeddingStoreStub:
                 request_serializer=hoststore_dot_rpc_dot_proto_dot_store__pb2.StatsRequest.SerializeToString,
                 response_deserializer=hoststore_dot_rpc_dot_proto_dot_store__pb2.StatsResponse.FromString,
                 _registered_method=True)
+        self.SetTag = channel.unary_unary(
+                '/hoststore.EmbeddingStore/SetTag',
+                request_serializer=hoststore_dot_rpc_dot_proto_dot_store__pb2.SetTagRequest.SerializeToString,
+                response_deserializer=hoststore_dot_rpc_dot_proto_dot_store__pb2.SetTagResponse.FromString,
+                _registered_method=True)
 
 
 class EmbeddingStoreServicer:
@@ -127,6 +132,12 @@ class EmbeddingStoreServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetTag(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EmbeddingStoreServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -169,6 +180,11 @@ def add_EmbeddingStoreServicer_to_server(servicer, server):
                     servicer.Stats,
                     request_deserializer=hoststore_dot_rpc_dot_proto_dot_store__pb2.StatsRequest.FromString,
                     response_serializer=hoststore_dot_rpc_dot_proto_dot_store__pb2.StatsResponse.SerializeToString,
+            ),
+            'SetTag': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetTag,
+                    request_deserializer=hoststore_dot_rpc_dot_proto_dot_store__pb2.SetTagRequest.FromString,
+                    response_serializer=hoststore_dot_rpc_dot_proto_dot_store__pb2.SetTagResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -387,6 +403,33 @@ class EmbeddingStore:
             '/hoststore.EmbeddingStore/Stats',
             hoststore_dot_rpc_dot_proto_dot_store__pb2.StatsRequest.SerializeToString,
             hoststore_dot_rpc_dot_proto_dot_store__pb2.StatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetTag(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hoststore.EmbeddingStore/SetTag',
+            hoststore_dot_rpc_dot_proto_dot_store__pb2.SetTagRequest.SerializeToString,
+            hoststore_dot_rpc_dot_proto_dot_store__pb2.SetTagResponse.FromString,
             options,
             channel_credentials,
             insecure,
