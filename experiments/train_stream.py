@@ -19,6 +19,7 @@ import sys
 import tempfile
 
 from absl import app, flags
+from absl import logging as absl_logging
 from tqdm.auto import tqdm
 
 import config_flags
@@ -59,7 +60,11 @@ def _progress_bar(desc: str, total: int):
 
 def main(argv):
     del argv
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    # Quiet by default: this script prints its own lines (the hourly metrics, a summary);
+    # library logs (Orbax, JAX backend probing) show warnings only unless -v/--verbosity asks.
+    level = logging.INFO if F["verbosity"].present and F.verbosity >= 0 else logging.WARNING
+    logging.getLogger().setLevel(level)
+    absl_logging.set_verbosity(absl_logging.INFO if level == logging.INFO else absl_logging.WARNING)
     base = config_lib.smoke_config() if F.smoke else config_lib.get_config()
     cfg = config_flags.apply_flags(base)
     workers = None
@@ -74,6 +79,16 @@ def main(argv):
         cert = open(F.store_root_cert, "rb").read() if F.store_root_cert else None
         store = ShardedStore(F.store_addresses, token=token, root_certificates=cert)
     first = F.worker_index == 0
+    if first:
+        data = cfg.data_root or os.path.join(workdir, "data")
+        if cfg.data_root is None and not os.path.isdir(data):
+            data += (f" (generating {cfg.synthetic.hours} h x {cfg.synthetic.rows_per_hour:,} "
+                     "rows first)")  # fmt: skip
+        print(
+            f"workdir {os.path.abspath(workdir)}; stream {data}; model {cfg.model}, "
+            f"admission {cfg.admission}, eviction {cfg.eviction or 'none'}",
+            flush=True,
+        )
     if F.start_over and first:
         moved = workdir_lib.move_history_aside(workdir)
         if moved:

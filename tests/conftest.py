@@ -63,6 +63,9 @@ def pytest_addoption(parser):
         default=20.0,
         help="duration of the concurrent-load reliability test",
     )
+    parser.addoption(
+        "--kills", type=int, default=10, help="kill -9s of the trainer in the random-kill test"
+    )
 
 
 def pytest_configure(config):

@@ -127,3 +127,35 @@ def test_kill_9_then_resume(tmp_path, kill_when):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "resumed from checkpoint" in done.stdout
     _assert_same_run(str(tmp_path / "whole"), work, cfg)
+
+
+@pytest.mark.reliability
+def test_kill_9_at_random_points_leaves_one_metrics_line_per_partition(tmp_path, request):
+    """The trainer is killed ``--kills`` times (default 10) at random moments of its work and
+    restarted each time; the end result equals an uninterrupted run: every partition
+    trained once, one metrics line each, the same table."""
+    import random
+
+    root = str(tmp_path / "data")
+    cfg = _cfg(root)
+    train.train_and_evaluate(cfg, str(tmp_path / "whole"))
+    work = str(tmp_path / "killed")
+    cmd = [sys.executable, "experiments/train_stream.py", "--smoke", f"--data_root={root}",
+           f"--workdir={work}", "--staleness=0", "--admission=count_filter:2",
+           "--eviction=unseen:2", "--shrink_every=partition"]  # fmt: skip
+    rng, kills = random.Random(0), 0
+    while kills < request.config.getoption("--kills"):
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                text=True)  # fmt: skip
+        proc.stdout.readline()  # the header: set up, about to train
+        time.sleep(rng.uniform(0.0, 2.5))
+        if proc.poll() is not None:
+            break  # it finished (or had nothing left) before the kill
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
+        kills += 1
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0 or "no ready partition" in done.stderr, done.stderr[-2000:]
+    assert kills >= 3
+    _assert_same_run(str(tmp_path / "whole"), work, cfg)
