@@ -13,20 +13,21 @@ _AHEAD = 16
 
 
 @nb.njit(inline="always", cache=True)
-def touch(r, clock, decay, show, click, last_seen, changed):
-    """Brings a row's decayed show/click up to ``clock`` and marks it seen and changed."""
+def touch(r, clock, decay, show, click, last_seen, gen, gen_now):
+    """Brings a row's decayed show/click up to ``clock``, marks it seen and changed in
+    generation ``gen_now`` (snapshots take every row changed after their parent's generation)."""
     dt = clock - last_seen[r]
     if decay != 1.0 and dt > 0:
         f = decay ** np.float64(dt)
         show[r] = np.float32(show[r] * f)
         click[r] = np.float32(click[r] * f)
     last_seen[r] = clock
-    changed[r] = 1
+    gen[r] = gen_now
 
 
 @nb.njit(nogil=True, cache=True)
 def pull_existing(
-    index, keys, emb, show, click, last_seen, changed, ids, shows, out, rows, default, train,
+    index, keys, emb, show, click, last_seen, gen, gen_now, ids, shows, out, rows, default, train,
     clock, decay,
 ):  # fmt: skip
     """Copies the rows of known ids into ``out``; ``rows[i] = -1`` marks the rest. A
@@ -49,7 +50,7 @@ def pull_existing(
                 for j in range(dim):
                     out[i, j] = emb[r, j]
                 if train:
-                    touch(r, clock, decay, show, click, last_seen, changed)
+                    touch(r, clock, decay, show, click, last_seen, gen, gen_now)
                     show[r] += shows[i]
             else:
                 n_miss += 1
@@ -61,7 +62,7 @@ def pull_existing(
 @nb.njit(nogil=True, cache=True)
 def gather_push(
     index, keys, ids, grads, shows, clicks, weights, clock, decay, show, click, last_seen,
-    changed, updates,
+    gen, gen_now, updates,
 ):  # fmt: skip
     """Looks ids up, updates the statistics of their rows and sums duplicate gradients.
 
@@ -92,7 +93,7 @@ def gather_push(
             p, u_next = ix.find_or_append(scratch, urows, r, u)
             if u_next > u:  # first occurrence of this row in the push
                 u = u_next
-                touch(r, clock, decay, show, click, last_seen, changed)
+                touch(r, clock, decay, show, click, last_seen, gen, gen_now)
                 updates[r] += 1
                 for j in range(dim):
                     agg[p, j] = grads[i, j]
@@ -126,7 +127,8 @@ def touch_push_unique(
     show,
     click,
     last_seen,
-    changed,
+    gen,
+    gen_now,
     updates,
 ):
     """``gather_push`` for ids known to be distinct: no dedup, no gradient copy.
@@ -153,7 +155,7 @@ def touch_push_unique(
         if r < 0:
             n_miss += 1
             continue
-        touch(r, clock, decay, show, click, last_seen, changed)
+        touch(r, clock, decay, show, click, last_seen, gen, gen_now)
         updates[r] += 1
         show[r] += shows[i]
         click[r] += clicks[i]

@@ -18,7 +18,7 @@ from hoststore._row_storage import GrowableRows
 
 META = np.dtype(
     [("key", "<i8"), ("show", "<f4"), ("click", "<f4"), ("last_seen", "<i4"),
-     ("created", "<i4"), ("updates", "<u4"), ("changed", "u1")],
+     ("created", "<i4"), ("updates", "<u4"), ("gen", "<u4")],
     align=True,
 )  # fmt: skip
 STAT_COLUMNS = ("show", "click", "last_seen", "created", "updates")
@@ -62,7 +62,7 @@ class RowSlots:
         self.last_seen = meta["last_seen"]
         self.created = meta["created"]  # -1: free slot
         self.updates = meta["updates"]
-        self.changed = meta["changed"]
+        self.gen = meta["gen"]  # the table generation of the row's last change
         self.state = tuple(state)
         self.cap = cap
         self.index = ix.new_index(cap, tagged=True)
@@ -106,7 +106,7 @@ class RowSlots:
             for c, b in zip(as_2d, blocks, strict=True):
                 K.scatter_rows(c, r, b.reshape(len(r), -1))
 
-    def create(self, keys, shows, clicks, clock: int, fresh_state) -> np.ndarray:
+    def create(self, keys, shows, clicks, clock: int, fresh_state, gen: int) -> np.ndarray:
         """Rows for new ``keys`` with their statistics and fresh optimizer state (the
         caller writes the initial embeddings); returns the rows."""
         rows = self.take(len(keys))
@@ -118,7 +118,7 @@ class RowSlots:
         self.last_seen[rows] = clock
         self.created[rows] = clock
         self.updates[rows] = 0
-        self.changed[rows] = 1
+        self.gen[rows] = gen
         return rows
 
     def insert(self, keys: np.ndarray, rows: np.ndarray) -> None:

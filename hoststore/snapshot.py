@@ -100,8 +100,9 @@ def save(
 ) -> dict:
     """Writes a snapshot of ``table`` to the new directory ``path``; returns its manifest.
 
-    A delta needs the manifest of the snapshot it follows (``parent``). After a base or a
-    delta is committed, the table's change markers and eviction record are cleared.
+    A delta needs the manifest of the snapshot it follows (``parent``) and holds what
+    changed after the parent's cut, whatever other snapshots were taken in between; each
+    shard is cut at one instant, under its lock, while pulls and pushes continue around it.
     ``serving`` keeps the rows whose score is at least ``min_score`` (Paddle's xbox
     ``base_threshold``); ``cache`` (Paddle's ``save_cache_model``) the ``cache_fraction``
     of rows with the most (decayed) shows, ties to the smaller key: both weights only.
@@ -132,12 +133,18 @@ def save(
         cols["rows.key"] = rows["key"][keep]
         cols["rows.emb"] = rows["emb"][keep].astype(np.float16 if float16 else np.float32)
     else:
-        rows = _concat([s.export_rows(changed_only=kind == "delta") for s in shards])
-        cols.update({f"rows.{k}": v for k, v in rows.items()})
-        pending = _concat([s.export_pending() for s in shards])
+        since = [None] * len(shards)
+        if kind == "delta":  # each shard continues its own cut; another layout: everything
+            cuts = [p.get("generation") for p in parent.get("shards", [])]
+            ok = len(cuts) == len(shards) and None not in cuts
+            since = cuts if ok else [-1] * len(shards)
+        states = [s.snapshot_state(c) for s, c in zip(shards, since, strict=True)]
+        cols.update({f"rows.{k}": v for k, v in _concat([st["rows"] for st in states]).items()})
+        pending = _concat([st["pending"] for st in states])
         cols.update({f"pending.{k}": v for k, v in pending.items()})
         if kind == "delta":
-            cols["deleted.key"] = np.concatenate([s.evicted_keys() for s in shards])
+            cols["deleted.key"] = np.concatenate([st["deleted"] for st in states])
+        scalars = [st["scalars"] for st in states]
     files = {}
     for name, arr in cols.items():
         data = _npy_bytes(arr)
@@ -152,7 +159,7 @@ def save(
         "parent": None if parent is None else parent["id"],
         "created_unix": time.time(),
         "table": table_signature(table.config),
-        "shards": [s.export_scalars() for s in shards],
+        "shards": scalars if kind in ("base", "delta") else [s.export_scalars() for s in shards],
         "rows": int(len(cols["rows.key"])),
         "deleted": int(len(cols.get("deleted.key", ()))),
         "files": files,
@@ -160,9 +167,6 @@ def save(
     manifest["sha256"] = _manifest_sha256(manifest)
     _write_atomic(os.path.join(path, MANIFEST), json.dumps(manifest, indent=1).encode())
     _fsync_dir(path)
-    if kind in ("base", "delta"):
-        for s in shards:
-            s.mark_snapshot()
     manifest["write_seconds"] = time.perf_counter() - t0
     return manifest
 
@@ -302,7 +306,8 @@ def _apply(table, rows, deleted, pending, scalars) -> None:
         merged = dict(scalars[0])
         for k in _TOTALS:
             merged[k] = sum(s.get(k, 0) for s in scalars)
-        targets[0].apply_snapshot(rows, deleted, pending, merged)
+        merged["generation"] = max(s.get("generation", 0) for s in scalars)
+        targets[0].apply_snapshot(rows, deleted, pending, merged, changed=len(scalars) > 1)
         return
     n = len(targets)
     r_sh, d_sh, p_sh = shard_of(rows["key"], n), shard_of(deleted, n), shard_of(pending["key"], n)
@@ -312,8 +317,11 @@ def _apply(table, rows, deleted, pending, scalars) -> None:
         if not same:  # resharded: totals are kept once, on shard 0
             for k in _TOTALS:
                 sc[k] = sum(s.get(k, 0) for s in scalars) if i == 0 else 0
+        if not same:
+            sc["generation"] = max(s.get("generation", 0) for s in scalars)
         t.apply_snapshot({k: v[r_sh == i] for k, v in rows.items()}, deleted[d_sh == i],
-                         {k: v[p_sh == i] for k, v in pending.items()}, sc)  # fmt: skip
+                         {k: v[p_sh == i] for k, v in pending.items()}, sc,
+                         changed=not same)  # fmt: skip
 
 
 _SERVING_STATS = ("rows.show", "rows.click", "rows.last_seen", "pending.key", "pending.show",

@@ -34,6 +34,7 @@ from hoststore.initializers import KIND_CODES, table_salt, write_initial_rows
 COUNT_COLUMNS = 2
 _RECENT_PULLS = 4
 _NO_HINT = np.empty(0, np.int64)
+_LOG_GENERATIONS = 64
 TOTALS = ("admitted", "evicted", "rejected", "expired_pending", "displaced_pending")
 
 
@@ -59,8 +60,13 @@ class EmbeddingTable:
         self._init_code = KIND_CODES[config.initializer.kind]
         self._bounds = (float(config.weight_bounds[0]), float(config.weight_bounds[1]))
         self.totals = dict.fromkeys(TOTALS, 0)
-        self._evicted_keys: list[np.ndarray] = []
-        self._shrink_decays: list[float] = []  # shrink decay rates applied since the snapshot
+        # Change tracking by generation: every write stamps its row with the current
+        # generation; a snapshot cuts a generation under the lock, and a delta takes what
+        # changed after its parent's cut, so concurrent writes and side exports lose nothing.
+        self._gen = 1
+        self._evicted: list[tuple[int, np.ndarray]] = []  # (generation, keys evicted)
+        self._shrink_decays: list[tuple[int, float]] = []  # (generation, rate)
+        self._horizon = 0  # deltas need a parent cut at or after this generation
         # Rows found by the last few training pulls: the push of the same ids (the usual
         # next call) starts from them instead of probing the index again.
         self._recent: collections.deque = collections.deque(maxlen=_RECENT_PULLS)
@@ -142,7 +148,8 @@ class EmbeddingTable:
 
         def run(lo: int, hi: int) -> int:
             return K.pull_existing(
-                r.index, r.keys, r.emb, r.show, r.click, r.last_seen, r.changed, ids[lo:hi],
+                r.index, r.keys, r.emb, r.show, r.click, r.last_seen, r.gen,
+                np.uint32(self._gen), ids[lo:hi],
                 shows[lo:hi], out[lo:hi], rows[lo:hi], self.config.admission.default_value, train,
                 self._clock, self.config.eviction.decay,
             )  # fmt: skip
@@ -182,7 +189,7 @@ class EmbeddingTable:
 
     def _create_rows(self, keys: np.ndarray, shows: np.ndarray, clicks: np.ndarray) -> np.ndarray:
         rows = self._rows.create(keys, shows, clicks, self._clock,
-                                 self._opt.init(len(keys), self._dim))  # fmt: skip
+                                 self._opt.init(len(keys), self._dim), self._gen)  # fmt: skip
         write_initial_rows(self._rows.emb, rows, keys, self._init_code,
                            self.config.initializer.scale, self._init_salt)  # fmt: skip
         self.totals["admitted"] += len(rows)
@@ -232,8 +239,8 @@ class EmbeddingTable:
                             _NO_HINT)  # fmt: skip
                 rows, n_miss = K.touch_push_unique(
                     r.index, r.keys, r.created, ids, hint, shows, clicks, self._clock,
-                    self.config.eviction.decay, r.show, r.click, r.last_seen, r.changed,
-                    r.updates,
+                    self.config.eviction.decay, r.show, r.click, r.last_seen, r.gen,
+                    np.uint32(self._gen), r.updates,
                 )  # fmt: skip
                 missing = np.flatnonzero(rows < 0) if n_miss else _NO_HINT
                 if n_miss:
@@ -242,8 +249,8 @@ class EmbeddingTable:
             else:
                 rows, grads, counts, missing = K.gather_push(
                     r.index, r.keys, ids, grads, shows, clicks, counts, self._clock,
-                    self.config.eviction.decay, r.show, r.click, r.last_seen, r.changed,
-                    r.updates,
+                    self.config.eviction.decay, r.show, r.click, r.last_seen, r.gen,
+                    np.uint32(self._gen), r.updates,
                 )  # fmt: skip
             hp = self._opt.hparams(self._clock)
             r.apply_optimizer(self._opt, rows, grads, counts, hp, self._bounds)
@@ -285,7 +292,7 @@ class EmbeddingTable:
             rate = self.config.eviction.shrink_decay
             if rate != 1.0:  # every row: not marked changed, a delta carries the rate instead
                 self._decay_rows(rows, rate)
-                self._shrink_decays.append(rate)
+                self._shrink_decays.append((self._gen, rate))
             kill = eviction.victims(self.config.eviction, self._clock - self._rows.last_seen[rows],
                                     self.scores(rows), self._rows.keys[rows])  # fmt: skip
             self._delete_rows(rows[kill])
@@ -302,7 +309,7 @@ class EmbeddingTable:
             return
         keys = self._rows.delete(rows)
         if record:
-            self._evicted_keys.append(keys)
+            self._evicted.append((self._gen, keys))
             self.totals["evicted"] += len(rows)
 
     # ------------------------------------------------------------------ snapshot state
@@ -316,13 +323,16 @@ class EmbeddingTable:
         state field names)."""
         return self._rows.columns()
 
-    def export_rows(self, changed_only: bool = False) -> dict[str, np.ndarray]:
-        """Every live row (or those changed since the last snapshot), column by column."""
+    def export_rows(self, since: int | None = None) -> dict[str, np.ndarray]:
+        """Every live row (or those changed after generation ``since``), column by column."""
         with self._lock:
-            rows = self.live_rows()
-            if changed_only:
-                rows = rows[self._rows.changed[rows] != 0]
-            return {c: self._rows.column(c)[rows] for c in self.row_columns()}
+            return self._export_rows(since)
+
+    def _export_rows(self, since: int | None) -> dict[str, np.ndarray]:
+        rows = self.live_rows()
+        if since is not None:
+            rows = rows[self._rows.gen[rows] > since]
+        return {c: self._rows.column(c)[rows] for c in self.row_columns()}
 
     def export_pending(self) -> dict[str, np.ndarray]:
         with self._lock:
@@ -330,15 +340,36 @@ class EmbeddingTable:
 
     def export_scalars(self) -> dict[str, Any]:
         with self._lock:
-            return {"clock": self._clock, "train_pulls": self._train_pulls,
-                    "shrink_decays": list(self._shrink_decays), **self.totals}  # fmt: skip
+            return {"clock": self._clock, "train_pulls": self._train_pulls, **self.totals}
 
-    def mark_snapshot(self) -> None:
-        """Called once a snapshot is committed: nothing has changed since, nothing evicted."""
+    def snapshot_state(self, since: int | None = None) -> dict[str, Any]:
+        """One consistent cut of the table, taken under the lock while pulls and pushes wait
+        (a copy of the rows; they go on as soon as it is made): the rows changed after
+        generation ``since`` (all when None), the keys evicted and the shrink decays since
+        then, the pending counters and the scalars, with ``generation``: the cut a delta
+        after this one names as its ``since``."""
         with self._lock:
-            self._rows.changed[: self._rows.high] = 0
-            self._evicted_keys = []
-            self._shrink_decays = []
+            if since is not None and since < self._horizon:
+                raise ValueError(f"table {self.config.name!r}: the parent snapshot (generation "
+                                 f"{since}) is older than the eviction log (generation "
+                                 f"{self._horizon} on): take a base")  # fmt: skip
+            cut = self._gen
+            self._gen += 1
+            after = -1 if since is None else since
+            deleted = [k for g, k in self._evicted if g > after]
+            out = {
+                "rows": self._export_rows(since),
+                "pending": self._pending.export(),
+                "deleted": np.unique(np.concatenate(deleted)) if deleted else _NO_HINT,
+                "scalars": {"clock": self._clock, "train_pulls": self._train_pulls,
+                            "generation": cut, **self.totals,
+                            "shrink_decays": [r for g, r in self._shrink_decays if g > after]},
+            }  # fmt: skip
+            # Keep the log for deltas up to _LOG_GENERATIONS snapshots behind.
+            self._horizon = max(self._horizon, cut - _LOG_GENERATIONS)
+            self._evicted = [(g, k) for g, k in self._evicted if g > self._horizon]
+            self._shrink_decays = [(g, r) for g, r in self._shrink_decays if g > self._horizon]
+            return out
 
     def apply_snapshot(
         self,
@@ -346,12 +377,15 @@ class EmbeddingTable:
         deleted: np.ndarray,
         pending: dict[str, np.ndarray],
         scalars: dict[str, Any],
+        changed: bool = False,
     ) -> None:
         """Applies one snapshot on top of this table: delete ``deleted`` keys, upsert
         ``rows``, replace the pending counters and the scalars. A base is applied to an
         empty table; deltas in order after it. The shrink decays a delta records are
         applied first to every row: the rows it carries are upserted with their final
-        counts, the rest are the parent's rows as the shrinks left them."""
+        counts, the rest are the parent's rows as the shrinks left them. The table then
+        continues the snapshot's generations, its rows unchanged since the snapshot's cut
+        (``changed=True``: changed, for rows that come from other shards' chains)."""
         r = self._rows
         with self._lock:
             for rate in scalars.get("shrink_decays", ()):
@@ -368,13 +402,15 @@ class EmbeddingTable:
                 r.insert(keys[new], where[new])
             for c in self.row_columns()[1:]:
                 r.column(c)[where] = rows[c]
-            r.changed[where] = 0
+            cut = int(scalars.get("generation", 0))
+            self._gen = max(self._gen, cut + 1)
+            self._horizon = max(self._horizon, cut)
+            r.gen[where] = self._gen if changed else cut
             self._pending.replace(pending)
             self._clock = int(scalars["clock"])
             self._train_pulls = int(scalars["train_pulls"])
             self.totals = {k: int(scalars.get(k, 0)) for k in self.totals}
-            self._evicted_keys = []
-            self._shrink_decays = []
+            self._evicted, self._shrink_decays = [], []
 
     # ------------------------------------------------------------------ introspection
 
@@ -385,11 +421,11 @@ class EmbeddingTable:
         return len(self._pending)
 
     def evicted_keys(self) -> np.ndarray:
-        """Keys evicted since the last snapshot, each once (what a delta must delete)."""
+        """Keys evicted that the eviction log still holds, each once."""
         with self._lock:
-            if not self._evicted_keys:
+            if not self._evicted:
                 return np.empty(0, np.int64)
-            return np.unique(np.concatenate(self._evicted_keys))
+            return np.unique(np.concatenate([k for _, k in self._evicted]))
 
     def memory_bytes(self) -> dict[str, int]:
         (rows, row_index), (pending, pending_index) = (self._rows.memory_bytes(),

@@ -153,7 +153,10 @@ class CheckpointManager:
             old = [[] for _ in saved.paths] if base else prev["store_chains"][name]
             chains[name] = [c + [os.path.relpath(p, self.root)]
                             for c, p in zip(old, saved.paths, strict=True)]  # fmt: skip
-            manifests[name] = [{k: m[k] for k in ("id", "kind", "rows", "deleted")}
+            # What the next delta needs of its parent: the id and each shard's cut.
+            manifests[name] = [{**{k: m[k] for k in ("id", "kind", "rows", "deleted")},
+                                "shards": [{"generation": s.get("generation")}
+                                           for s in m["shards"]]}
                                for m in saved.manifests]  # fmt: skip
         meta = {
             "step": step,

@@ -126,4 +126,3 @@ def test_serving_and_cache_exports_filter_like_paddle(tmp_path, kind, options, k
     snap.save(t, str(tmp_path / kind), kind, **options)
     keys, weights = snap.load_serving(str(tmp_path / kind))
     assert sorted(keys.tolist()) == kept and weights.shape == (len(kept), DIM)
-    assert len(t.export_rows(changed_only=True)["key"]) == 4  # a side export marks nothing

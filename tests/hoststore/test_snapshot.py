@@ -33,11 +33,10 @@ def full_state(table) -> dict:
             for k in ("key", "show", "click", "last_seen")}  # fmt: skip
     porder = np.argsort(pend["key"])
     scal = [s.export_scalars() for s in shards]
-    totals = {k: sum(x[k] for x in scal) for k in scal[0] if k not in ("clock", "shrink_decays")}
+    totals = {k: sum(x[k] for x in scal) for k in scal[0] if k != "clock"}
     return {"rows": {k: v[order] for k, v in rows.items()},
             "pending": {k: v[porder] for k, v in pend.items()},
-            "clock": scal[0]["clock"], "totals": totals,
-            "shrink_decays": scal[0]["shrink_decays"]}  # fmt: skip
+            "clock": scal[0]["clock"], "totals": totals}  # fmt: skip
 
 
 def assert_same(a, b, probability_totals=True):
@@ -225,3 +224,54 @@ def test_an_edited_manifest_scalar_is_detected(tmp_path):
     path.write_text(path.read_text().replace('"clock": 3', '"clock": 4'))
     with pytest.raises(snap.SnapshotError, match="manifest was altered"):
         snap.load([str(tmp_path / "base")], CFG)
+
+
+def _rows_by_key(table) -> dict[str, np.ndarray]:
+    return full_state(table)["rows"]
+
+
+def test_a_side_export_between_base_and_delta_hides_nothing(tmp_path):
+    t = hs.EmbeddingTable(CFG)
+    keys = UNIVERSE[:8]
+    for _ in range(2):
+        t.pull(keys, train=True)
+    base = snap.save(t, str(tmp_path / "base"), "base")
+    t.push(keys, np.ones((8, 3), np.float32))
+    snap.save(t, str(tmp_path / "other-base"), "base")  # another chain's base
+    snap.save(t, str(tmp_path / "serving"), "serving")  # and a serving export
+    t.push(keys[:3], np.ones((3, 3), np.float32))
+    snap.save(t, str(tmp_path / "delta"), "delta", base)
+    assert_same(snap.load([str(tmp_path / "base"), str(tmp_path / "delta")], CFG), t)
+
+
+@pytest.mark.parametrize("shards", [1, 3])
+def test_snapshots_taken_while_another_thread_pushes_lose_nothing(tmp_path, shards):
+    import threading
+
+    cfg = hs.TableConfig("t", 4, optimizer=opt.adagrad(0.1), admission=hs.count_filter(2),
+                         eviction=hs.Eviction(max_rows=300, shrink_decay=0.9))  # fmt: skip
+    live = hs.EmbeddingTable(cfg) if shards == 1 else hs.ShardedTable(cfg, shards)
+    stop = threading.Event()
+
+    def writer():
+        rng = np.random.default_rng(1)
+        while not stop.is_set():
+            ids = np.unique(rng.integers(0, 1000, 200))
+            live.pull(ids, train=True)
+            live.push(ids, rng.normal(size=(len(ids), 4)).astype(np.float32),
+                      clicks=rng.integers(0, 2, len(ids)), assume_unique=True)  # fmt: skip
+
+    th = threading.Thread(target=writer)
+    th.start()
+    paths = [str(tmp_path / "base")]
+    last = snap.save(live, paths[0], "base")
+    for i in range(6):
+        if i == 3:
+            live.shrink()
+        paths.append(str(tmp_path / f"d{i}"))
+        last = snap.save(live, paths[-1], "delta", last)
+    stop.set()
+    th.join()
+    paths.append(str(tmp_path / "final"))
+    snap.save(live, paths[-1], "delta", last)
+    assert_same(snap.load(paths, cfg, shards=shards), live)
