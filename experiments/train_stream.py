@@ -66,7 +66,12 @@ def main(argv):
     logging.getLogger().setLevel(level)
     absl_logging.set_verbosity(absl_logging.INFO if level == logging.INFO else absl_logging.WARNING)
     base = config_lib.smoke_config() if F.smoke else config_lib.get_config()
-    cfg = config_flags.apply_flags(base)
+    try:  # the whole config, before any data is generated or read
+        cfg = config_flags.apply_flags(base)
+        config_lib.check(cfg)
+    except (ValueError, flags.ValidationError) as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
     workers = None
     if F.num_workers > 1:  # before anything touches a JAX backend
         workers = distributed.initialize(F.coordinator, F.num_workers, F.worker_index)

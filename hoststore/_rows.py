@@ -8,6 +8,7 @@ are reused. Not thread-safe: the owning table holds its lock around every call.
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import numpy as np
@@ -24,6 +25,7 @@ META = np.dtype(
 STAT_COLUMNS = ("show", "click", "last_seen", "created", "updates")
 _GROWTH = 1.5
 _CHUNK = 4096
+_EXPORT_CHUNK = 1 << 16  # rows copied per hold of the table's lock by a snapshot
 
 
 class RowSlots:
@@ -138,6 +140,18 @@ class RowSlots:
         self.free = np.concatenate([self.free, rows[::-1]])
         return keys
 
+    def stats(self, rows: np.ndarray, show: np.ndarray, click: np.ndarray) -> dict:
+        """Statistics of ``rows`` (-1: absent, reads NaN/-1); ``show``/``click`` are the
+        present rows' counts as the caller brought them to its clock."""
+        ok = rows >= 0
+        out = {"present": ok, "show": np.full(len(rows), np.nan, np.float32),
+               "click": np.full(len(rows), np.nan, np.float32)}  # fmt: skip
+        out["show"][ok], out["click"][ok] = show, click
+        for c in ("last_seen", "created", "updates"):
+            out[c] = np.full(len(rows), -1, np.int64)
+            out[c][ok] = self.column(c)[rows[ok]]
+        return out
+
     def live(self) -> np.ndarray:
         return np.flatnonzero(self.created[: self.high] >= 0)
 
@@ -152,6 +166,21 @@ class RowSlots:
         if name in self.state_names:
             return self.state[self.state_names.index(name)]
         return self.meta[name]
+
+    def copy_out(self, rows: np.ndarray, lock=None) -> tuple[dict[str, np.ndarray], float]:
+        """Every column of ``rows``, copied a chunk at a time, each chunk under ``lock``
+        (when given); returns the columns and the longest the lock was held."""
+        cols = {c: np.empty((len(rows), *self.column(c).shape[1:]), self.column(c).dtype)
+                for c in self.columns()}  # fmt: skip
+        held = 0.0
+        for lo in range(0, len(rows), _EXPORT_CHUNK):
+            t0 = time.perf_counter()
+            with lock or contextlib.nullcontext():
+                part = rows[lo : lo + _EXPORT_CHUNK]
+                for c, out in cols.items():
+                    out[lo : lo + len(part)] = self.column(c)[part]
+            held = max(held, time.perf_counter() - t0)
+        return cols, held
 
     def memory_bytes(self) -> tuple[int, int]:
         """(row bytes, index and free-list bytes)."""

@@ -117,6 +117,7 @@ def save(
     os.makedirs(path, exist_ok=True)
     shards = _shards(table)
     cols: dict[str, np.ndarray] = {}
+    cut_seconds = 0.0  # the longest a shard's lock was held (writes wait that long)
     if kind in ("serving", "cache"):
         rows = _concat([_with_counts_now(s) for s in shards])
         keep = np.ones(len(rows["key"]), bool)
@@ -138,7 +139,10 @@ def save(
             cuts = [p.get("generation") for p in parent.get("shards", [])]
             ok = len(cuts) == len(shards) and None not in cuts
             since = cuts if ok else [-1] * len(shards)
-        states = [s.snapshot_state(c) for s, c in zip(shards, since, strict=True)]
+        states = []
+        for s, c in zip(shards, since, strict=True):
+            states.append(s.snapshot_state(c))
+            cut_seconds = max(cut_seconds, states[-1]["lock_seconds"])
         cols.update({f"rows.{k}": v for k, v in _concat([st["rows"] for st in states]).items()})
         pending = _concat([st["pending"] for st in states])
         cols.update({f"pending.{k}": v for k, v in pending.items()})
@@ -168,12 +172,13 @@ def save(
     _write_atomic(os.path.join(path, MANIFEST), json.dumps(manifest, indent=1).encode())
     _fsync_dir(path)
     manifest["write_seconds"] = time.perf_counter() - t0
+    manifest["cut_seconds"] = cut_seconds
     return manifest
 
 
 def _manifest_sha256(m: dict) -> str:
     """Of the manifest's own body: its scalars (clock, totals, parent) are checked too."""
-    body = {k: v for k, v in m.items() if k not in ("sha256", "write_seconds")}
+    body = {k: v for k, v in m.items() if k not in ("sha256", "write_seconds", "cut_seconds")}
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 

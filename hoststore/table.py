@@ -13,8 +13,8 @@ counts=...)`` applies the optimizer to admitted rows and adds the clicks.
 from __future__ import annotations
 
 import collections
-import math
 import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -22,6 +22,7 @@ import numpy as np
 from hoststore import _index as ix
 from hoststore import _kernels as K
 from hoststore import admission, eviction
+from hoststore._changes import ChangeLog
 from hoststore._checks import check_ids, check_per_id, check_push
 from hoststore._hashing import ADMIT_SALT, seed_salt
 from hoststore._lookup import LookupPool
@@ -34,7 +35,6 @@ from hoststore.initializers import KIND_CODES, table_salt, write_initial_rows
 COUNT_COLUMNS = 2
 _RECENT_PULLS = 4
 _NO_HINT = np.empty(0, np.int64)
-_LOG_GENERATIONS = 64
 TOTALS = ("admitted", "evicted", "rejected", "expired_pending", "displaced_pending")
 
 
@@ -53,6 +53,9 @@ class EmbeddingTable:
         self._opt = config.optimizer
         self._dim = config.dim
         self._lock = threading.RLock()
+        # Held by a snapshot's chunked copy: shrink and loads (which evict and decay rows)
+        # wait for it; pulls and pushes only wait for the lock, one chunk at a time.
+        self._gate = threading.Lock()
         self._clock = 0
         self._train_pulls = 0
         self._init_salt = table_salt(config.seed)
@@ -64,9 +67,7 @@ class EmbeddingTable:
         # generation; a snapshot cuts a generation under the lock, and a delta takes what
         # changed after its parent's cut, so concurrent writes and side exports lose nothing.
         self._gen = 1
-        self._evicted: list[tuple[int, np.ndarray]] = []  # (generation, keys evicted)
-        self._shrink_decays: list[tuple[int, float]] = []  # (generation, rate)
-        self._horizon = 0  # deltas need a parent cut at or after this generation
+        self._log = ChangeLog()
         # Rows found by the last few training pulls: the push of the same ids (the usual
         # next call) starts from them instead of probing the index again.
         self._recent: collections.deque = collections.deque(maxlen=_RECENT_PULLS)
@@ -101,16 +102,10 @@ class EmbeddingTable:
         with_counts: bool = False,
         shows: np.ndarray | None = None,
     ) -> np.ndarray:
-        """Rows for ``ids`` as a new (n, dim) float32 array, in the order given.
-
-        ``train=True`` counts a sighting of each id, ``shows[i]`` occurrences (default 1),
-        and may create rows (subject to admission); ``train=False`` reads only and counts
-        nothing. Keys without a row read the default row.
-        ``with_counts`` prepends each key's (show, click) counters as they stood before
-        this pull (decayed to the clock; a pending key's counters; 0 for unknown keys):
-        an (n, 2 + dim) array, the layout of Paddle's pull with CVM, which a model turns
-        into log(show + 1), log(click + 1) - log(show + 1) features.
-        """
+        """Rows for ``ids``, (n, dim) float32 in order; keys without a row read the default.
+        ``train=True`` counts ``shows[i]`` occurrences (default 1) of each id and may admit
+        it; ``train=False`` counts nothing. ``with_counts`` prepends each key's (show,
+        click) as before this pull (Paddle's CVM layout, (n, 2 + dim))."""
         ids = check_ids(ids)
         n = len(ids)
         shows = check_per_id(shows, n, "shows", 1.0)
@@ -207,17 +202,12 @@ class EmbeddingTable:
         counts: np.ndarray | None = None,
         assume_unique: bool = False,
     ) -> None:
-        """Applies the optimizer to the rows of ``ids`` with ``grads`` (n, dim).
-
-        Duplicate ids have their gradients, shows, clicks and counts summed first.
-        ``clicks`` (and optional extra ``shows``, beyond those the training pull counted)
-        are added to the key's statistics; pending keys keep them toward admission, their
-        gradients are dropped. ``counts`` are the occurrences each gradient sums (default
-        1 per id): show-scaled rules (``paddle_adagrad``) divide by them, as Paddle divides
-        by the pushed show.
-        ``assume_unique=True`` is a promise that ids has no duplicates (a trainer's deduped
-        batch): it skips the dedup pass; a duplicate would then be applied twice in a row.
-        """
+        """Applies the optimizer to the rows of ``ids`` with ``grads`` (n, dim); duplicate
+        ids are summed first. ``clicks`` (and extra ``shows``) join the key's statistics,
+        pending keys' too (their gradients are dropped). ``counts``: the occurrences each
+        gradient sums (default 1), which show-scaled rules divide by, as Paddle divides by
+        the pushed show. ``assume_unique=True`` promises distinct ids (a trainer's deduped
+        batch) and skips the dedup pass."""
         self.push_checked(*check_push(self.config, ids, grads, shows, clicks, counts),
                           assume_unique)  # fmt: skip
 
@@ -287,12 +277,12 @@ class EmbeddingTable:
     def shrink(self) -> int:
         """One eviction pass (shrink decay, then unseen, score, max_rows) plus pending
         expiry; returns rows evicted."""
-        with self._lock:
+        with self._gate, self._lock:
             rows = self.live_rows()
             rate = self.config.eviction.shrink_decay
             if rate != 1.0:  # every row: not marked changed, a delta carries the rate instead
                 self._decay_rows(rows, rate)
-                self._shrink_decays.append((self._gen, rate))
+                self._log.decays.append((self._gen, rate))
             kill = eviction.victims(self.config.eviction, self._clock - self._rows.last_seen[rows],
                                     self.scores(rows), self._rows.keys[rows])  # fmt: skip
             self._delete_rows(rows[kill])
@@ -309,7 +299,7 @@ class EmbeddingTable:
             return
         keys = self._rows.delete(rows)
         if record:
-            self._evicted.append((self._gen, keys))
+            self._log.evicted.append((self._gen, keys))
             self.totals["evicted"] += len(rows)
 
     # ------------------------------------------------------------------ snapshot state
@@ -332,7 +322,7 @@ class EmbeddingTable:
         rows = self.live_rows()
         if since is not None:
             rows = rows[self._rows.gen[rows] > since]
-        return {c: self._rows.column(c)[rows] for c in self.row_columns()}
+        return self._rows.copy_out(rows)[0]
 
     def export_pending(self) -> dict[str, np.ndarray]:
         with self._lock:
@@ -343,32 +333,32 @@ class EmbeddingTable:
             return {"clock": self._clock, "train_pulls": self._train_pulls, **self.totals}
 
     def snapshot_state(self, since: int | None = None) -> dict[str, Any]:
-        """One consistent cut of the table, taken under the lock while pulls and pushes wait
-        (a copy of the rows; they go on as soon as it is made): the rows changed after
-        generation ``since`` (all when None), the keys evicted and the shrink decays since
-        then, the pending counters and the scalars, with ``generation``: the cut a delta
-        after this one names as its ``since``."""
-        with self._lock:
-            if since is not None and since < self._horizon:
-                raise ValueError(f"table {self.config.name!r}: the parent snapshot (generation "
-                                 f"{since}) is older than the eviction log (generation "
-                                 f"{self._horizon} on): take a base")  # fmt: skip
-            cut = self._gen
-            self._gen += 1
-            after = -1 if since is None else since
-            deleted = [k for g, k in self._evicted if g > after]
-            out = {
-                "rows": self._export_rows(since),
-                "pending": self._pending.export(),
-                "deleted": np.unique(np.concatenate(deleted)) if deleted else _NO_HINT,
-                "scalars": {"clock": self._clock, "train_pulls": self._train_pulls,
-                            "generation": cut, **self.totals,
-                            "shrink_decays": [r for g, r in self._shrink_decays if g > after]},
-            }  # fmt: skip
-            # Keep the log for deltas up to _LOG_GENERATIONS snapshots behind.
-            self._horizon = max(self._horizon, cut - _LOG_GENERATIONS)
-            self._evicted = [(g, k) for g, k in self._evicted if g > self._horizon]
-            self._shrink_decays = [(g, r) for g, r in self._shrink_decays if g > self._horizon]
+        """A snapshot's cut: rows changed after generation ``since`` (all for None), keys
+        evicted and shrink decays since, pending counters, scalars with ``generation`` (the
+        next delta's ``since``) and ``lock_seconds`` (the longest writes waited). The cut is
+        one instant under the lock; rows are then copied a chunk per hold of the lock, with
+        no eviction or decay meanwhile (shrink waits at the gate); a row written after the
+        cut may be copied newer, and the next delta carries it too: chains stay exact."""
+        with self._gate:
+            t0 = time.perf_counter()
+            with self._lock:
+                self._log.check(since, self.config.name)
+                cut = self._gen
+                self._gen += 1
+                deleted, decays = self._log.after(since)
+                rows = self.live_rows()
+                if since is not None:
+                    rows = rows[self._rows.gen[rows] > since]
+                out = {
+                    "pending": self._pending.export(),
+                    "deleted": deleted,
+                    "scalars": {"clock": self._clock, "train_pulls": self._train_pulls,
+                                "generation": cut, **self.totals, "shrink_decays": decays},
+                }  # fmt: skip
+                self._log.trim(cut)
+            waited = time.perf_counter() - t0
+            out["rows"], chunk_wait = self._rows.copy_out(rows, self._lock)
+            out["lock_seconds"] = max(waited, chunk_wait)
             return out
 
     def apply_snapshot(
@@ -379,15 +369,12 @@ class EmbeddingTable:
         scalars: dict[str, Any],
         changed: bool = False,
     ) -> None:
-        """Applies one snapshot on top of this table: delete ``deleted`` keys, upsert
-        ``rows``, replace the pending counters and the scalars. A base is applied to an
-        empty table; deltas in order after it. The shrink decays a delta records are
-        applied first to every row: the rows it carries are upserted with their final
-        counts, the rest are the parent's rows as the shrinks left them. The table then
-        continues the snapshot's generations, its rows unchanged since the snapshot's cut
-        (``changed=True``: changed, for rows that come from other shards' chains)."""
+        """Applies a base (to an empty table) or a delta: its shrink decays to every row,
+        then deletes, upserts (final values) and the pending counters and scalars. The
+        table continues the snapshot's generations, the rows unchanged since its cut
+        (``changed=True``: changed, for rows from other shards' chains)."""
         r = self._rows
-        with self._lock:
+        with self._gate, self._lock:
             for rate in scalars.get("shrink_decays", ()):
                 self._decay_rows(self.live_rows(), rate)
             # A key evicted twice since the parent (evicted, re-admitted, evicted) is listed
@@ -404,13 +391,12 @@ class EmbeddingTable:
                 r.column(c)[where] = rows[c]
             cut = int(scalars.get("generation", 0))
             self._gen = max(self._gen, cut + 1)
-            self._horizon = max(self._horizon, cut)
             r.gen[where] = self._gen if changed else cut
             self._pending.replace(pending)
             self._clock = int(scalars["clock"])
             self._train_pulls = int(scalars["train_pulls"])
             self.totals = {k: int(scalars.get(k, 0)) for k in self.totals}
-            self._evicted, self._shrink_decays = [], []
+            self._log.restart(cut)
 
     # ------------------------------------------------------------------ introspection
 
@@ -423,9 +409,7 @@ class EmbeddingTable:
     def evicted_keys(self) -> np.ndarray:
         """Keys evicted that the eviction log still holds, each once."""
         with self._lock:
-            if not self._evicted:
-                return np.empty(0, np.int64)
-            return np.unique(np.concatenate([k for _, k in self._evicted]))
+            return self._log.after(None)[0]
 
     def memory_bytes(self) -> dict[str, int]:
         (rows, row_index), (pending, pending_index) = (self._rows.memory_bytes(),
@@ -454,14 +438,7 @@ class EmbeddingTable:
         ids = check_ids(ids)
         with self._lock:
             rows = self._rows.find(ids)
-            ok = rows >= 0
-            out = {"present": ok, "show": np.full(len(ids), math.nan, np.float32),
-                   "click": np.full(len(ids), math.nan, np.float32)}  # fmt: skip
-            out["show"][ok], out["click"][ok] = self._decayed_counts(rows[ok])
-            for c in ("last_seen", "created", "updates"):
-                out[c] = np.full(len(ids), -1, np.int64)
-                out[c][ok] = self._rows.column(c)[rows[ok]]
-            return out
+            return self._rows.stats(rows, *self._decayed_counts(rows[rows >= 0]))
 
     def pending_stats(self, ids: np.ndarray) -> dict[str, np.ndarray]:
         """Pending counters (show, click; -1 where the key is not pending)."""

@@ -120,3 +120,50 @@ def smoke_config() -> TrainConfig:
         batch_size=256,
         progress=False,
     )
+
+
+CHOICES = {
+    "format": ("criteo", "avazu", "slot", "paddlerec"),
+    "shrink_every": ("day", "partition", "never"),
+    "slot_pooling": ("sum", "mean"),
+}
+POSITIVE = ("batch_size", "embedding_dim", "store_shards", "table_capacity", "keep_bases",
+            "slot_max_len", "split_interval_minutes", "pending_ttl")  # fmt: skip
+
+
+def check(cfg: TrainConfig) -> None:
+    """Every field that can be checked without data, before any work: a ValueError whose
+    message starts with ``--field=value:`` and says what is allowed."""
+    import optax
+
+    import hoststore as hs
+    from jaxstream import models
+
+    def bad(field, why):
+        raise ValueError(f"--{field}={getattr(cfg, field)}: {why}")
+
+    for field, allowed in CHOICES.items():
+        if getattr(cfg, field) not in allowed:
+            bad(field, f"choose from {', '.join(allowed)}")
+    for field in POSITIVE:
+        if getattr(cfg, field) < 1:
+            bad(field, "must be >= 1")
+    if cfg.staleness < 0:
+        bad("staleness", "must be >= 0")
+    if not 0.0 <= cfg.max_malformed_fraction <= 1.0:
+        bad("max_malformed_fraction", "must be in [0, 1]")
+    if cfg.model not in models.MODELS:
+        bad("model", f"choose from {', '.join(sorted(models.MODELS))}")
+    if not callable(getattr(optax, cfg.dense_optimizer, None)):
+        bad("dense_optimizer", "not an optax optimizer (e.g. adam, adagrad, sgd, lamb)")
+    for field, parse in (
+        ("admission", hs.admission.parse),
+        ("eviction", hs.eviction.parse),
+        ("sparse_optimizer", lambda name: hs.optimizers.from_name(name, 0.1)),
+    ):
+        try:
+            parse(getattr(cfg, field))
+        except ValueError as e:
+            bad(field, str(e))
+    if cfg.format in ("slot", "paddlerec") and not cfg.slot_names:
+        bad("slot_names", f"format={cfg.format} needs the slot numbers to read")

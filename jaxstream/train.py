@@ -29,6 +29,7 @@ from jaxstream import workdir as workdir_lib
 from jaxstream.batching import batches
 from jaxstream.checkpoint import CheckpointManager
 from jaxstream.config import TrainConfig
+from jaxstream.config import check as check_config
 from jaxstream.data import readers
 from jaxstream.data.examples import Examples, ReadReport
 from jaxstream.data.paddlerec import read_paddlerec
@@ -148,6 +149,7 @@ def train_and_evaluate(
     differs from the checkpoint's in a field that changes the model or the data, the data
     root is missing, a partition is mostly malformed, or there was nothing to train.
     """
+    check_config(cfg)
     workers = workers or Workers()
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)

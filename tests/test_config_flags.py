@@ -91,3 +91,24 @@ def test_help_shows_the_policies_on_by_default():
     ):
         assert name in text, name
     assert "count_filter:2" in text and "unseen:24" in text
+
+
+@pytest.mark.parametrize(
+    "flag, expect",
+    [
+        ("--admission=bogus", "--admission=bogus: unknown admission"),
+        ("--model=nope", "--model=nope: choose from"),
+        ("--dense_optimizer=adamm", "--dense_optimizer=adamm: not an optax optimizer"),
+        ("--eviction=foo:3", "--eviction=foo:3: bad eviction part"),
+        ("--store_shards=0", "--store_shards=0: must be >= 1"),
+        ("--hidden=32,wide", "--hidden=32,wide: each item must be int"),
+    ],
+)
+def test_a_bad_value_is_one_line_exit_2_before_any_work(tmp_path, flag, expect):
+    out = subprocess.run([sys.executable, "experiments/train_stream.py", flag,
+                          f"--workdir={tmp_path / 'w'}"],
+                         capture_output=True, text=True, cwd=REPO, timeout=120)  # fmt: skip
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: " + expect), out.stderr
+    assert not (tmp_path / "w" / "data").exists()  # nothing generated
