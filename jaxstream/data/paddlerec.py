@@ -14,6 +14,7 @@ from jaxstream.data.readers import (
     _mark_truncated,
     _read_bytes,
     _report,
+    token_bounds,
 )
 
 _LABEL = np.frombuffer(b"click", np.uint8)
@@ -88,15 +89,10 @@ def _parse(buf, starts, ends, slot_of, num_dense, label_word, dense_word):
     for r in range(n):
         e, p, t0, bad, has_label, d = ends[r], starts[r], t, 0, False, 0
         while p < e and bad == 0:
-            q = p
-            while q < e and buf[q] != 32:
-                q += 1
+            q, c = token_bounds(buf, p, e)
             if q == p:
                 p = q + 1
                 continue
-            c = p
-            while c < q and buf[c] != 58:
-                c += 1
             if c == p or c >= q - 1:
                 bad = 9
             elif _is(buf, p, c, label_word):

@@ -52,6 +52,19 @@ def _hexval(c):
     return -1
 
 
+@nb.njit(inline="always", cache=True)
+def token_bounds(buf, p, e):
+    """(end, colon) of the space-separated token starting at ``p`` (end ``e`` of the line):
+    ``buf[p:end]`` is the token, ``colon`` its first ':' (``end`` if none)."""
+    q = p
+    while q < e and buf[q] != 32:
+        q += 1
+    c = p
+    while c < q and buf[c] != 58:
+        c += 1
+    return q, c
+
+
 @nb.njit(cache=True, nogil=True)
 def _line_bounds(buf):
     """Start and end (exclusive, without '\\r\\n') of every non-empty line."""
@@ -241,15 +254,10 @@ def _parse_slots(buf, starts, ends, slot_of, label_slot):
         bad = 0
         has_label = False
         while p < e:
-            q = p
-            while q < e and buf[q] != 32:
-                q += 1
+            q, c = token_bounds(buf, p, e)
             if q == p:
                 p = q + 1
                 continue
-            c = p
-            while c < q and buf[c] != 58:
-                c += 1
             if c == p or c >= q - 1:
                 bad = 6
                 break

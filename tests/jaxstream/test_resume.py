@@ -97,6 +97,19 @@ def test_damaged_newest_checkpoint_falls_back(tmp_path, caplog):
 
 
 @pytest.mark.timeout(300)
+def _uninterrupted_run_and_cli(tmp_path):
+    """(config, workdir, command): the reference run done in process under
+    ``tmp_path/whole``, and the CLI command that trains the same into ``tmp_path/killed``."""
+    root = str(tmp_path / "data")
+    cfg = _cfg(root)
+    train.train_and_evaluate(cfg, str(tmp_path / "whole"))
+    work = str(tmp_path / "killed")
+    cmd = [sys.executable, "experiments/train_stream.py", "--smoke", f"--data_root={root}",
+           f"--workdir={work}", "--staleness=0", "--admission=count_filter:2",
+           "--eviction=unseen:2", "--shrink_every=partition"]  # fmt: skip
+    return cfg, work, cmd
+
+
 @pytest.mark.parametrize(
     "kill_when",
     [
@@ -108,13 +121,7 @@ def test_damaged_newest_checkpoint_falls_back(tmp_path, caplog):
     ids=["after_commit", "during_save"],
 )
 def test_kill_9_then_resume(tmp_path, kill_when):
-    root = str(tmp_path / "data")
-    cfg = _cfg(root)
-    train.train_and_evaluate(cfg, str(tmp_path / "whole"))
-    work = str(tmp_path / "killed")
-    cmd = [sys.executable, "experiments/train_stream.py", "--smoke", f"--data_root={root}",
-           f"--workdir={work}", "--staleness=0", "--admission=count_filter:2",
-           "--eviction=unseen:2", "--shrink_every=partition"]  # fmt: skip
+    cfg, work, cmd = _uninterrupted_run_and_cli(tmp_path)
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     marker = os.path.join(work, "checkpoints", kill_when[1])
     deadline = time.time() + 240
@@ -136,13 +143,7 @@ def test_kill_9_at_random_points_leaves_one_metrics_line_per_partition(tmp_path,
     trained once, one metrics line each, the same table."""
     import random
 
-    root = str(tmp_path / "data")
-    cfg = _cfg(root)
-    train.train_and_evaluate(cfg, str(tmp_path / "whole"))
-    work = str(tmp_path / "killed")
-    cmd = [sys.executable, "experiments/train_stream.py", "--smoke", f"--data_root={root}",
-           f"--workdir={work}", "--staleness=0", "--admission=count_filter:2",
-           "--eviction=unseen:2", "--shrink_every=partition"]  # fmt: skip
+    cfg, work, cmd = _uninterrupted_run_and_cli(tmp_path)
     rng, kills = random.Random(0), 0
     while kills < request.config.getoption("--kills"):
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
