@@ -1,29 +1,42 @@
-"""Scores a partition with the newest checkpoint of a training workdir and reports its AUC.
+"""Scores a partition (a folder of part files) or one file with the newest checkpoint of a
+training workdir: prints its AUC and log loss; ``--output`` also writes one prediction per
+example (file, line, label, prediction) in the input's order.
 
 python experiments/predict.py --workdir=/tmp/run --partition=/data/stream/20260102/05
+python experiments/predict.py --workdir=/tmp/run --partition=day_23.tsv --output=scores.csv
 """
 
 from __future__ import annotations
 
 import json
-import logging
+import os
+import sys
 
 from absl import app, flags
 
+from jaxstream import records
 from jaxstream.serving import Predictor
 from jaxstream.stream import Partition
-from jaxstream.train import read_partition
+from jaxstream.train import read_files
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir with checkpoints.", required=True)
-_PARTITION = flags.DEFINE_string("partition", None, "Partition directory to score.", required=True)
+_PARTITION = flags.DEFINE_string("partition", None, "Partition folder or file to score.",
+                                 required=True)  # fmt: skip
+_OUTPUT = flags.DEFINE_string("output", None, "Write the scores here (CSV).")
 
 
 def main(argv):
     del argv
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    path = _PARTITION.value
+    files = [path] if os.path.isfile(path) else Partition("", path, None).files
+    if not files:
+        sys.exit(f"error: --partition={path}: no such file, nor a folder with part-* files")
     predictor = Predictor(_WORKDIR.value)
-    examples, report = read_partition(predictor.config, Partition("", _PARTITION.value, None))
-    m = predictor.evaluate(examples)
+    examples, report = read_files(predictor.config, files)
+    scores = predictor.predict(examples)
+    if _OUTPUT.value:
+        records.write_scores(_OUTPUT.value, examples, report, scores)
+    m = predictor.evaluate_scores(examples.labels, scores)
     print(json.dumps({"checkpoint": predictor.step, "trained_through": predictor.cursor,
                       "malformed_lines": report.malformed, **m.summary()}))  # fmt: skip
 

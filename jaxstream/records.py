@@ -26,17 +26,25 @@ def dump_predictions(workdir, part, examples, report, workers, predictions) -> N
     """Paddle's dump_fields: each example's file, line, label and progressive prediction,
     one TSV per partition (and worker), written whole or not at all."""
     lo, hi = workers.slice(len(examples))
-    files = np.repeat([f for f, _ in report.files], [n for _, n in report.files])[lo:hi]
-    lines = examples.line_numbers[lo:hi]
     preds = np.concatenate(predictions) if predictions else np.empty(0, np.float32)
     out_dir = os.path.join(workdir, "predictions")
     os.makedirs(out_dir, exist_ok=True)
     suffix = f".worker-{workers.index}" if workers.count > 1 else ""
     path = os.path.join(out_dir, part.key.replace("/", "-") + suffix + ".tsv")
+    write_scores(path, examples, report, preds, lo, hi, sep="\t")
+
+
+def write_scores(path, examples, report, predictions, lo=0, hi=None, sep=",") -> None:
+    """One line per example in input order: its file, line, label and prediction (float32,
+    exactly), with a header; written under a temporary name, then renamed."""
+    hi = len(examples) if hi is None else hi
+    files = np.repeat([f for f, _ in report.files], [n for _, n in report.files])[lo:hi]
+    rows = zip(files, examples.line_numbers[lo:hi], examples.labels[lo:hi], predictions,
+               strict=True)  # fmt: skip
     with open(path + ".tmp", "w") as f:
-        f.write("file\tline\tlabel\tprediction\n")
-        for name, line, label, p in zip(files, lines, examples.labels[lo:hi], preds, strict=True):
-            f.write(f"{name}\t{line}\t{label:.0f}\t{p:.9g}\n")  # float32, exactly
+        f.write(sep.join(("file", "line", "label", "prediction")) + "\n")
+        for name, line, label, p in rows:
+            f.write(f"{name}{sep}{line}{sep}{label:.0f}{sep}{p:.9g}\n")
     os.replace(path + ".tmp", path)
 
 

@@ -119,6 +119,10 @@ class Predictor:
         return np.concatenate(out) if out else np.empty(0, np.float32)
 
     def evaluate(self, examples: Examples) -> BinaryMetrics:
+        return self.evaluate_scores(examples.labels, self.predict(examples))
+
+    @staticmethod
+    def evaluate_scores(labels: np.ndarray, scores: np.ndarray) -> BinaryMetrics:
         m = BinaryMetrics()
-        m.update(examples.labels, self.predict(examples))
+        m.update(labels, scores)
         return m

@@ -71,8 +71,16 @@ def feature_spec(cfg: TrainConfig) -> FeatureSpec:
 
 
 def read_partition(cfg: TrainConfig, part: Partition) -> tuple[Examples, ReadReport]:
+    if not part.files:
+        raise ValueError(f"partition {part.path} has no part-* files")
+    return read_files(cfg, part.files)
+
+
+def read_files(cfg: TrainConfig, files: list[str]) -> tuple[Examples, ReadReport]:
+    """The examples of ``files`` in order, in ``cfg.format``; the report lists each file
+    with its example count."""
     parts, report = [], ReadReport()
-    for path in part.files:
+    for path in files:
         if cfg.format == "criteo":
             ex, rep = readers.read_criteo(path)
         elif cfg.format == "avazu":
@@ -84,8 +92,6 @@ def read_partition(cfg: TrainConfig, part: Partition) -> tuple[Examples, ReadRep
         rep.files.append((os.path.basename(path), len(ex)))
         parts.append(ex)
         report.merge(rep)
-    if not parts:
-        raise ValueError(f"partition {part.path} has no part-* files")
     return Examples.concat(parts), report
 
 

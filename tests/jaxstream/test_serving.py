@@ -62,6 +62,19 @@ def test_predictor_matches_the_trainers_eval_and_refreshes(tmp_path, cvm):
     assert out.returncode == 0, out.stderr[-2000:]
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert res["checkpoint"] == 3 and res["examples"] == len(examples)
+    # One file, scores out: one line per example, in order, equal to the Predictor's.
+    scores = tmp_path / "scores.csv"
+    out = subprocess.run(
+        [sys.executable, "experiments/predict.py", f"--workdir={work}",
+         f"--partition={os.path.join(part.path, 'part-00000')}", f"--output={scores}"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [line.split(",") for line in scores.read_text().splitlines()]
+    assert rows[0] == ["file", "line", "label", "prediction"] and len(rows) == len(examples) + 1
+    np.testing.assert_array_equal([float(r[2]) for r in rows[1:]], examples.labels)
+    np.testing.assert_array_equal(np.array([r[3] for r in rows[1:]], np.float32), after)
+    assert [int(r[1]) for r in rows[1:4]] == [1, 2, 3]
 
 
 def test_keeps_the_newest_bases_and_their_deltas(tmp_path):
