@@ -9,6 +9,8 @@ import numpy as np
 
 from hoststore.config import TableConfig
 
+MAX_GRAD = 1e15  # its square stays 1e8x below float32's largest value
+
 
 def check_ids(ids: Any, what: str = "ids") -> np.ndarray:
     """A contiguous int64 view of a 1-D int64/uint64 array, or a ValueError naming the flaw."""
@@ -53,5 +55,8 @@ def check_push(config: TableConfig, ids, grads, shows, clicks, counts=None):
     grads = np.ascontiguousarray(grads, dtype=np.float32)
     if not np.all(np.isfinite(grads)):
         raise ValueError(f"grads for table {config.name!r} contain NaN or Inf")
+    if len(grads) and np.abs(grads).max() > MAX_GRAD:
+        raise ValueError(f"grads for table {config.name!r} exceed {MAX_GRAD:g} in magnitude "
+                         "(squared, they would overflow an optimizer's float32 state)")  # fmt: skip
     return (ids, grads, check_per_id(shows, n, "shows"), check_per_id(clicks, n, "clicks"),
             check_per_id(counts, n, "counts", 1.0))  # fmt: skip

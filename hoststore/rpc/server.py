@@ -13,6 +13,7 @@ reason and changes nothing; the shard keeps serving.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import hmac
 import json
@@ -64,8 +65,25 @@ def _answered(handler):
     return wrapper
 
 
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """What one request may ask of a shard; beyond it the request is refused
+    (RESOURCE_EXHAUSTED, or INVALID_ARGUMENT for a clock that would overflow) and the
+    shard keeps serving. Each is a server flag of the same name."""
+
+    max_ids_per_call: int = 4_000_000
+    max_new_rows_per_call: int = 1_000_000  # ids a training pull may add as rows or counters
+    max_initial_capacity: int = 1 << 24
+    max_tables: int = 64
+    max_clock_advance: int = 1_000_000
+
+
+_CLOCK_MAX = 2**31 - 1  # last-seen ticks are int32
+
+
 class StoreServicer(store_pb2_grpc.EmbeddingStoreServicer):
-    def __init__(self, shard_index: int, num_shards: int):
+    def __init__(self, shard_index: int, num_shards: int, limits: Limits | None = None):
+        self.limits = limits or Limits()
         if not 0 <= shard_index < num_shards:
             raise ValueError(f"shard_index {shard_index} not in [0, {num_shards})")
         self.shard_index = shard_index
@@ -86,6 +104,10 @@ class StoreServicer(store_pb2_grpc.EmbeddingStoreServicer):
 
     def _ids(self, buf: bytes, context) -> np.ndarray:
         ids = _array(buf, "<i8", "ids", context)
+        if len(ids) > self.limits.max_ids_per_call:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"{len(ids):,} ids in one call; this shard takes at most "
+                          f"{self.limits.max_ids_per_call:,} (--max_ids_per_call)")  # fmt: skip
         if self.num_shards > 1 and len(ids):
             wrong = np.flatnonzero(shard_of(ids, self.num_shards) != self.shard_index)
             if len(wrong):
@@ -103,7 +125,16 @@ class StoreServicer(store_pb2_grpc.EmbeddingStoreServicer):
         except ValueError as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         canonical = config_to_json(cfg)
+        if cfg.initial_capacity > self.limits.max_initial_capacity:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"initial_capacity {cfg.initial_capacity:,} is above this shard's "
+                          f"{self.limits.max_initial_capacity:,} "
+                          "(--max_initial_capacity)")  # fmt: skip
         with self._registry:
+            if cfg.name not in self.tables and len(self.tables) >= self.limits.max_tables:
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                              f"this shard holds {len(self.tables)} tables, its limit "
+                              "(--max_tables)")  # fmt: skip
             if cfg.name in self.tables:
                 if self._configs[cfg.name] != canonical:
                     context.abort(grpc.StatusCode.INVALID_ARGUMENT,
@@ -119,6 +150,14 @@ class StoreServicer(store_pb2_grpc.EmbeddingStoreServicer):
         t = self._table(request.table, context)
         ids = self._ids(request.ids, context)
         shows = _array(request.shows, "<f4", "shows", context) if request.shows else None
+        if request.train and len(ids) > self.limits.max_new_rows_per_call:
+            # Distinct ids without a row: at most this many rows or counters get added.
+            new = int((~t.row_stats(np.unique(ids))["present"]).sum())
+            if new > self.limits.max_new_rows_per_call:
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                              f"{new:,} new ids in one training pull; this shard takes at most "
+                              f"{self.limits.max_new_rows_per_call:,} "
+                              "(--max_new_rows_per_call)")  # fmt: skip
         try:
             rows = t.pull(ids, train=request.train, with_counts=request.with_counts, shows=shows)
         except ValueError as e:
@@ -153,6 +192,13 @@ class StoreServicer(store_pb2_grpc.EmbeddingStoreServicer):
     def AdvanceClock(self, request, context):
         if request.n < 0:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"n must be >= 0, got {request.n}")
+        if request.n > self.limits.max_clock_advance:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"advance of {request.n:,} ticks in one call; at most "
+                          f"{self.limits.max_clock_advance:,} (--max_clock_advance)")  # fmt: skip
+        if any(t.clock + request.n > _CLOCK_MAX for t in self.tables.values()):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"advancing by {request.n:,} would overflow the clock")  # fmt: skip
         for t in self.tables.values():
             t.advance_clock(request.n)
         return store_pb2.AdvanceClockResponse()
@@ -227,13 +273,13 @@ class TokenInterceptor(grpc.ServerInterceptor):
 def serve(
     port: int, shard_index: int, num_shards: int, host: str = "127.0.0.1",
     tls_cert: str | None = None, tls_key: str | None = None, token: str | None = None,
-    max_workers: int = 8,
+    max_workers: int = 8, limits: Limits | None = None,
 ):  # fmt: skip
     """Starts a shard; returns (server, servicer, health servicer, bound port)."""
     interceptors = [TokenInterceptor(token)] if token else []
     server = grpc.server(futures.ThreadPoolExecutor(max_workers), interceptors=interceptors,
                          options=grpc_options())  # fmt: skip
-    servicer = StoreServicer(shard_index, num_shards)
+    servicer = StoreServicer(shard_index, num_shards, limits)
     store_pb2_grpc.add_EmbeddingStoreServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -261,6 +307,8 @@ def main(argv=None) -> None:
     p.add_argument("--token_file")
     p.add_argument("--snapshot_on_exit", help="write a base snapshot of every table here")
     p.add_argument("--grace_seconds", type=float, default=5.0)
+    for f in dataclasses.fields(Limits):
+        p.add_argument(f"--{f.name}", type=int, default=f.default)
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s shard %(process)d %(message)s")
     if bool(a.tls_cert) != bool(a.tls_key):
@@ -273,8 +321,9 @@ def main(argv=None) -> None:
             p.error(f"--token_file {a.token_file}: cannot read it ({e.strerror})")
         if not token:
             p.error(f"--token_file {a.token_file} is empty: refusing to serve without a token")
+    limits = Limits(**{f.name: getattr(a, f.name) for f in dataclasses.fields(Limits)})
     server, servicer, health_servicer, port = serve(
-        a.port, a.shard_index, a.num_shards, a.host, a.tls_cert, a.tls_key, token
+        a.port, a.shard_index, a.num_shards, a.host, a.tls_cert, a.tls_key, token, limits=limits
     )
     log.info("shard %d/%d serving on %s:%d", a.shard_index, a.num_shards, a.host, port)
     stop = threading.Event()

@@ -412,3 +412,36 @@ def test_snapshots_under_two_pushing_clients_reproduce_the_live_table(cluster, t
             for k in want:
                 np.testing.assert_array_equal(got[k], want[k], err_msg=f"rep {rep} {k}")
         main.close()
+
+
+def test_every_limit_is_enforced_while_the_shard_keeps_serving(tmp_path):
+    limits = ["--max_ids_per_call=1000", "--max_new_rows_per_call=500", "--max_tables=2",
+              "--max_initial_capacity=100000", "--max_clock_advance=100"]  # fmt: skip
+    c = Cluster(1, limits)
+    client = ShardedStore(c.addresses, timeout=10, retries=0)
+    cfg = _cfg("t", admission=hs.always())
+    client.create_table(cfg)
+    exhausted = grpc.StatusCode.RESOURCE_EXHAUSTED
+    cases = [
+        (lambda: client.pull("t", np.arange(1001, dtype=np.int64), train=False),
+         "max_ids_per_call"),
+        (lambda: client.pull("t", np.arange(600, dtype=np.int64), train=True),
+         "max_new_rows_per_call"),
+        (lambda: client.create_table(dataclasses.replace(_cfg("big"), initial_capacity=1 << 20)),
+         "max_initial_capacity"),
+        (lambda: client.advance_clock(101), "max_clock_advance"),
+    ]  # fmt: skip
+    for call, flag in cases:
+        with pytest.raises(StoreError, match=flag) as e:
+            call()
+        assert e.value.code == exhausted
+    client.create_table(_cfg("second"))
+    with pytest.raises(StoreError, match="max_tables"):
+        client.create_table(_cfg("third"))
+    with pytest.raises(ValueError, match="exceed"):  # AdaGrad's g^2 would overflow float32
+        client.push("t", np.array([1], np.int64), np.full((1, DIM), 3e38, np.float32))
+    # Within the limits everything still works.
+    client.pull("t", np.arange(400, dtype=np.int64), train=True)
+    client.advance_clock(100)
+    assert client.stats()["t"]["rows"] == 400 and client.stats()["t"]["clock"] == 100
+    c.stop()
