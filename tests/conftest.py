@@ -60,7 +60,7 @@ def pytest_addoption(parser):
     parser.addoption(
         "--load-seconds",
         type=float,
-        default=20.0,
+        default=10.0,
         help="duration of the concurrent-load reliability test",
     )
     parser.addoption(
