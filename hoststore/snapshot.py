@@ -237,7 +237,8 @@ def _rename_state_columns(rows: dict[str, np.ndarray], names: list[str], path: s
     return out
 
 
-def _new_table(config: TableConfig, shards: int) -> EmbeddingTable | ShardedTable:
+def new_table(config: TableConfig, shards: int = 1) -> EmbeddingTable | ShardedTable:
+    """An empty table: one EmbeddingTable, or a ShardedTable over ``shards`` shards."""
     return EmbeddingTable(config) if shards == 1 else ShardedTable(config, shards)
 
 
@@ -246,7 +247,7 @@ def load(paths: list[str], config: TableConfig, shards: int = 1) -> EmbeddingTab
     (any count: rows are routed by key hash)."""
     if not paths:
         raise ValueError("load needs at least a base snapshot")
-    table = _new_table(config, shards)
+    table = new_table(config, shards)
     expect = table_signature(config)
     names = list(_shards(table)[0].state_names)
     prev = None
@@ -296,7 +297,7 @@ def load_chains(
         scalars.append(full.export_scalars())
     if not totals:
         scalars = [{**s, **dict.fromkeys(_TOTALS, 0)} for s in scalars]
-    table = _new_table(config, shards)
+    table = new_table(config, shards)
     _apply(table, _concat(rows), np.empty(0, np.int64), _concat(pending), scalars)
     return table
 

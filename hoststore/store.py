@@ -121,9 +121,6 @@ class LocalStore:
         for c in configs:
             self.create_table(c)
 
-    def _new_table(self, config: TableConfig) -> EmbeddingTable | ShardedTable:
-        return EmbeddingTable(config) if self.shards == 1 else ShardedTable(config, self.shards)
-
     @classmethod
     def from_tables(cls, tables: dict[str, EmbeddingTable | ShardedTable]) -> LocalStore:
         """A store over tables built elsewhere (e.g. a serving copy of snapshots)."""
@@ -141,7 +138,7 @@ class LocalStore:
     def create_table(self, config: TableConfig) -> None:
         have = self._tables.get(config.name)
         if have is None:
-            self._tables[config.name] = self._new_table(config)
+            self._tables[config.name] = snapshot.new_table(config, self.shards)
             self._tags[config.name] = ""
         elif not same_config(have.config, config):
             raise ValueError(f"table {config.name!r} exists with another config")

@@ -15,6 +15,7 @@ from jaxstream.data.readers import (
     _read_bytes,
     _report,
     token_bounds,
+    tokens_to_csr,
 )
 
 _LABEL = np.frombuffer(b"click", np.uint8)
@@ -160,12 +161,5 @@ def read_paddlerec(
     report = _report(path, status, line_no)
     report.ignored_tokens = int(ignored)
     ok = status == 0
-    new_row = np.cumsum(ok) - 1
-    n = int(ok.sum())
-    ids, offs = {}, {}
-    for j, name in enumerate(slots):
-        sel = (cols == j) & ok[rows]
-        ids[name] = vals[sel]
-        per_line = np.bincount(new_row[rows[sel]], minlength=n)
-        offs[name] = np.concatenate([[0], np.cumsum(per_line)]).astype(np.int64)
+    ids, offs = tokens_to_csr(slots, rows, cols, vals, ok)
     return Examples(labels[ok], dense[ok], ids, offs, line_no[ok]), report

@@ -316,6 +316,20 @@ def _report(path: str, status: np.ndarray, line_numbers: np.ndarray) -> ReadRepo
     return ReadReport(lines=len(status), malformed=len(bad), first_errors=errors)
 
 
+def tokens_to_csr(slots, rows, cols, vals, ok) -> tuple[dict, dict]:
+    """Slot tokens (line, column, value; in line order) -> one CSR per slot over the kept
+    lines (``ok``), renumbered 0..N-1; a line marked bad after parsing keeps no tokens."""
+    new_row = np.cumsum(ok) - 1
+    n = int(ok.sum())
+    ids, offs = {}, {}
+    for j, name in enumerate(slots):
+        sel = (cols == j) & ok[rows]
+        ids[name] = vals[sel]
+        per_line = np.bincount(new_row[rows[sel]], minlength=n)
+        offs[name] = np.concatenate([[0], np.cumsum(per_line)]).astype(np.int64)
+    return ids, offs
+
+
 def _line_numbers(buf: np.ndarray, starts: np.ndarray) -> np.ndarray:
     newlines = np.flatnonzero(buf == 10)
     return np.searchsorted(newlines, starts) + 1
@@ -379,13 +393,6 @@ def read_slots(
     report = _report(path, status, line_no)
     report.ignored_tokens = int(ignored)
     ok = status == 0
-    # Renumber kept lines 0..N-1 and build one CSR per slot (tokens are in line order).
-    new_row = np.cumsum(ok) - 1
+    ids, offs = tokens_to_csr(slots, rows, cols, vals, ok)
     n = int(ok.sum())
-    ids, offs = {}, {}
-    for j, name in enumerate(slots):
-        sel = (cols == j) & ok[rows]  # a line marked bad after parsing keeps no tokens
-        r = new_row[rows[sel]]
-        ids[name] = vals[sel]
-        offs[name] = np.concatenate([[0], np.cumsum(np.bincount(r, minlength=n))]).astype(np.int64)
     return Examples(labels[ok], np.zeros((n, 0), np.float32), ids, offs, line_no[ok]), report
