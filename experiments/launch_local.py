@@ -39,7 +39,7 @@ def launch_local(num_shards: int, num_workers: int, train_args: list[str], workd
         if not os.path.isdir(root):
             generate(root, cfg.synthetic)
         args.append(f"--data_root={root}")
-    with LocalCluster(num_shards, log_dir=workdir) as cluster:
+    with LocalCluster(num_shards, log_dir=workdir, snapshot_root=workdir) as cluster:
         coordinator = f"127.0.0.1:{free_port()}"
         procs = []
         for i in range(num_workers):
@@ -47,6 +47,7 @@ def launch_local(num_shards: int, num_workers: int, train_args: list[str], workd
             procs.append(subprocess.Popen(
                 [sys.executable, TRAIN_SCRIPT, *args, f"--workdir={workdir}",
                  f"--store_addresses={','.join(cluster.addresses)}",
+                 f"--store_snapshot_root={cluster.snapshot_root}",
                  f"--num_workers={num_workers}", f"--worker_index={i}",
                  f"--coordinator={coordinator}"],
                 stdout=out, stderr=subprocess.STDOUT if out else None,

@@ -9,15 +9,14 @@ python experiments/predict.py --workdir=/tmp/run --partition=day_23.tsv --output
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 from absl import app, flags
 
+import console
 from jaxstream import records
 from jaxstream.serving import Predictor
-from jaxstream.stream import Partition
-from jaxstream.train import read_files
+from jaxstream.train import read_path
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir with checkpoints.", required=True)
 _PARTITION = flags.DEFINE_string("partition", None, "Partition folder or file to score.",
@@ -27,12 +26,15 @@ _OUTPUT = flags.DEFINE_string("output", None, "Write the scores here (CSV).")
 
 def main(argv):
     del argv
-    path = _PARTITION.value
-    files = [path] if os.path.isfile(path) else Partition("", path, None).files
-    if not files:
-        sys.exit(f"error: --partition={path}: no such file, nor a folder with part-* files")
-    predictor = Predictor(_WORKDIR.value)
-    examples, report = read_files(predictor.config, files)
+    console.quiet_logs()
+    try:
+        predictor = Predictor(_WORKDIR.value)
+    except (OSError, ValueError) as e:
+        sys.exit(f"error: --workdir={_WORKDIR.value}: {e}")
+    try:
+        examples, report = read_path(predictor.config, _PARTITION.value)
+    except ValueError as e:
+        sys.exit(f"error: --partition={e}")
     scores = predictor.predict(examples)
     if _OUTPUT.value:
         records.write_scores(_OUTPUT.value, examples, report, scores)

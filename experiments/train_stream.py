@@ -13,16 +13,14 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import sys
 import tempfile
 
 from absl import app, flags
-from absl import logging as absl_logging
-from tqdm.auto import tqdm
 
 import config_flags
+import console
 from jaxstream import config as config_lib
 from jaxstream import distributed, records, train
 from jaxstream import workdir as workdir_lib
@@ -34,6 +32,14 @@ flags.DEFINE_string("workdir", None, "Where metrics (and checkpoints) go; defaul
 flags.DEFINE_list("store_addresses", [], "Shard servers host:port,... (default: in process).")
 flags.DEFINE_string("store_token_file", None, "Bearer token for the shard servers.")
 flags.DEFINE_string("store_root_cert", None, "PEM root certificate: talk TLS to the shards.")
+flags.DEFINE_string("store_client_cert", None, "PEM client certificate (mutual TLS).")
+flags.DEFINE_string("store_client_key", None, "PEM key of --store_client_cert.")
+flags.DEFINE_string(
+    "store_snapshot_root",
+    None,
+    "Where the shard servers' --snapshot_root is on this machine (a shared filesystem): "
+    "the servers write the store's checkpoints there, so --workdir must lie under it.",
+)
 flags.DEFINE_integer("num_workers", 1, "Trainer processes sharing the store (jax.distributed).")
 flags.DEFINE_integer("worker_index", 0, "This trainer's index among --num_workers.")
 flags.DEFINE_string("coordinator", None, "host:port of the jax.distributed coordinator.")
@@ -53,18 +59,14 @@ flags.DEFINE_boolean(
 
 
 @contextlib.contextmanager
-def _progress_bar(desc: str, total: int):
-    with tqdm(total=total, desc=desc, unit="ex", leave=False, mininterval=2.0) as bar:
-        yield lambda batches, examples: bar.update(examples)
+def _progress(desc: str, total: int):
+    with console.progress(desc, total, "ex") as update:
+        yield lambda batches, examples: update(examples)
 
 
 def main(argv):
     del argv
-    # Quiet by default: this script prints its own lines (the hourly metrics, a summary);
-    # library logs (Orbax, JAX backend probing) show warnings only unless -v/--verbosity asks.
-    level = logging.INFO if F["verbosity"].present and F.verbosity >= 0 else logging.WARNING
-    logging.getLogger().setLevel(level)
-    absl_logging.set_verbosity(absl_logging.INFO if level == logging.INFO else absl_logging.WARNING)
+    console.quiet_logs()  # this script prints its own lines: hourly metrics, a summary
     base = config_lib.smoke_config() if F.smoke else config_lib.get_config()
     try:  # the whole config, before any data is generated or read
         cfg = config_flags.apply_flags(base)
@@ -76,13 +78,7 @@ def main(argv):
     if F.num_workers > 1:  # before anything touches a JAX backend
         workers = distributed.initialize(F.coordinator, F.num_workers, F.worker_index)
     workdir = F.workdir or tempfile.mkdtemp(prefix="jaxstream_")
-    store = None
-    if F.store_addresses:
-        from hoststore.rpc import ShardedStore  # gRPC is imported only for a remote store
-
-        token = open(F.store_token_file).read().strip() if F.store_token_file else None
-        cert = open(F.store_root_cert, "rb").read() if F.store_root_cert else None
-        store = ShardedStore(F.store_addresses, token=token, root_certificates=cert)
+    store = _remote_store(cfg, workdir) if F.store_addresses else None
     first = F.worker_index == 0
     if first:
         data = cfg.data_root or os.path.join(workdir, "data")
@@ -110,6 +106,29 @@ def main(argv):
             json.dump(summary, f)
 
 
+def _remote_store(cfg, workdir):
+    from hoststore.rpc import ShardedStore, paths  # gRPC is imported only for a remote store
+
+    root = F.store_snapshot_root
+    try:
+        if cfg.checkpoint and root is None:
+            raise ValueError(
+                "--store_snapshot_root is needed with --store_addresses: the "
+                "shard servers write the checkpoints under their --snapshot_root"
+            )
+        if cfg.checkpoint:
+            paths.to_root(root, os.path.join(workdir, "checkpoints"))
+        read = lambda f, mode="r": open(f, mode).read() if f else None  # noqa: E731
+        return ShardedStore(F.store_addresses, token=(read(F.store_token_file) or "").strip()
+                            or None, root_certificates=read(F.store_root_cert, "rb"),
+                            private_key=read(F.store_client_key, "rb"),
+                            certificate_chain=read(F.store_client_cert, "rb"),
+                            snapshot_root=root)  # fmt: skip
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
 def _train(cfg, workdir, store, workers, first):
     return train.train_and_evaluate(
         cfg, workdir, store=store, workers=workers, adopt_store=F.adopt_store,
@@ -117,7 +136,7 @@ def _train(cfg, workdir, store, workers, first):
             f"resumed from checkpoint {st.partitions} after partition {st.cursor}", flush=True),
         on_partition_end=lambda part, st, rec: first and print(records.partition_line(rec),
                                                                flush=True),
-        progress=_progress_bar if cfg.progress and first and sys.stderr.isatty() else None,
+        progress=_progress if cfg.progress and first else None,
     )  # fmt: skip
 
 

@@ -14,9 +14,16 @@ from jaxstream.features import FeatureSpec, SlotSpec, salt_ids, single_table_spe
 from jaxstream.metrics import BinaryMetrics
 from jaxstream.pipeline import Pipeline, PipelineError, run_pass
 from jaxstream.records import partition_line
+from jaxstream.serving import Predictor
 from jaxstream.step import DeviceBatch, StepOutput, make_steps
 from jaxstream.stream import Partition, PartitionSource, SourceConfig
-from jaxstream.train import TrainState, dense_optimizer_of, feature_spec, train_and_evaluate
+from jaxstream.train import (
+    TrainState,
+    dense_optimizer_of,
+    feature_spec,
+    read_path,
+    train_and_evaluate,
+)
 
 __all__ = [
     "BinaryMetrics",
@@ -27,6 +34,7 @@ __all__ = [
     "PartitionSource",
     "Pipeline",
     "PipelineError",
+    "Predictor",
     "SlotSpec",
     "SourceConfig",
     "StepOutput",
@@ -39,6 +47,7 @@ __all__ = [
     "make_steps",
     "models",
     "partition_line",
+    "read_path",
     "run_pass",
     "salt_ids",
     "single_table_spec",

@@ -76,6 +76,14 @@ def read_partition(cfg: TrainConfig, part: Partition) -> tuple[Examples, ReadRep
     return read_files(cfg, part.files)
 
 
+def read_path(cfg: TrainConfig, path: str) -> tuple[Examples, ReadReport]:
+    """The examples of a partition folder (its part-* files) or of one file."""
+    files = [path] if os.path.isfile(path) else Partition("", path, None).files
+    if not files:
+        raise ValueError(f"{path}: no such file, nor a folder with part-* files")
+    return read_files(cfg, files)
+
+
 def read_files(cfg: TrainConfig, files: list[str]) -> tuple[Examples, ReadReport]:
     """The examples of ``files`` in order, in ``cfg.format``; the report lists each file
     with its example count."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 
@@ -40,13 +41,16 @@ class Cluster(LocalCluster):
     """A LocalCluster that writes its own token file."""
 
     def __init__(self, num_shards, extra_args=(), token=None, tmp=None, creds=None):
+        """Snapshots may go anywhere under the system's temporary directory (where pytest's
+        ``tmp_path`` lies)."""
         self.token = token
         token_file = None
         if token:
             token_file = os.path.join(tmp, f"token-{token}")
             with open(token_file, "w") as f:
                 f.write(token + "\n")
-        super().__init__(num_shards, tuple(extra_args), token_file, creds)
+        super().__init__(num_shards, tuple(extra_args), token_file, creds,
+                         snapshot_root=tempfile.gettempdir())  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -30,6 +30,31 @@ def run_notebook(name: str, tmp_path, monkeypatch) -> dict:
     return json.loads(printed[-1].strip().splitlines()[-1])
 
 
+NOTEBOOKS = ("01_quickstart.ipynb", "02_custom_model.ipynb", "03_sharded_store.ipynb")
+PUBLIC = {"jaxstream", "jaxstream.data", "jaxstream.plots", "hoststore", "hoststore.rpc"}
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebooks_are_ready_for_colab_and_github(name):
+    """A badge to open it in Colab, an install cell first, outputs kept (so it reads on
+    GitHub), and only the packages' public API."""
+    import re
+    import tomllib
+
+    with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
+        repository = tomllib.load(f)["project"]["urls"]["Repository"]
+    nb = nbformat.read(os.path.join(REPO, "colab", name), as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    slug = repository.removeprefix("https://github.com/")
+    assert f"colab.research.google.com/github/{slug}/blob/main/colab/{name}" in nb.cells[0].source
+    assert "pip" in code[0].source and repository in code[0].source
+    shows = [c for c in code if "print(" in c.source or "Image(" in c.source]
+    assert shows and all(c.get("outputs") for c in shows)
+    imported = {m for c in code for m in re.findall(r"^(?:from|import) ((?:jaxstream|hoststore)"
+                                                    r"[\w.]*)", c.source, re.M)}  # fmt: skip
+    assert imported <= PUBLIC, imported - PUBLIC
+
+
 @pytest.mark.timeout(900)
 def test_quickstart(tmp_path, monkeypatch):
     r = run_notebook("01_quickstart.ipynb", tmp_path, monkeypatch)

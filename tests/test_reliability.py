@@ -16,7 +16,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import hoststore as hs
-from hoststore.rpc import ShardedStore
 from hoststore.rpc.proto import store_pb2, store_pb2_grpc
 from jaxstream import config, train
 from jaxstream.data import readers
@@ -32,7 +31,7 @@ FUZZ_RPCS = 10_000
 @pytest.fixture(scope="module")
 def fuzz_target(tmp_path_factory):
     c = Cluster(1, tmp=str(tmp_path_factory.mktemp("fuzz")))
-    client = ShardedStore(c.addresses)
+    client = c.connect()
     cfg = hs.TableConfig("fuzz", DIM, admission=hs.always())
     client.create_table(cfg)
     keys = np.arange(-200, 200, dtype=np.int64)
@@ -115,7 +114,7 @@ def test_killed_shard_fails_the_trainer_fast_with_its_address(tmp_path):
     stream = StreamConfig(hours=6, rows_per_hour=3000, max_vocab=3000)
     generate(root, stream)
     c = Cluster(2, tmp=str(tmp_path))
-    store = ShardedStore(c.addresses, timeout=5, retries=1)
+    store = c.connect(timeout=5, retries=1)
     cfg = dataclasses.replace(
         config.smoke_config(), data_root=root, synthetic=stream, checkpoint=False
     )
@@ -137,11 +136,11 @@ def test_concurrent_clients_under_load(tmp_path, request):
     seconds = request.config.getoption("--load-seconds")
     c = Cluster(2, tmp=str(tmp_path))
     cfg = hs.TableConfig("load", 16, admission=hs.count_filter(2))
-    ShardedStore(c.addresses).create_table(cfg)
+    c.connect().create_table(cfg)
     counts, errors = [0] * 4, []
 
     def client(i):
-        store = ShardedStore(c.addresses, timeout=30)
+        store = c.connect(timeout=30)
         rng = np.random.default_rng(i)
         deadline = time.time() + seconds
         try:
@@ -208,10 +207,10 @@ def test_shard_killed_mid_run_then_everything_restarted_finishes_exactly(tmp_pat
         train.train_and_evaluate(
             cfg,
             work,
-            store=ShardedStore(c.addresses, timeout=5, retries=1),
+            store=c.connect(timeout=5, retries=1),
             on_partition_end=kill_shard_1,
         )
     c.restart(1)
-    summary = train.train_and_evaluate(cfg, work, store=ShardedStore(c.addresses))
+    summary = train.train_and_evaluate(cfg, work, store=c.connect())
     c.stop()
     assert metric_lines(summary["metrics_file"]) == whole

@@ -175,11 +175,11 @@ def run(cfg: E2EBenchConfig, workdir: str | None = None) -> dict:
         res["cvm_auc"] = _mean(_records(s["metrics_file"]), "progressive_auc", k)
 
     if cfg.grpc_shards:
-        from hoststore.rpc import LocalCluster, ShardedStore
+        from hoststore.rpc import LocalCluster
 
         log.info("ours through %d gRPC shard servers", cfg.grpc_shards)
-        with LocalCluster(cfg.grpc_shards) as cluster:
-            store = ShardedStore(cluster.addresses)
+        with LocalCluster(cfg.grpc_shards, snapshot_root=workdir) as cluster:
+            store = cluster.connect()
             s = train_and_evaluate(base_cfg, os.path.join(workdir, "ours_grpc"), store=store)
             store.close()
         g = _records(s["metrics_file"])

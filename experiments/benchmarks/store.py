@@ -331,7 +331,7 @@ class GrpcBenchConfig:
 
 def run_grpc(cfg: GrpcBenchConfig) -> dict[str, dict[str, float]]:
     """Pull/push latency and keys/s in process and through 1 and 2 gRPC shards."""
-    from hoststore.rpc import LocalCluster, ShardedStore
+    from hoststore.rpc import LocalCluster
     from hoststore.store import LocalStore
 
     rng = np.random.default_rng(cfg.seed)
@@ -361,7 +361,7 @@ def run_grpc(cfg: GrpcBenchConfig) -> dict[str, dict[str, float]]:
     for n in (1, 2):
         log.info("starting %d shard server(s)", n)
         with LocalCluster(n) as cluster:
-            store = ShardedStore(cluster.addresses)
+            store = cluster.connect()
             store.create_table(tcfg)
             out[f"gRPC, {n} shard{'s' if n > 1 else ''}"] = measure(store)
             store.close()

@@ -4,6 +4,10 @@ Each request is split by key hash (:func:`hoststore.shard_of`, the servers' rout
 to the shards in parallel with a deadline, and reassembled in the caller's order. Only
 idempotent calls are retried (read-only pulls, stats, table creation, loads); a shard that
 cannot be reached is an error naming its address.
+
+Snapshots: the servers write under their ``--snapshot_root``. A client that sees that root on
+a shared filesystem says where (``snapshot_root=``) and passes its own paths under it; one
+that does not passes paths relative to the servers' root.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import numpy as np
 
 from hoststore._checks import check_ids, check_per_id, check_push
 from hoststore.config import TableConfig, config_from_json, config_to_json
+from hoststore.rpc import paths
 from hoststore.rpc.channel import grpc_options
 from hoststore.rpc.proto import store_pb2, store_pb2_grpc
 from hoststore.sharded import merge_shard_stats, split_by_shard
@@ -42,6 +47,9 @@ class ShardedStore:
         *,
         token: str | None = None,
         root_certificates: bytes | None = None,
+        private_key: bytes | None = None,
+        certificate_chain: bytes | None = None,
+        snapshot_root: str | None = None,
         timeout: float = 30.0,
         retries: int = 2,
     ):
@@ -50,14 +58,18 @@ class ShardedStore:
         self.addresses = list(addresses)
         self.timeout = timeout
         self.retries = retries
+        self.snapshot_root = snapshot_root
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         # A channel of its own (not the process-wide subchannel pool, which would hand a new
         # client the reconnect backoff of an old one) that retries a restarted shard soon.
         opts = grpc_options() + [("grpc.use_local_subchannel_pool", 1),
                                  ("grpc.initial_reconnect_backoff_ms", 100),
                                  ("grpc.max_reconnect_backoff_ms", 2000)]  # fmt: skip
-        if root_certificates is not None:
-            creds = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+        if (private_key is None) != (certificate_chain is None):
+            raise ValueError("a client certificate needs both private_key and certificate_chain")
+        if root_certificates is not None:  # TLS; mutual when a client certificate is given
+            creds = grpc.ssl_channel_credentials(root_certificates, private_key,
+                                                 certificate_chain)  # fmt: skip
             self._channels = [grpc.secure_channel(a, creds, options=opts) for a in addresses]
         else:
             self._channels = [grpc.insecure_channel(a, options=opts) for a in addresses]
@@ -94,6 +106,12 @@ class ShardedStore:
         futures = [self._pool.submit(self._call, i, method, r, idempotent)
                    for i, r in enumerate(requests)]  # fmt: skip
         return [f.result() for f in futures]
+
+    def _remote_path(self, path: str) -> str:
+        """The name the servers take for the caller's snapshot ``path``."""
+        if self.snapshot_root is not None:
+            return paths.to_root(self.snapshot_root, path)
+        return paths.relative(path)
 
     def _config(self, table: str) -> TableConfig:
         if table not in self._configs:
@@ -184,12 +202,13 @@ class ShardedStore:
     def save(self, table: str, path: str, kind: str, parent: Sequence[dict] | None = None,
              *, min_score: float | None = None, float16: bool = False,
              cache_fraction: float = 0.1) -> Saved:  # fmt: skip
-        """Each shard writes ``path/shard-<i>`` (the servers must share the filesystem)."""
+        """Each shard writes ``path/shard-<i>`` under its snapshot root."""
+        remote = self._remote_path(path)
         if parent is not None and len(parent) != self.num_shards:
             raise ValueError(f"a delta on {self.num_shards} shards needs {self.num_shards} "
                              f"parent manifests, got {len(parent)}")  # fmt: skip
         reqs = [store_pb2.SnapshotRequest(
-            table=table, path=path, kind=kind,
+            table=table, path=remote, kind=kind,
             parent_manifest_json=json.dumps(parent[i]) if parent else "",
             min_score=min_score or 0.0, has_min_score=min_score is not None, float16=float16,
             cache_fraction=cache_fraction,
@@ -201,6 +220,7 @@ class ShardedStore:
     def load(self, table: str, chains: list[list[str]]) -> int:
         """Replaces ``table`` on every shard by the snapshot chains (one per shard that wrote
         them, any count); returns the rows loaded."""
+        chains = [[self._remote_path(p) for p in c] for c in chains]
         req = store_pb2.LoadRequest(table=table,
                                     chains=[store_pb2.Chain(paths=c) for c in chains])  # fmt: skip
         return sum(r.rows for r in self._all("Load", [req] * self.num_shards, True))

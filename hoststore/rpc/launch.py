@@ -39,7 +39,11 @@ def wait_serving(address: str, timeout: float = 60.0, credentials=None) -> None:
 
 
 class LocalCluster:
-    """``num_shards`` shard server processes on loopback; a context manager."""
+    """``num_shards`` shard server processes on loopback; a context manager.
+
+    Their snapshots go under ``snapshot_root`` (default: a new temporary directory, kept);
+    :meth:`connect` returns a client that passes paths under it.
+    """
 
     def __init__(
         self,
@@ -48,13 +52,17 @@ class LocalCluster:
         token_file: str | None = None,
         credentials=None,
         log_dir: str | None = None,
+        snapshot_root: str | None = None,
     ):
         self.ports = [free_port() for _ in range(num_shards)]
         # Server output goes to files, never to a pipe nobody reads (a full pipe blocks
         # the server's logging, and with it every RPC).
         self.log_dir = log_dir or tempfile.mkdtemp(prefix="hoststore-shards-")
+        self.snapshot_root = os.path.abspath(
+            snapshot_root or tempfile.mkdtemp(prefix="hoststore-snapshots-"))  # fmt: skip
         self.addresses = [f"127.0.0.1:{p}" for p in self.ports]
-        args = list(extra_args) + ([f"--token_file={token_file}"] if token_file else [])
+        args = [f"--snapshot_root={self.snapshot_root}", *extra_args]
+        args += [f"--token_file={token_file}"] if token_file else []
         self._args, self._credentials = args, credentials
         self.procs = [self._start(i) for i in range(num_shards)]
         try:
@@ -71,6 +79,12 @@ class LocalCluster:
                  f"--shard_index={i}", f"--num_shards={len(self.ports)}", *self._args],
                 stdout=out, stderr=subprocess.STDOUT,
             )  # fmt: skip
+
+    def connect(self, **kwargs):
+        """A :class:`~hoststore.rpc.ShardedStore` on these shards and their snapshot root."""
+        from hoststore.rpc.client import ShardedStore
+
+        return ShardedStore(self.addresses, snapshot_root=self.snapshot_root, **kwargs)
 
     def restart(self, i: int) -> None:
         """Starts shard ``i`` again (empty) on its address, e.g. after it was killed."""

@@ -1,13 +1,15 @@
 """A store shard as a gRPC server process.
 
   python -m hoststore.server --port=50051 --shard_index=0 --num_shards=2 \\
-      [--host=127.0.0.1] [--tls_cert=... --tls_key=...] [--token_file=...] \\
-      [--snapshot_on_exit=/path] [--grace_seconds=5]
+      [--host=127.0.0.1] [--tls_cert=... --tls_key=... [--tls_client_ca=...]] \\
+      [--token_file=...] [--snapshot_root=DIR] [--snapshot_on_exit=/path] [--grace_seconds=5]
 
 Binds 127.0.0.1 unless told otherwise, serves the standard gRPC health service, and on
 SIGTERM/SIGINT reports NOT_SERVING, optionally writes a last base snapshot of every table,
 then stops with a grace period. A malformed request is answered INVALID_ARGUMENT with the
-reason and changes nothing; the shard keeps serving.
+reason and changes nothing; the shard keeps serving. Clients name snapshots by paths relative
+to ``--snapshot_root``; the shard writes and reads nothing outside it (and no snapshots at
+all without it).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from hoststore import snapshot
 from hoststore._hashing import shard_of
 from hoststore.config import config_from_json, config_to_json
+from hoststore.rpc import paths
 from hoststore.rpc.channel import SERVICE, grpc_options
 from hoststore.rpc.proto import store_pb2, store_pb2_grpc
 from hoststore.table import EmbeddingTable
@@ -57,10 +60,10 @@ def _answered(handler):
             if context.code() is not None:  # the handler aborted with its own status
                 raise
             if isinstance(e, ValueError):
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, self._say(str(e)))
             log.exception("%s failed", handler.__name__)
-            context.abort(grpc.StatusCode.INTERNAL,
-                          f"{handler.__name__} failed: {type(e).__name__}: {e}")  # fmt: skip
+            context.abort(grpc.StatusCode.INTERNAL, self._say(
+                f"{handler.__name__} failed: {type(e).__name__}: {e}"))  # fmt: skip
 
     return wrapper
 
@@ -82,8 +85,10 @@ _CLOCK_MAX = 2**31 - 1  # last-seen ticks are int32
 
 
 class StoreServicer(store_pb2_grpc.EmbeddingStoreServicer):
-    def __init__(self, shard_index: int, num_shards: int, limits: Limits | None = None):
+    def __init__(self, shard_index: int, num_shards: int, limits: Limits | None = None,
+                 snapshot_root: str | None = None):  # fmt: skip
         self.limits = limits or Limits()
+        self.snapshot_root = snapshot_root
         if not 0 <= shard_index < num_shards:
             raise ValueError(f"shard_index {shard_index} not in [0, {num_shards})")
         self.shard_index = shard_index
@@ -101,6 +106,21 @@ class StoreServicer(store_pb2_grpc.EmbeddingStoreServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                           f"unknown table {name!r}; have {sorted(self.tables)}")  # fmt: skip
         return t
+
+    def _say(self, message: str) -> str:
+        """An error message for the client: its own paths, nothing of the server's."""
+        return paths.scrub(self.snapshot_root, message) if self.snapshot_root else message
+
+    def _path(self, path: str, context) -> str:
+        """The client's snapshot path confined under the root (INVALID_ARGUMENT if not)."""
+        if not self.snapshot_root:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                          "this shard was started without --snapshot_root: it writes and reads "
+                          "no snapshots")  # fmt: skip
+        try:
+            return paths.confine(self.snapshot_root, path)
+        except paths.PathEscape as e:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
 
     def _ids(self, buf: bytes, context) -> np.ndarray:
         ids = _array(buf, "<i8", "ids", context)
@@ -207,14 +227,15 @@ class StoreServicer(store_pb2_grpc.EmbeddingStoreServicer):
     def Snapshot(self, request, context):
         t = self._table(request.table, context)
         parent = json.loads(request.parent_manifest_json) if request.parent_manifest_json else None
-        path = os.path.join(request.path, f"shard-{self.shard_index}")
+        self._path(request.path, context)  # the snapshot's own name, then this shard's part
+        path = self._path(f"{request.path}/shard-{self.shard_index}", context)
         try:
             m = snapshot.save(t, path, request.kind, parent,
                               min_score=request.min_score if request.has_min_score else None,
                               float16=request.float16,
                               cache_fraction=request.cache_fraction)  # fmt: skip
         except (ValueError, snapshot.SnapshotError) as e:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, self._say(str(e)))
         return store_pb2.SnapshotResponse(manifest_json=json.dumps(m))
 
     @_answered
@@ -223,12 +244,13 @@ class StoreServicer(store_pb2_grpc.EmbeddingStoreServicer):
         if not request.chains:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "Load needs at least one chain")
         n, i = self.num_shards, self.shard_index
+        chains = [[self._path(p, context) for p in c.paths] for c in request.chains]
         try:  # every shard reads every chain and keeps its own keys; shard 0 keeps the totals
-            fresh = snapshot.load_chains([list(c.paths) for c in request.chains], t.config,
+            fresh = snapshot.load_chains(chains, t.config,
                                          keep=lambda keys: shard_of(keys, n) == i,
                                          totals=i == 0)  # fmt: skip
         except (snapshot.SnapshotError, ValueError, OSError) as e:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, self._say(str(e)))
         self.tables[request.table] = fresh
         self._tags[request.table] = ""  # whoever loads it says what it now holds
         t.close()
@@ -273,20 +295,27 @@ class TokenInterceptor(grpc.ServerInterceptor):
 def serve(
     port: int, shard_index: int, num_shards: int, host: str = "127.0.0.1",
     tls_cert: str | None = None, tls_key: str | None = None, token: str | None = None,
-    max_workers: int = 8, limits: Limits | None = None,
+    max_workers: int = 8, limits: Limits | None = None, snapshot_root: str | None = None,
+    tls_client_ca: str | None = None,
 ):  # fmt: skip
     """Starts a shard; returns (server, servicer, health servicer, bound port)."""
     interceptors = [TokenInterceptor(token)] if token else []
     server = grpc.server(futures.ThreadPoolExecutor(max_workers), interceptors=interceptors,
                          options=grpc_options())  # fmt: skip
-    servicer = StoreServicer(shard_index, num_shards, limits)
+    servicer = StoreServicer(shard_index, num_shards, limits, snapshot_root)
     store_pb2_grpc.add_EmbeddingStoreServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     address = f"{host}:{port}"
     if tls_cert:
         with open(tls_cert, "rb") as c, open(tls_key, "rb") as k:
-            creds = grpc.ssl_server_credentials([(k.read(), c.read())])
+            pair = [(k.read(), c.read())]
+        if tls_client_ca:
+            with open(tls_client_ca, "rb") as ca:
+                creds = grpc.ssl_server_credentials(pair, root_certificates=ca.read(),
+                                                    require_client_auth=True)  # fmt: skip
+        else:
+            creds = grpc.ssl_server_credentials(pair)
         bound = server.add_secure_port(address, creds)
     else:
         bound = server.add_insecure_port(address)
@@ -304,7 +333,13 @@ def main(argv=None) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--tls_cert")
     p.add_argument("--tls_key")
+    p.add_argument("--tls_client_ca",
+                   help="PEM of the CA that signs client certificates: mutual TLS, a client "
+                        "without a certificate it signed is refused at the handshake")  # fmt: skip
     p.add_argument("--token_file")
+    p.add_argument("--snapshot_root",
+                   help="clients' snapshots are written and read under this directory only "
+                        "(without it the shard takes no Snapshot or Load calls)")  # fmt: skip
     p.add_argument("--snapshot_on_exit", help="write a base snapshot of every table here")
     p.add_argument("--grace_seconds", type=float, default=5.0)
     for f in dataclasses.fields(Limits):
@@ -321,9 +356,22 @@ def main(argv=None) -> None:
             p.error(f"--token_file {a.token_file}: cannot read it ({e.strerror})")
         if not token:
             p.error(f"--token_file {a.token_file} is empty: refusing to serve without a token")
+    if a.tls_client_ca and not a.tls_cert:
+        p.error("--tls_client_ca needs --tls_cert and --tls_key (mutual TLS is TLS first)")
+    if a.snapshot_root and not os.path.isdir(a.snapshot_root):
+        p.error(f"--snapshot_root {a.snapshot_root} is not a directory")
     limits = Limits(**{f.name: getattr(a, f.name) for f in dataclasses.fields(Limits)})
     server, servicer, health_servicer, port = serve(
-        a.port, a.shard_index, a.num_shards, a.host, a.tls_cert, a.tls_key, token, limits=limits
+        a.port,
+        a.shard_index,
+        a.num_shards,
+        a.host,
+        a.tls_cert,
+        a.tls_key,
+        token,
+        limits=limits,
+        snapshot_root=a.snapshot_root,
+        tls_client_ca=a.tls_client_ca,
     )
     log.info("shard %d/%d serving on %s:%d", a.shard_index, a.num_shards, a.host, port)
     stop = threading.Event()

@@ -18,7 +18,7 @@ import hoststore as hs
 from hoststore import StoreError
 from hoststore import snapshot as snap
 from hoststore.config import config_to_json
-from hoststore.rpc import ShardedStore
+from hoststore.rpc import LocalCluster, ShardedStore, serve
 from hoststore.rpc.proto import regenerate, store_pb2, store_pb2_grpc
 from hoststore.store import LocalStore
 from tests.conftest import REPO, Cluster
@@ -44,7 +44,7 @@ def store(request, cluster):
         yield s
         s.close()
     else:
-        s = ShardedStore(cluster.addresses, token=cluster.token, timeout=20)
+        s = cluster.connect(token=cluster.token, timeout=20)
         yield s
         s.close()
 
@@ -132,7 +132,7 @@ def _raw(cluster, shard=0, token=True):
 
 def test_malformed_rpcs_are_invalid_argument_and_change_nothing(cluster):
     cfg = _cfg(f"t{uuid.uuid4().hex[:8]}", admission=hs.always())
-    client = ShardedStore(cluster.addresses, token=cluster.token)
+    client = cluster.connect(token=cluster.token)
     client.create_table(cfg)
     keys = np.arange(100, dtype=np.int64)
     before = client.pull(cfg.name, keys, train=True)
@@ -185,7 +185,9 @@ def test_malformed_rpcs_are_invalid_argument_and_change_nothing(cluster):
         ("AdvanceClock", store_pb2.AdvanceClockRequest(n=-1), ">= 0"),
         (
             "Load",
-            store_pb2.LoadRequest(table=cfg.name, chains=[store_pb2.Chain(paths=["/no"])]),
+            store_pb2.LoadRequest(
+                table=cfg.name, chains=[store_pb2.Chain(paths=[f"no-{uuid.uuid4().hex}"])]
+            ),
             "never committed",
         ),
     ]
@@ -204,12 +206,12 @@ def test_missing_token_is_unauthenticated(cluster):
         stub.Stats(store_pb2.StatsRequest(), timeout=10)
     assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
     with pytest.raises(StoreError, match="UNAUTHENTICATED"):
-        ShardedStore(cluster.addresses, token="wrong").stats()
+        cluster.connect(token="wrong").stats()
 
 
 def test_snapshot_and_load_into_another_shard_count(cluster, tmp_path):
     cfg = _cfg(f"t{uuid.uuid4().hex[:8]}")
-    client = ShardedStore(cluster.addresses, token=cluster.token)
+    client = cluster.connect(token=cluster.token)
     client.create_table(cfg)
     keys = np.arange(-50, 50, dtype=np.int64)
     for _ in range(2):
@@ -230,7 +232,7 @@ def test_snapshot_and_load_into_another_shard_count(cluster, tmp_path):
     # A 1-shard deployment loads the 2-shard snapshot.
     one = Cluster(1, token="t1", tmp=str(tmp_path))
     try:
-        single = ShardedStore(one.addresses, token="t1")
+        single = one.connect(token="t1")
         single.create_table(cfg)
         assert single.load(cfg.name, chains) == 5
         np.testing.assert_array_equal(single.pull(cfg.name, keys, train=False), want)
@@ -244,7 +246,7 @@ def test_snapshot_and_load_into_another_shard_count(cluster, tmp_path):
 
 def test_down_shard_is_a_clear_error(tmp_path):
     c = Cluster(2, tmp=str(tmp_path))
-    client = ShardedStore(c.addresses, timeout=5, retries=1)
+    client = c.connect(timeout=5, retries=1)
     cfg = _cfg("t")
     client.create_table(cfg)
     c.procs[1].kill()
@@ -283,12 +285,12 @@ def test_tls_and_graceful_shutdown_with_last_snapshot(tmp_path):
     c = Cluster(
         1, [f"--tls_cert={cert}", f"--tls_key={key}", f"--snapshot_on_exit={out}"], creds=creds
     )
-    client = ShardedStore(c.addresses, root_certificates=cert.read_bytes())
+    client = c.connect(root_certificates=cert.read_bytes())
     cfg = _cfg("t", admission=hs.always())
     client.create_table(cfg)
     rows = client.pull("t", np.arange(10, dtype=np.int64), train=True)
     with pytest.raises(StoreError):  # plaintext to a TLS port fails
-        ShardedStore(c.addresses, timeout=3, retries=0).stats()
+        c.connect(timeout=3, retries=0).stats()
     c.stop(signal.SIGTERM)
     assert c.procs[0].returncode == 0, open(os.path.join(c.log_dir, "shard-0.log")).read()
     restored = snap.load([str(out / "t" / "shard-0")], cfg)
@@ -300,7 +302,7 @@ def test_snapshot_on_exit_works_on_every_shutdown(tmp_path):
     keys = np.arange(20, dtype=np.int64)
     for n in (10, 20):  # two runs of the same shard, each shut down with SIGTERM
         c = Cluster(1, [f"--snapshot_on_exit={out}"])
-        client = ShardedStore(c.addresses)
+        client = c.connect()
         client.create_table(_cfg("t", admission=hs.always()))
         client.pull("t", keys[:n], train=True)
         c.stop(signal.SIGTERM)
@@ -325,14 +327,15 @@ def test_a_blank_or_unreadable_token_file_stops_the_server_at_start(tmp_path, co
 def test_hundreds_of_failing_handlers_never_hang_the_shard(cluster, tmp_path):
     """Each failure logs a traceback on the server; its output goes to a file, not to a pipe
     nobody reads, and each comes back INTERNAL with its reason, never UNKNOWN."""
-    client = ShardedStore(cluster.addresses, token=cluster.token, timeout=10)
+    client = cluster.connect(token=cluster.token, timeout=10)
     cfg = _cfg(f"t{uuid.uuid4().hex[:8]}")
     client.create_table(cfg)
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
     stub, md = _raw(cluster)
+    blocked = os.path.relpath(blocker, cluster.snapshot_root)
     for i in range(300):
-        req = store_pb2.SnapshotRequest(table=cfg.name, path=str(blocker / str(i)), kind="base")
+        req = store_pb2.SnapshotRequest(table=cfg.name, path=f"{blocked}/{i}", kind="base")
         with pytest.raises(grpc.RpcError) as e:
             stub.Snapshot(req, metadata=md, timeout=10)
         assert e.value.code() == grpc.StatusCode.INTERNAL, e.value.details()
@@ -344,7 +347,7 @@ def test_a_table_missing_on_some_shards_is_a_clear_error(cluster):
     cfg = _cfg(f"t{uuid.uuid4().hex[:8]}")
     stub, md = _raw(cluster, shard=0)
     stub.CreateTable(store_pb2.CreateTableRequest(config_json=config_to_json(cfg)), metadata=md)
-    client = ShardedStore(cluster.addresses, token=cluster.token)
+    client = cluster.connect(token=cluster.token)
     with pytest.raises(StoreError, match=f"{cfg.name}' is missing on shard.s. 1 "):
         client.stats()
     client.create_table(cfg)  # completes it on every shard
@@ -376,12 +379,12 @@ def test_snapshots_under_two_pushing_clients_reproduce_the_live_table(cluster, t
 
     for rep in range(20):
         cfg = _cfg(f"t{uuid.uuid4().hex[:8]}", eviction=hs.Eviction(max_rows=400))
-        main = ShardedStore(cluster.addresses, token=cluster.token)
+        main = cluster.connect(token=cluster.token)
         main.create_table(cfg)
         stop = threading.Event()
 
         def client(seed, name=cfg.name, stop=stop):
-            c = ShardedStore(cluster.addresses, token=cluster.token)
+            c = cluster.connect(token=cluster.token)
             rng = np.random.default_rng(seed)
             while not stop.is_set():
                 ids = np.unique(rng.integers(0, 2000, 300))
@@ -418,7 +421,7 @@ def test_every_limit_is_enforced_while_the_shard_keeps_serving(tmp_path):
     limits = ["--max_ids_per_call=1000", "--max_new_rows_per_call=500", "--max_tables=2",
               "--max_initial_capacity=100000", "--max_clock_advance=100"]  # fmt: skip
     c = Cluster(1, limits)
-    client = ShardedStore(c.addresses, timeout=10, retries=0)
+    client = c.connect(timeout=10, retries=0)
     cfg = _cfg("t", admission=hs.always())
     client.create_table(cfg)
     exhausted = grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -445,3 +448,112 @@ def test_every_limit_is_enforced_while_the_shard_keeps_serving(tmp_path):
     client.advance_clock(100)
     assert client.stats()["t"]["rows"] == 400 and client.stats()["t"]["clock"] == 100
     c.stop()
+
+
+def _write_certs(d, *names):
+    """A CA and, per name, a key and a certificate it signs (for 127.0.0.1)."""
+
+    def ssl(*args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=d)
+
+    ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test-ca",
+        "-keyout", "ca.key", "-out", "ca.pem")  # fmt: skip
+    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    for n in names:
+        ssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={n}", "-keyout", f"{n}.key",
+            "-out", f"{n}.csr")  # fmt: skip
+        ssl("x509", "-req", "-in", f"{n}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-days", "1", "-extfile", "san.ext", "-out", f"{n}.pem")  # fmt: skip
+    return {p.name: p.read_bytes() for p in d.iterdir() if p.suffix in (".pem", ".key")}
+
+
+def test_mutual_tls_refuses_clients_without_a_certificate_it_trusts(tmp_path):
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    ours.mkdir(), theirs.mkdir()
+    pki = _write_certs(ours, "server", "client")
+    rogue = _write_certs(theirs, "client")  # signed by another CA
+    health = grpc.ssl_channel_credentials(pki["ca.pem"], pki["client.key"], pki["client.pem"])
+    c = Cluster(1, [f"--tls_cert={ours / 'server.pem'}", f"--tls_key={ours / 'server.key'}",
+                    f"--tls_client_ca={ours / 'ca.pem'}"], creds=health)  # fmt: skip
+    try:
+        good = c.connect(root_certificates=pki["ca.pem"], private_key=pki["client.key"],
+                         certificate_chain=pki["client.pem"])  # fmt: skip
+        good.create_table(_cfg("t", admission=hs.always()))
+        good.pull("t", np.arange(5, dtype=np.int64), train=True)
+        assert good.stats()["t"]["rows"] == 5
+        for creds in ({"root_certificates": pki["ca.pem"]},  # no client certificate
+                      {"root_certificates": pki["ca.pem"], "private_key": rogue["client.key"],
+                       "certificate_chain": rogue["client.pem"]}):  # fmt: skip
+            with pytest.raises(StoreError, match="UNAVAILABLE"):
+                c.connect(timeout=3, retries=0, **creds).stats()
+        assert good.stats()["t"]["rows"] == 5
+    finally:
+        c.stop()
+
+
+def _files_under(d):
+    return sorted(os.path.relpath(os.path.join(r, f), d) for r, _, fs in os.walk(d) for f in fs)
+
+
+def test_snapshot_paths_are_confined_to_the_root(tmp_path):
+    """Clients name snapshots relative to --snapshot_root: escapes are INVALID_ARGUMENT with
+    nothing written outside, errors name the client's path only, Load reads only inside."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir(), outside.mkdir()
+    (outside / "victim").mkdir()
+    os.symlink(outside, root / "link")  # a symlink inside pointing out
+    c = LocalCluster(1, snapshot_root=str(root), log_dir=str(tmp_path))
+    try:
+        stub, md = _raw(c, token=False)
+        cfg = _cfg("t", admission=hs.always())
+        client = ShardedStore(c.addresses, timeout=10, retries=0)  # relative names
+        client.create_table(cfg)
+        client.pull("t", np.arange(10, dtype=np.int64), train=True)
+        escapes = ["../outside/x", str(outside / "x"), "link/x", "a/../../outside/x", "",
+                   "/etc/x", ".", "link"]  # fmt: skip
+        for path in escapes:
+            req = store_pb2.SnapshotRequest(table="t", path=path, kind="base")
+            with pytest.raises(grpc.RpcError) as e:
+                stub.Snapshot(req, metadata=md, timeout=10)
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (path, e.value.details())
+            assert str(root) not in e.value.details()
+            load = store_pb2.LoadRequest(table="t", chains=[store_pb2.Chain(paths=[path])])
+            with pytest.raises(grpc.RpcError) as e:
+                stub.Load(load, metadata=md, timeout=10)
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (path, e.value.details())
+        assert _files_under(outside) == [] and client.stats()["t"]["rows"] == 10
+        # Inside the root all works, by relative name or through a client that knows the root.
+        saved = client.save("t", "run/base", "base")
+        assert saved.paths == ["run/base/shard-0"]
+        assert (root / "run" / "base" / "shard-0" / "manifest.json").exists()
+        via_root = c.connect(timeout=10, retries=0)
+        assert via_root.save("t", str(root / "run" / "b2"), "base").paths == [
+            str(root / "run" / "b2" / "shard-0")]  # fmt: skip
+        with pytest.raises(ValueError, match="not under the store's snapshot root"):
+            via_root.save("t", str(outside / "b3"), "base")
+        assert client.load("t", [saved.paths]) == 10
+        # A damaged snapshot's error names the client's path, not the server's filesystem.
+        (root / "run" / "base" / "shard-0" / "manifest.json").write_text("{}")
+        with pytest.raises(ValueError) as e:
+            client.load("t", [saved.paths])
+        assert "run/base/shard-0" in str(e.value) and str(root) not in str(e.value)
+        assert _files_under(outside) == [] and client.stats()["t"]["rows"] == 10
+    finally:
+        c.stop()
+
+
+def test_a_shard_without_a_snapshot_root_writes_no_snapshots():
+    server, *_, port = serve(0, 0, 1)  # in this process; no --snapshot_root
+    try:
+        stub = store_pb2_grpc.EmbeddingStoreStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
+        stub.CreateTable(store_pb2.CreateTableRequest(config_json=config_to_json(_cfg("t"))),
+                         timeout=10)  # fmt: skip
+        chains = [store_pb2.Chain(paths=["x"])]
+        for method, req in [("Snapshot", store_pb2.SnapshotRequest(table="t", path="x")),
+                            ("Load", store_pb2.LoadRequest(table="t", chains=chains))]:  # fmt: skip
+            with pytest.raises(grpc.RpcError) as e:
+                getattr(stub, method)(req, timeout=10)
+            assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert "--snapshot_root" in e.value.details()
+    finally:
+        server.stop(0)

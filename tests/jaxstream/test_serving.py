@@ -92,7 +92,6 @@ def test_keeps_the_newest_bases_and_their_deltas(tmp_path):
 def test_the_predictor_serves_a_grpc_store_run_like_an_in_process_one(tmp_path, cluster):
     """A checkpoint of a gRPC-store run holds one snapshot chain per shard server; the
     Predictor merges them and scores exactly as it does for the same run in process."""
-    from hoststore.rpc import ShardedStore
 
     root = str(tmp_path / "data")
     stream = StreamConfig(hours=3, rows_per_hour=1500, max_vocab=3000)
@@ -104,7 +103,7 @@ def test_the_predictor_serves_a_grpc_store_run_like_an_in_process_one(tmp_path, 
     spec = dataclasses.replace(spec, tables=(dataclasses.replace(spec.tables[0], name=name),),
                                slots=tuple(dataclasses.replace(s, table=name)
                                            for s in spec.slots))  # fmt: skip
-    remote = ShardedStore(cluster.addresses, token=cluster.token)
+    remote = cluster.connect(token=cluster.token)
     train.train_and_evaluate(cfg, str(tmp_path / "grpc"), features=spec, store=remote)
     train.train_and_evaluate(cfg, str(tmp_path / "local"), features=spec)
     part = Partition("20260101/02", os.path.join(root, "20260101", "02"), None)

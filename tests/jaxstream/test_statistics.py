@@ -38,9 +38,7 @@ def _occurrences(root: str, max_len: int = 1) -> tuple[np.ndarray, np.ndarray, n
 
 def _store(kind, cluster):
     if kind == "grpc":
-        from hoststore.rpc import ShardedStore
-
-        return ShardedStore(cluster.addresses, token=cluster.token)
+        return cluster.connect(token=cluster.token)
     return hs.LocalStore(shards=3 if kind == "sharded" else 1)
 
 

@@ -34,7 +34,9 @@ def _spec(cfg, name):
 def test_foreign_rows_are_refused_and_a_resume_reloads_only_when_needed(tmp_path, cluster):
     cfg = smoke_stream(str(tmp_path / "data"), hours=4)
     spec = _spec(cfg, "identity")
-    store = CountingStore(cluster.addresses, token=cluster.token)
+    store = CountingStore(
+        cluster.addresses, token=cluster.token, snapshot_root=cluster.snapshot_root
+    )
     # Another run (no checkpoints) fills the table.
     train.train_and_evaluate(dataclasses.replace(cfg, checkpoint=False, max_partitions=1),
                              str(tmp_path / "other"), features=spec, store=store)  # fmt: skip

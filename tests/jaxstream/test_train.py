@@ -126,11 +126,10 @@ def test_bad_policy_strings_name_the_problem():
 
 
 def test_training_through_a_two_shard_grpc_store_equals_in_process(tmp_path, cluster):
-    from hoststore.rpc import ShardedStore
 
     cfg = smoke_stream(str(tmp_path / "data"), hours=2, checkpoint=False)
     local = train.train_and_evaluate(cfg, str(tmp_path / "local"))
-    remote_store = ShardedStore(cluster.addresses, token=cluster.token)
+    remote_store = cluster.connect(token=cluster.token)
     remote = train.train_and_evaluate(cfg, str(tmp_path / "remote"), store=remote_store)
     lines = [metric_lines(s["metrics_file"]) for s in (local, remote)]
     assert lines[0] == lines[1] and len(lines[0]) == 2
