@@ -37,30 +37,50 @@ def _help(field: dataclasses.Field, default: Any) -> str:
     return text if default is not None else text + " (default: unset)"
 
 
-def define_flags(config: Any, prefix: str = "", values=flags.FLAGS) -> list[str]:
-    """Defines a flag per field of the dataclass instance ``config``; returns their names."""
+def define_flags(
+    config: Any,
+    prefix: str = "",
+    values=flags.FLAGS,
+    groups: dict[str, tuple[str, ...]] | None = None,
+    _group: str | None = None,
+) -> list[str]:
+    """Defines a flag per field of the dataclass instance ``config``; returns their names.
+    With ``groups`` (group -> field names), each flag is filed under its group (absl's
+    module name, which :func:`groups_help` lists); a field in no group is an error."""
+    group_of = {f: g for g, fs in (groups or {}).items() for f in fs}
     names = []
     for field, tp in _fields(type(config)):
         name, default = prefix + field.name, getattr(config, field.name)
+        group = _group
+        if groups is not None and group is None:
+            if field.name not in group_of:
+                raise KeyError(f"config field {name} is in no help group")
+            group = group_of[field.name]
         if dataclasses.is_dataclass(tp):
-            names += define_flags(default, name + ".", values)
+            names += define_flags(default, name + ".", values, _group=group)
             continue
         base, _ = _unwrap_optional(tp)
+        kw = {"flag_values": values, "module_name": group} if group else {"flag_values": values}
         help_text = _help(field, default)
         if base is bool:
-            flags.DEFINE_boolean(name, default, help_text, flag_values=values)
+            flags.DEFINE_boolean(name, default, help_text, **kw)
         elif base is int:
-            flags.DEFINE_integer(name, default, help_text, flag_values=values)
+            flags.DEFINE_integer(name, default, help_text, **kw)
         elif base is float:
-            flags.DEFINE_float(name, default, help_text, flag_values=values)
+            flags.DEFINE_float(name, default, help_text, **kw)
         elif base is str:
-            flags.DEFINE_string(name, default, help_text, flag_values=values)
+            flags.DEFINE_string(name, default, help_text, **kw)
         elif typing.get_origin(base) is tuple:
-            flags.DEFINE_list(name, [str(x) for x in default], help_text, flag_values=values)
+            flags.DEFINE_list(name, [str(x) for x in default], help_text, **kw)
         else:
             raise TypeError(f"no flag type for config field {name}: {tp}")
         names.append(name)
     return names
+
+
+def groups_help(groups: dict[str, tuple[str, ...]], values=flags.FLAGS) -> str:
+    """The flags of each group under its heading, in the groups' order (for ``--help``)."""
+    return "\n".join(values.module_help(g) for g in groups)
 
 
 def apply_flags(config: Any, prefix: str = "", values=flags.FLAGS) -> Any:

@@ -5,7 +5,7 @@ field of ``jaxstream.TrainConfig`` is a flag of the same name (``--help`` lists 
 their defaults); the rest below say where the store runs and how workers meet.
 
   python experiments/train_stream.py
-  python experiments/train_stream.py --data_root=/data/criteo_stream --workdir=/tmp/run \
+  python experiments/train_stream.py --data_root=/data/criteo_stream --workdir=/tmp/run \\
       --admission=count_filter:3 --eviction=unseen:72,max_rows:50000000 --wait
 """
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 
@@ -26,8 +27,8 @@ from jaxstream import distributed, records, train
 from jaxstream import workdir as workdir_lib
 
 F = flags.FLAGS
-config_flags.define_flags(config_lib.get_config())
-flags.adopt_module_key_flags(config_flags)  # --help lists them with this script's flags
+config_flags.define_flags(config_lib.get_config(), groups=config_lib.FIELD_GROUPS)
+__doc__ += "\n" + config_flags.groups_help(config_lib.FIELD_GROUPS)  # --help shows them grouped
 flags.DEFINE_string("workdir", None, "Where metrics (and checkpoints) go; default: a temp dir.")
 flags.DEFINE_list("store_addresses", [], "Shard servers host:port,... (default: in process).")
 flags.DEFINE_string("store_token_file", None, "Bearer token for the shard servers.")
@@ -77,6 +78,7 @@ def main(argv):
     workers = None
     if F.num_workers > 1:  # before anything touches a JAX backend
         workers = distributed.initialize(F.coordinator, F.num_workers, F.worker_index)
+    temporary = F.workdir is None
     workdir = F.workdir or tempfile.mkdtemp(prefix="jaxstream_")
     store = _remote_store(cfg, workdir) if F.store_addresses else None
     first = F.worker_index == 0
@@ -98,9 +100,16 @@ def main(argv):
         summary = _train(cfg, workdir, store, workers, first)
     except workdir_lib.RunError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
+        if temporary:  # nothing in it worth keeping
+            shutil.rmtree(workdir, ignore_errors=True)
         sys.exit(1)
     if first:
         print("summary: " + json.dumps(summary), flush=True)
+    if first and temporary:
+        size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(workdir) for f in fs)
+        print(f"the run's files ({size / 2**20:,.0f} MB: metrics.jsonl, checkpoints, the "
+              f"generated stream) stay in {workdir}: remove it when done, or choose the place "
+              "with --workdir", flush=True)  # fmt: skip
     if workers is not None:
         with open(os.path.join(workdir, f"worker-{F.worker_index}.json"), "w") as f:
             json.dump(summary, f)

@@ -102,6 +102,23 @@ class TrainConfig:
     seed: int = _field(0, "Seed of the model and the tables.")
 
 
+# The groups ``--help`` shows the fields in (nested fields go with their parent).
+FIELD_GROUPS: dict[str, tuple[str, ...]] = {
+    "data": ("data_root", "format", "slot_names", "num_dense", "slot_max_len", "slot_pooling",
+             "synthetic", "pattern", "split_interval_minutes", "max_partitions", "wait",
+             "poll_seconds", "idle_timeout_seconds", "gap_wait_seconds",
+             "max_malformed_fraction"),
+    "model": ("model", "hidden", "embedding_dim", "batch_size", "dense_optimizer",
+              "dense_learning_rate", "sparse_optimizer", "sparse_learning_rate",
+              "initializer_scale", "cvm", "seed"),
+    "store": ("admission", "pending_ttl", "eviction", "shrink_every", "store_shards",
+              "table_capacity"),
+    "checkpoints": ("checkpoint", "keep_bases"),
+    "pipeline and outputs": ("staleness", "metrics_file", "tensorboard", "dump_predictions",
+                             "progress"),
+}  # fmt: skip
+
+
 def get_config() -> TrainConfig:
     """The embedded default: 30 generated hours (a day boundary, so one shrink) with
     admission and eviction on; trains in well under two minutes on 2 CPU cores."""

@@ -5,6 +5,7 @@ reads, the prediction dump, and one line per partition in metrics.jsonl."""
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import numpy as np
@@ -112,6 +113,34 @@ def table_totals(stats: dict[str, dict]) -> dict[str, int | float]:
         # cumulative; summed over shards (shards grow in parallel)
         "table_growth_seconds": sum(s.get("growth_seconds", 0.0) for s in stats.values()),
     }
+
+
+# TensorBoard tags: a group per kind of number, so the dashboard reads eval / train / store /
+# data / perf apart. Fields not named here go by their suffix (perf) or to "other/".
+_TAGS = {
+    "progressive_auc": "eval/auc", "logloss": "eval/logloss", "copc": "eval/copc",
+    "mean_pred": "eval/mean_pred", "mean_label": "eval/mean_label",
+    "cumulative_auc": "eval/cumulative_auc", "oracle_auc": "eval/oracle_auc",
+    "seen_k_auc": "eval/seen_k_auc", "bayes_auc": "eval/bayes_auc",
+    "train_auc": "train/auc", "examples": "train/examples",
+    "malformed_lines": "data/malformed_lines", "ids_over_max_len": "data/ids_over_max_len",
+    "ignored_tokens": "data/ignored_tokens",
+    "table_rows": "store/rows", "pending": "store/pending", "admitted": "store/admitted",
+    "evicted": "store/evicted", "table_bytes": "store/bytes",
+    "displaced_pending": "store/displaced_pending",
+}  # fmt: skip
+
+
+def scalar_tags(record: dict) -> dict[str, float]:
+    """The record's numbers under their TensorBoard tags (``eval/auc``, ``store/rows``,
+    ``perf/train_examples_per_sec``, ...)."""
+    out = {}
+    for k, v in record.items():
+        if isinstance(v, bool) or not isinstance(v, int | float) or math.isnan(v):
+            continue
+        perf = k.endswith(("_per_sec", "_seconds"))
+        out[_TAGS.get(k) or (f"perf/{k}" if perf else f"other/{k}")] = v
+    return out
 
 
 def tensorboard_writer(cfg: TrainConfig, workdir: str):

@@ -12,7 +12,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import os
 import time
 import uuid
@@ -342,9 +341,8 @@ def _train(cfg, workdir, model, features, dense_optimizer, store, on_partition_e
             workers.on_first(lambda: _tag(store, spec, f"{run_id}/{state.partitions}"))
         record["checkpoint_seconds"] = time.perf_counter() - t0  # after the file's line
         if writer is not None and workers.is_first:
-            for k, v in record.items():
-                if isinstance(v, int | float) and not math.isnan(v):
-                    writer.add_scalar(k, v, state.partitions)
+            for tag, v in records.scalar_tags(record).items():
+                writer.add_scalar(tag, v, state.partitions)
         if on_partition_end is not None:
             on_partition_end(part, state, record)
 

@@ -91,6 +91,11 @@ def test_help_shows_the_policies_on_by_default():
     ):
         assert name in text, name
     assert "count_filter:2" in text and "unseen:24" in text
+    headings = [line for line in text.splitlines() if line.endswith(":") and " " not in line[:1]]
+    groups = [h.removesuffix(":") for h in headings if h.removesuffix(":") in config.FIELD_GROUPS]
+    assert groups == list(config.FIELD_GROUPS)  # grouped, in order
+    grouped = {f for fs in config.FIELD_GROUPS.values() for f in fs}
+    assert grouped == {f.name for f in dataclasses.fields(config.TrainConfig)}
 
 
 @pytest.mark.parametrize(

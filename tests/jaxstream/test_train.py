@@ -87,27 +87,23 @@ def test_custom_model_plugs_in(tmp_path):
     assert summary["partitions"] == 2 and [k for k, _ in seen] == ["20260101/00", "20260101/01"]
 
 
-def test_cli_smoke(tmp_path):
+def test_cli_smoke_prints_its_own_lines_only(tmp_path):
+    """No --workdir: a temporary one, stated in the first and last lines; nothing but the
+    script's own lines on stdout and stderr (no library logs)."""
     out = subprocess.run(
-        [
-            sys.executable,
-            "experiments/train_stream.py",
-            "--smoke",
-            f"--workdir={tmp_path}",
-            "--max_partitions=2",
-            "--model=deepfm",
-            "--admission=count_filter:2",
-            "--cvm",
-            "--table_capacity=50000",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+        [sys.executable, "experiments/train_stream.py", "--smoke", "--max_partitions=2",
+         "--model=deepfm", "--admission=count_filter:2", "--cvm", "--table_capacity=50000"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "TMPDIR": str(tmp_path)},
         cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
-    )
+    )  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.count("] auc ") == 2 and "summary:" in out.stdout
-    assert len(open(tmp_path / "metrics.jsonl").readlines()) == 2
+    lines = out.stdout.splitlines()
+    assert out.stderr.strip() == "" and len(lines) == 5, out.stdout + out.stderr
+    assert lines[0].startswith(f"workdir {tmp_path}") and lines[3].startswith("summary:")
+    assert out.stdout.count("] auc ") == 2 and "remove it when done" in lines[4]
+    (workdir,) = [p for p in tmp_path.iterdir() if p.name.startswith("jaxstream_")]
+    assert str(workdir) in lines[4]
+    assert len(open(workdir / "metrics.jsonl").readlines()) == 2
 
 
 def test_table_capacity_is_reserved_up_front():
