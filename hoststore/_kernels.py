@@ -28,10 +28,11 @@ def touch(r, clock, decay, show, click, last_seen, gen, gen_now):
 @nb.njit(nogil=True, cache=True)
 def pull_existing(
     index, keys, emb, show, click, last_seen, gen, gen_now, ids, shows, out, rows, default, train,
-    clock, decay,
+    clock, decay, delta_score, nonclk,
 ):  # fmt: skip
     """Copies the rows of known ids into ``out``; ``rows[i] = -1`` marks the rest. A
-    training pull adds ``shows[i]`` (the occurrences ids[i] stands for) to its row's show.
+    training pull adds ``shows[i]`` (the occurrences ids[i] stands for) to its row's show,
+    and their score (``nonclk`` per show) to its delta score.
 
     Keys are found a group at a time and each group is copied and touched while its
     records are still in cache.
@@ -52,6 +53,7 @@ def pull_existing(
                 if train:
                     touch(r, clock, decay, show, click, last_seen, gen, gen_now)
                     show[r] += shows[i]
+                    delta_score[r] += nonclk * shows[i]
             else:
                 n_miss += 1
                 for j in range(dim):
@@ -62,13 +64,14 @@ def pull_existing(
 @nb.njit(nogil=True, cache=True)
 def gather_push(
     index, keys, ids, grads, shows, clicks, weights, clock, decay, show, click, last_seen,
-    gen, gen_now, updates,
+    gen, gen_now, delta_score, nonclk, clk,
 ):  # fmt: skip
     """Looks ids up, updates the statistics of their rows and sums duplicate gradients.
 
     Returns (unique rows, summed grads, summed ``weights`` (the occurrences each gradient
     stands for), positions of ids without a row). Statistics are updated while the row's
-    record is in cache: show and click per id, the update count once per push.
+    record is in cache: show, click and the delta score per id (a show scores ``nonclk``,
+    a click ``clk`` - ``nonclk`` more: Paddle's show/click score, which is linear).
     """
     n = ids.shape[0]
     dim = grads.shape[1]
@@ -94,7 +97,6 @@ def gather_push(
             if u_next > u:  # first occurrence of this row in the push
                 u = u_next
                 touch(r, clock, decay, show, click, last_seen, gen, gen_now)
-                updates[r] += 1
                 for j in range(dim):
                     agg[p, j] = grads[i, j]
             else:
@@ -103,6 +105,7 @@ def gather_push(
             counts[p] += weights[i]
             show[r] += shows[i]
             click[r] += clicks[i]
+            delta_score[r] += nonclk * shows[i] + (clk - nonclk) * clicks[i]
     return urows[:u], agg[:u], counts[:u], missing[:m]
 
 
@@ -129,7 +132,9 @@ def touch_push_unique(
     last_seen,
     gen,
     gen_now,
-    updates,
+    delta_score,
+    nonclk,
+    clk,
 ):
     """``gather_push`` for ids known to be distinct: no dedup, no gradient copy.
 
@@ -156,9 +161,9 @@ def touch_push_unique(
             n_miss += 1
             continue
         touch(r, clock, decay, show, click, last_seen, gen, gen_now)
-        updates[r] += 1
         show[r] += shows[i]
         click[r] += clicks[i]
+        delta_score[r] += nonclk * shows[i] + (clk - nonclk) * clicks[i]
     return rows, n_miss
 
 

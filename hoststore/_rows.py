@@ -1,9 +1,11 @@
 """Row slots of a table: struct-of-arrays storage, the key index and the free list.
 
 Per row: a 32-byte record (key and statistics: one cache line serves the index's key
-comparison and every statistic update), the embedding and the optimizer state, each in
-reserved memory that grows without copies (:mod:`hoststore._row_storage`). Freed slots
-are reused. Not thread-safe: the owning table holds its lock around every call.
+comparison and every statistic update; the statistics are those of Paddle's feature value:
+show, click, last seen, and the delta score that serving delta exports filter on), the
+embedding and the optimizer state, each in reserved memory that grows without copies
+(:mod:`hoststore._row_storage`). Freed slots are reused. Not thread-safe: the owning table
+holds its lock around every call.
 """
 
 from __future__ import annotations
@@ -19,10 +21,10 @@ from hoststore._row_storage import GrowableRows
 
 META = np.dtype(
     [("key", "<i8"), ("show", "<f4"), ("click", "<f4"), ("last_seen", "<i4"),
-     ("created", "<i4"), ("updates", "<u4"), ("gen", "<u4")],
+     ("created", "<i4"), ("delta_score", "<f4"), ("gen", "<u4")],
     align=True,
 )  # fmt: skip
-STAT_COLUMNS = ("show", "click", "last_seen", "created", "updates")
+STAT_COLUMNS = ("show", "click", "last_seen", "created", "delta_score")
 _GROWTH = 1.5
 _CHUNK = 4096
 _EXPORT_CHUNK = 1 << 16  # rows copied per hold of the table's lock by a snapshot
@@ -63,7 +65,9 @@ class RowSlots:
         self.click = meta["click"]
         self.last_seen = meta["last_seen"]
         self.created = meta["created"]  # -1: free slot
-        self.updates = meta["updates"]
+        # Paddle's DeltaScore: the show/click score pushed since the row's last serving
+        # delta export (not decayed; an export with a delta threshold resets what it emits)
+        self.delta_score = meta["delta_score"]
         self.gen = meta["gen"]  # the table generation of the row's last change
         self.state = tuple(state)
         self.cap = cap
@@ -108,7 +112,8 @@ class RowSlots:
             for c, b in zip(as_2d, blocks, strict=True):
                 K.scatter_rows(c, r, b.reshape(len(r), -1))
 
-    def create(self, keys, shows, clicks, clock: int, fresh_state, gen: int) -> np.ndarray:
+    def create(self, keys, shows, clicks, clock: int, fresh_state, gen: int, delta_scores
+               ) -> np.ndarray:  # fmt: skip
         """Rows for new ``keys`` with their statistics and fresh optimizer state (the
         caller writes the initial embeddings); returns the rows."""
         rows = self.take(len(keys))
@@ -119,7 +124,7 @@ class RowSlots:
         self.click[rows] = clicks
         self.last_seen[rows] = clock
         self.created[rows] = clock
-        self.updates[rows] = 0
+        self.delta_score[rows] = delta_scores
         self.gen[rows] = gen
         return rows
 
@@ -147,9 +152,11 @@ class RowSlots:
         out = {"present": ok, "show": np.full(len(rows), np.nan, np.float32),
                "click": np.full(len(rows), np.nan, np.float32)}  # fmt: skip
         out["show"][ok], out["click"][ok] = show, click
-        for c in ("last_seen", "created", "updates"):
+        for c in ("last_seen", "created"):
             out[c] = np.full(len(rows), -1, np.int64)
             out[c][ok] = self.column(c)[rows[ok]]
+        out["delta_score"] = np.full(len(rows), np.nan, np.float32)
+        out["delta_score"][ok] = self.delta_score[rows[ok]]
         return out
 
     def live(self) -> np.ndarray:

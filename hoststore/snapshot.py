@@ -97,18 +97,27 @@ def save(
     min_score: float | None = None,
     float16: bool = False,
     cache_fraction: float = 0.1,
+    max_unseen: int | None = None,
+    delta_threshold: float | None = None,
 ) -> dict:
     """Writes a snapshot of ``table`` to the new directory ``path``; returns its manifest.
 
     A delta needs the manifest of the snapshot it follows (``parent``) and holds what
     changed after the parent's cut, whatever other snapshots were taken in between; each
     shard is cut at one instant, under its lock, while pulls and pushes continue around it.
-    ``serving`` keeps the rows whose score is at least ``min_score`` (Paddle's xbox
-    ``base_threshold``); ``cache`` (Paddle's ``save_cache_model``) the ``cache_fraction``
-    of rows with the most (decayed) shows, ties to the smaller key: both weights only.
+    ``serving`` holds weights only, of the rows Paddle's xbox save keeps: score at least
+    ``min_score`` (``base_threshold``), unseen at most ``max_unseen`` ticks
+    (``delta_keep_days``), delta score at least ``delta_threshold`` (``delta_threshold``;
+    it restarts at 0 for the rows emitted, so the next such export is a serving delta:
+    Paddle's xbox base is ``delta_threshold=0``). ``cache`` (``save_cache_model``): the
+    ``cache_fraction`` of rows with the most (decayed) shows, ties to the smaller key.
     """
     if kind not in KINDS:
         raise ValueError(f"snapshot kind must be one of {KINDS}, got {kind!r}")
+    filters = {"min_score": min_score, "max_unseen": max_unseen,
+               "delta_threshold": delta_threshold}  # fmt: skip
+    if kind != "serving" and (max_unseen is not None or delta_threshold is not None):
+        raise ValueError("max_unseen and delta_threshold filter serving exports only")
     if kind == "delta" and parent is None:
         raise ValueError("a delta snapshot needs its parent's manifest")
     if os.path.exists(os.path.join(path, MANIFEST)):
@@ -118,21 +127,18 @@ def save(
     shards = _shards(table)
     cols: dict[str, np.ndarray] = {}
     cut_seconds = 0.0  # the longest a shard's lock was held (writes wait that long)
-    if kind in ("serving", "cache"):
+    if kind == "serving":
+        rows = _concat([s.export_serving(min_score, max_unseen, delta_threshold) for s in shards])
+        cols["rows.key"] = rows["key"]
+        cols["rows.emb"] = rows["emb"].astype(np.float16 if float16 else np.float32)
+    elif kind == "cache":
+        if not 0.0 <= cache_fraction <= 1.0:
+            raise ValueError(f"cache_fraction must be in [0, 1], got {cache_fraction}")
         rows = _concat([_with_counts_now(s) for s in shards])
-        keep = np.ones(len(rows["key"]), bool)
-        if kind == "serving" and min_score is not None:
-            ev = table.config.eviction
-            keep = eviction.scores(ev, rows["show_now"], rows["click_now"]) >= min_score
-        if kind == "cache":
-            if not 0.0 <= cache_fraction <= 1.0:
-                raise ValueError(f"cache_fraction must be in [0, 1], got {cache_fraction}")
-            top = np.lexsort((rows["key"], -rows["show_now"]))
-            top = top[: int(round(cache_fraction * len(top)))]
-            keep = np.zeros(len(rows["key"]), bool)
-            keep[top] = True
-        cols["rows.key"] = rows["key"][keep]
-        cols["rows.emb"] = rows["emb"][keep].astype(np.float16 if float16 else np.float32)
+        top = np.lexsort((rows["key"], -rows["show_now"]))
+        top = np.sort(top[: int(round(cache_fraction * len(top)))])
+        cols["rows.key"] = rows["key"][top]
+        cols["rows.emb"] = rows["emb"][top].astype(np.float16 if float16 else np.float32)
     else:
         since = [None] * len(shards)
         if kind == "delta":  # each shard continues its own cut; another layout: everything
@@ -165,6 +171,7 @@ def save(
         "table": table_signature(table.config),
         "shards": scalars if kind in ("base", "delta") else [s.export_scalars() for s in shards],
         "rows": int(len(cols["rows.key"])),
+        **({"filters": filters} if kind == "serving" else {}),
         "deleted": int(len(cols.get("deleted.key", ()))),
         "files": files,
     }
@@ -265,7 +272,11 @@ def load(paths: list[str], config: TableConfig, shards: int = 1) -> EmbeddingTab
         rows = {k[5:]: v for k, v in cols.items() if k.startswith("rows.")}
         pending = {k[8:]: v for k, v in cols.items() if k.startswith("pending.")}
         deleted = cols.get("deleted.key", np.empty(0, np.int64))
-        _apply(table, _rename_state_columns(rows, names, path), deleted, pending, m["shards"])
+        rows = _rename_state_columns(rows, names, path)
+        if "updates" in rows:  # written before rows had a delta score: it starts at 0
+            del rows["updates"]
+            rows["delta_score"] = np.zeros(len(rows["key"]), np.float32)
+        _apply(table, rows, deleted, pending, m["shards"])
         prev = m
     return table
 

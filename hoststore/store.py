@@ -82,10 +82,12 @@ class Store(Protocol):
         """Records which run and checkpoint the table holds (``stats()[table]["tag"]``;
         empty after create_table and load; "<mixed>" when shards disagree)."""
 
-    def save(self, table: str, path: str, kind: str, parent: Sequence[dict] | None = None) -> Saved:
+    def save(self, table: str, path: str, kind: str, parent: Sequence[dict] | None = None,
+             **filters) -> Saved:  # fmt: skip
         """Writes a ``base``, ``delta`` (after ``parent``, the manifests of the previous
         save of this chain), ``serving`` or ``cache`` snapshot of ``table`` under
-        ``path``."""
+        ``path``. ``filters``: those of :func:`hoststore.snapshot.save` (``min_score``,
+        ``max_unseen``, ``delta_threshold``, ``float16``, ``cache_fraction``)."""
 
     def load(self, table: str, chains: list[list[str]]) -> int:
         """Replaces ``table`` by the snapshot chains (base, then deltas), one chain per part
@@ -170,12 +172,14 @@ class LocalStore:
         self._tags[table] = tag
 
     def save(self, table: str, path: str, kind: str, parent: Sequence[dict] | None = None,
-             *, min_score: float | None = None, float16: bool = False,
+             *, min_score: float | None = None, max_unseen: int | None = None,
+             delta_threshold: float | None = None, float16: bool = False,
              cache_fraction: float = 0.1) -> Saved:  # fmt: skip
         if parent is not None and len(parent) != 1:
             raise ValueError(f"an in-process table continues one chain, not {len(parent)}")
         m = snapshot.save(self.table(table), path, kind, parent[0] if parent else None,
-                          min_score=min_score, float16=float16,
+                          min_score=min_score, max_unseen=max_unseen,
+                          delta_threshold=delta_threshold, float16=float16,
                           cache_fraction=cache_fraction)  # fmt: skip
         return Saved([os.path.abspath(path)], [m])
 

@@ -62,6 +62,8 @@ class EmbeddingTable:
         self._admit_salt = seed_salt(config.seed, ADMIT_SALT)
         self._init_code = KIND_CODES[config.initializer.kind]
         self._bounds = (float(config.weight_bounds[0]), float(config.weight_bounds[1]))
+        ev = config.eviction  # what a show and a click add to a row's delta score
+        self._score_coeffs = (np.float32(ev.nonclk_coeff), np.float32(ev.click_coeff))
         self.totals = dict.fromkeys(TOTALS, 0)
         # Change tracking by generation: every write stamps its row with the current
         # generation; a snapshot cuts a generation under the lock, and a delta takes what
@@ -146,7 +148,8 @@ class EmbeddingTable:
                 r.index, r.keys, r.emb, r.show, r.click, r.last_seen, r.gen,
                 np.uint32(self._gen), ids[lo:hi],
                 shows[lo:hi], out[lo:hi], rows[lo:hi], self.config.admission.default_value, train,
-                self._clock, self.config.eviction.decay,
+                self._clock, self.config.eviction.decay, r.delta_score,
+                np.float32(self.config.eviction.nonclk_coeff),
             )  # fmt: skip
 
         if train:  # training pulls stay on the caller's thread (shards run in parallel)
@@ -184,7 +187,8 @@ class EmbeddingTable:
 
     def _create_rows(self, keys: np.ndarray, shows: np.ndarray, clicks: np.ndarray) -> np.ndarray:
         rows = self._rows.create(keys, shows, clicks, self._clock,
-                                 self._opt.init(len(keys), self._dim), self._gen)  # fmt: skip
+                                 self._opt.init(len(keys), self._dim), self._gen,
+                                 eviction.scores(self.config.eviction, shows, clicks))  # fmt: skip
         write_initial_rows(self._rows.emb, rows, keys, self._init_code,
                            self.config.initializer.scale, self._init_salt)  # fmt: skip
         self.totals["admitted"] += len(rows)
@@ -230,7 +234,7 @@ class EmbeddingTable:
                 rows, n_miss = K.touch_push_unique(
                     r.index, r.keys, r.created, ids, hint, shows, clicks, self._clock,
                     self.config.eviction.decay, r.show, r.click, r.last_seen, r.gen,
-                    np.uint32(self._gen), r.updates,
+                    np.uint32(self._gen), r.delta_score, *self._score_coeffs,
                 )  # fmt: skip
                 missing = np.flatnonzero(rows < 0) if n_miss else _NO_HINT
                 if n_miss:
@@ -240,7 +244,7 @@ class EmbeddingTable:
                 rows, grads, counts, missing = K.gather_push(
                     r.index, r.keys, ids, grads, shows, clicks, counts, self._clock,
                     self.config.eviction.decay, r.show, r.click, r.last_seen, r.gen,
-                    np.uint32(self._gen), r.updates,
+                    np.uint32(self._gen), r.delta_score, *self._score_coeffs,
                 )  # fmt: skip
             hp = self._opt.hparams(self._clock)
             r.apply_optimizer(self._opt, rows, grads, counts, hp, self._bounds)
@@ -323,6 +327,34 @@ class EmbeddingTable:
         if since is not None:
             rows = rows[self._rows.gen[rows] > since]
         return self._rows.copy_out(rows)[0]
+
+    def export_serving(
+        self,
+        min_score: float | None = None,
+        max_unseen: int | None = None,
+        delta_threshold: float | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Keys and weights of the rows a serving export keeps, as Paddle's xbox save does:
+        score >= ``min_score`` (``base_threshold``), unseen for at most ``max_unseen`` ticks
+        (``delta_keep_days``) and delta score >= ``delta_threshold`` (``delta_threshold``).
+        With a delta threshold the emitted rows' delta scores restart at 0 (Paddle's
+        ``UpdateStatAfterSave``): the next serving delta holds the rows pushed to since."""
+        r = self._rows
+        with self._lock:
+            rows = self.live_rows()
+            keep = np.ones(len(rows), bool)
+            if min_score is not None:
+                score = eviction.scores(self.config.eviction, *self._decayed_counts(rows))
+                keep &= score >= min_score
+            if max_unseen is not None:
+                keep &= self._clock - r.last_seen[rows] <= max_unseen
+            if delta_threshold is not None:
+                keep &= r.delta_score[rows] >= delta_threshold
+            rows = rows[keep]
+            if delta_threshold is not None:
+                r.delta_score[rows] = 0.0
+                r.gen[rows] = self._gen  # a change: the checkpoint chain's next delta has it
+            return {"key": r.keys[rows], "emb": r.emb[rows]}
 
     def export_pending(self) -> dict[str, np.ndarray]:
         with self._lock:

@@ -200,7 +200,8 @@ class ShardedStore:
     # ------------------------------------------------------------------ snapshots
 
     def save(self, table: str, path: str, kind: str, parent: Sequence[dict] | None = None,
-             *, min_score: float | None = None, float16: bool = False,
+             *, min_score: float | None = None, max_unseen: int | None = None,
+             delta_threshold: float | None = None, float16: bool = False,
              cache_fraction: float = 0.1) -> Saved:  # fmt: skip
         """Each shard writes ``path/shard-<i>`` under its snapshot root."""
         remote = self._remote_path(path)
@@ -211,7 +212,9 @@ class ShardedStore:
             table=table, path=remote, kind=kind,
             parent_manifest_json=json.dumps(parent[i]) if parent else "",
             min_score=min_score or 0.0, has_min_score=min_score is not None, float16=float16,
-            cache_fraction=cache_fraction,
+            cache_fraction=cache_fraction, max_unseen=max_unseen or 0,
+            has_max_unseen=max_unseen is not None, delta_threshold=delta_threshold or 0.0,
+            has_delta_threshold=delta_threshold is not None,
         ) for i in range(self.num_shards)]  # fmt: skip
         manifests = [json.loads(r.manifest_json) for r in self._all("Snapshot", reqs, False)]
         return Saved([os.path.join(path, f"shard-{i}") for i in range(self.num_shards)],

@@ -232,6 +232,9 @@ class StoreServicer(store_pb2_grpc.EmbeddingStoreServicer):
         try:
             m = snapshot.save(t, path, request.kind, parent,
                               min_score=request.min_score if request.has_min_score else None,
+                              max_unseen=request.max_unseen if request.has_max_unseen else None,
+                              delta_threshold=request.delta_threshold
+                              if request.has_delta_threshold else None,
                               float16=request.float16,
                               cache_fraction=request.cache_fraction)  # fmt: skip
         except (ValueError, snapshot.SnapshotError) as e:

@@ -27,7 +27,7 @@ class Row:
     click: np.float32
     last_seen: int
     created: int
-    updates: int = 0
+    delta_score: float = 0.0  # Paddle's DeltaScore: the score of what was pushed since
 
 
 @dataclasses.dataclass
@@ -47,6 +47,10 @@ class DictTable:
         self.evicted: list[int] = []
         self.rejected = 0
         self.displaced = 0
+
+    def _score(self, show: float, click: float) -> float:
+        ev = self.cfg.eviction  # Paddle's ShowClickScore
+        return (show - click) * ev.nonclk_coeff + click * ev.click_coeff
 
     def _touch(self, row: Row) -> None:
         dt = self.clock - row.last_seen
@@ -71,6 +75,7 @@ class DictTable:
                 if train:
                     self._touch(row)
                     row.show = F32(row.show + shows[i])
+                    row.delta_score += self._score(float(shows[i]), 0.0)
             elif train:
                 missing[k] = missing.get(k, 0) + float(shows[i])
         if missing:
@@ -135,7 +140,8 @@ class DictTable:
         for k, show, click in admitted:
             init = initial_rows(self.cfg.initializer, self.cfg.seed, np.array([k]), self.cfg.dim)
             state = tuple(s[0] for s in self.cfg.optimizer.init(1, self.cfg.dim))
-            self.rows[k] = Row(init[0], state, F32(show), F32(click), self.clock, self.clock)
+            self.rows[k] = Row(init[0], state, F32(show), F32(click), self.clock, self.clock,
+                               self._score(show, click))  # fmt: skip
 
     def _expire_pending(self) -> None:
         ttl = self.cfg.admission.pending_ttl
@@ -154,13 +160,13 @@ class DictTable:
                 row = self.rows[k]
                 if k not in agg:
                     self._touch(row)
-                    row.updates += 1
                     agg[k] = [grads[i].astype(F32).copy(), F32(0)]
                 else:
                     agg[k][0] = agg[k][0] + grads[i].astype(F32)
                 agg[k][1] = F32(agg[k][1] + counts[i])
                 row.show = F32(row.show + shows[i])
                 row.click = F32(row.click + clicks[i])
+                row.delta_score += self._score(float(shows[i]), float(clicks[i]))
             elif self.cfg.admission.uses_counters and k in self.pending:
                 s = pend.setdefault(k, [0.0, 0.0])
                 s[0] += float(shows[i])

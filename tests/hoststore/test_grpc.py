@@ -108,6 +108,74 @@ def test_save_and_load_reproduce_the_table_on_every_store(store, tmp_path):
     store.close()
 
 
+class PaddleXbox:
+    """Paddle's CtrCommonAccessor for xbox saves, restated: a show per training occurrence,
+    a click per clicked one, DeltaScore += ShowClickScore of each, and Save(param 1 or 2):
+    score >= base_threshold, delta score >= delta_threshold (0 for the base), unseen days
+    <= delta_keep_days; what is saved restarts its delta score."""
+
+    def __init__(self, nonclk=0.1, click=1.0):
+        self.nonclk, self.click, self.clock, self.rows = nonclk, click, 0, {}
+
+    def score(self, s, c):
+        return (s - c) * self.nonclk + c * self.click
+
+    def pull(self, ids):
+        for k in ids.tolist():
+            r = self.rows.setdefault(k, {"show": 0.0, "click": 0.0, "delta": 0.0})
+            r["show"] += 1
+            r["delta"] += self.score(1, 0)
+            r["seen"] = self.clock
+
+    def push(self, ids, clicks):
+        for k, c in zip(ids.tolist(), clicks.tolist(), strict=True):
+            r = self.rows[k]
+            r["click"] += c
+            r["delta"] += self.score(0, c)
+            r["seen"] = self.clock
+
+    def save(self, base_threshold, delta_threshold, keep_days):
+        out = sorted(k for k, r in self.rows.items()
+                     if self.score(r["show"], r["click"]) >= base_threshold
+                     and r["delta"] >= delta_threshold - 1e-6
+                     and self.clock - r["seen"] <= keep_days)  # fmt: skip
+        for k in out:
+            self.rows[k]["delta"] = 0.0
+        return out
+
+
+def test_serving_deltas_filter_as_paddles_xbox_saves_on_every_store(store, tmp_path):
+    """Random pulls, clicks and clock ticks; after each, an xbox base or delta export. The
+    keys each one emits are those Paddle's accessor would save, with the live weights."""
+    cfg = _cfg(f"t{uuid.uuid4().hex[:8]}", admission=hs.always(), eviction=hs.Eviction())
+    store.create_table(cfg)
+    ref, rng = PaddleXbox(), np.random.default_rng(7)
+    universe = np.arange(-30, 30, dtype=np.int64)
+    for step in range(12):
+        ids = rng.choice(universe, 25)  # repeats: several occurrences in one batch
+        store.pull(cfg.name, ids, train=True)
+        ref.pull(ids)
+        uniq = np.unique(ids)
+        clicks = rng.integers(0, 2, len(uniq)).astype(np.float32)
+        store.push(cfg.name, uniq, np.zeros((len(uniq), DIM), np.float32), clicks=clicks)
+        ref.push(uniq, clicks)
+        if step % 3 == 2:
+            store.advance_clock(1)
+            ref.clock += 1
+        delta = 0.0 if step % 4 == 0 else 0.25  # every 4th an xbox base
+        saved = store.save(cfg.name, str(tmp_path / f"x{step}"), "serving", min_score=1.5,
+                           max_unseen=2, delta_threshold=delta)  # fmt: skip
+        keys, weights = zip(*(snap.load_serving(p) for p in saved.paths), strict=True)
+        keys, weights = np.concatenate(keys), np.concatenate(weights)
+        want = ref.save(1.5, delta, 2)
+        assert sorted(keys.tolist()) == want, f"step {step}"
+        assert 0 < len(want) < len(ref.rows) or step < 3
+        np.testing.assert_array_equal(weights, store.pull(cfg.name, keys, train=False))
+        assert saved.manifests[0]["filters"] == {"min_score": 1.5, "max_unseen": 2,
+                                                 "delta_threshold": delta}  # fmt: skip
+    store.close()
+
+
 @pytest.mark.parametrize(
     "call, match",
     [

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import shutil
@@ -185,7 +187,8 @@ def test_columns_take_the_optimizer_state_names_and_old_positional_names_still_l
     t.push(keys, np.ones((6, 3), np.float32))
     m = snap.save(t, str(tmp_path / "new"), "base")
     assert {"rows.mu.npy", "rows.nu.npy", "rows.count.npy"} <= set(m["files"])
-    # A snapshot written before the states had names: rows.state_0.npy, ... in field order.
+    # A snapshot written before the states had names (rows.state_0.npy, ... in field order)
+    # and before rows had a delta score (rows.updates.npy, a push count).
     old = tmp_path / "old"
     old.mkdir()
     files = {}
@@ -193,11 +196,24 @@ def test_columns_take_the_optimizer_state_names_and_old_positional_names_still_l
         new_name = name
         for i, field in enumerate(("mu", "nu", "count")):
             new_name = new_name.replace(f"rows.{field}.npy", f"rows.state_{i}.npy")
-        shutil.copy(tmp_path / "new" / name, old / new_name)
+        if name == "rows.delta_score.npy":
+            new_name = "rows.updates.npy"
+            buf = io.BytesIO()
+            np.save(buf, np.ones(len(keys), np.uint32))
+            (old / new_name).write_bytes(buf.getvalue())
+            meta = {**meta, "sha256": hashlib.sha256(buf.getvalue()).hexdigest(),
+                    "bytes": len(buf.getvalue()), "dtype": "<u4"}  # fmt: skip
+        else:
+            shutil.copy(tmp_path / "new" / name, old / new_name)
         files[new_name] = meta
     old_manifest = {k: v for k, v in m.items() if k != "sha256"}  # older ones had none
     (old / "manifest.json").write_text(json.dumps({**old_manifest, "files": files}))
-    assert_same(snap.load([str(old)], CFG), t)
+    loaded = snap.load([str(old)], CFG)
+    st = loaded.row_stats(keys)
+    assert st["present"].sum() == len(loaded) > 0
+    assert (st["delta_score"][st["present"]] == 0).all()  # it starts at 0
+    t.export_serving(delta_threshold=0.0)  # which sets the live table's to 0 too
+    assert_same(loaded, t)
 
 
 def test_a_key_evicted_twice_between_snapshots_frees_its_slot_once(tmp_path):

@@ -118,7 +118,7 @@ def test_count_filter_admits_at_nth_sighting_and_pending_pulls_default(table):
     row = t.pull(k, train=True)
     assert len(t) == 1 and t.pending_count() == 0 and np.abs(row).max() <= 0.01
     st = t.row_stats(k)
-    assert st["show"][0] == 3 and st["updates"][0] == 0
+    assert st["show"][0] == 3 and np.isclose(st["delta_score"][0], 3 * 0.1)  # 3 shows
     assert t.stats()["admitted"] == 1
 
 
@@ -295,7 +295,7 @@ def test_threads_pushing_the_same_keys(table):
         th.join()
     # SGD with lr 1 and gradient 1: every push subtracts exactly 1 from every coordinate.
     np.testing.assert_array_equal(t.pull(keys, train=False), -n_threads * n_pushes)
-    assert (t.row_stats(keys)["updates"] == n_threads * n_pushes).all()
+    assert (t.row_stats(keys)["show"] == 1 + n_threads * n_pushes).all()  # no count lost
 
 
 @pytest.mark.parametrize("evict_between", [False, True])
@@ -321,7 +321,7 @@ def test_assume_unique_push_equals_the_general_push(table, evict_between):
         b.push(ids.copy(), grads, clicks=clicks, assume_unique=True)
     probe = np.arange(-40, 40, dtype=np.int64)
     np.testing.assert_array_equal(a.pull(probe, train=False), b.pull(probe, train=False))
-    for k in ("present", "show", "click", "updates", "last_seen"):
+    for k in ("present", "show", "click", "delta_score", "last_seen"):
         np.testing.assert_array_equal(a.row_stats(probe)[k], b.row_stats(probe)[k])
     np.testing.assert_array_equal(a.pending_stats(probe)["show"], b.pending_stats(probe)["show"])
 
