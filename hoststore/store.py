@@ -40,6 +40,11 @@ class Saved(NamedTuple):
 
 
 class Store(Protocol):
+    @property
+    def parts(self) -> int:
+        """Snapshot parts a ``save`` writes, one chain each: 1 in process, one per shard
+        server."""
+
     def create_table(self, config: TableConfig) -> None:
         """Creates the table, or does nothing if it exists with the same config."""
 
@@ -136,6 +141,8 @@ class LocalStore:
             return self._tables[name]
         except KeyError:
             raise ValueError(f"unknown table {name!r}; have {sorted(self._tables)}") from None
+
+    parts = 1  # one snapshot per table, whatever the in-process shard count
 
     def create_table(self, config: TableConfig) -> None:
         have = self._tables.get(config.name)

@@ -137,7 +137,10 @@ class CheckpointManager:
         if os.path.exists(path):  # an interrupted earlier attempt at this step
             shutil.rmtree(path)
         prev = self._last_meta
-        base = base or prev is None
+        # A delta continues each part's chain: a store restored into another part count
+        # (shard servers) starts new chains with a base.
+        base = base or prev is None or any(len(c) != store.parts
+                                           for c in prev["store_chains"].values())  # fmt: skip
         leaves = jax.tree_util.tree_leaves((params, opt_state))
         self._orbax.save(os.path.join(path, "dense"),
                          {str(i): np.asarray(x) for i, x in enumerate(leaves)})  # fmt: skip

@@ -11,11 +11,17 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
+from collections.abc import Iterable, Iterator
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+
+from jaxstream.stream import Partition, key_time
+
+_MESSAGE_BYTES = 1024  # a partition's key and path, as worker 0 sends them to the others
 
 
 @dataclasses.dataclass
@@ -58,6 +64,34 @@ class Workers:
         out = fn() if self.is_first else None
         self.barrier()
         return out
+
+    def follow_first(self, source: Iterable[Partition], root: str) -> Iterator[Partition]:
+        """The partitions worker 0's ``source`` yields, on every worker, one at a time.
+
+        Each worker's own listing is taken at another instant and could disagree about an
+        hour that landed late or was skipped after a gap; workers that trained different
+        partitions would sum the gradients of different data. So worker 0 decides and
+        sends each partition's key and path (relative to ``root``) to the others."""
+        if self.count == 1:
+            yield from source
+            return
+        mine = iter(source) if self.is_first else None
+        while True:
+            part = next(mine, None) if self.is_first else None
+            message = np.zeros(_MESSAGE_BYTES, np.int32)  # all zero: the stream has ended
+            if part is not None:
+                data = f"{part.key}\n{os.path.relpath(part.path, root)}".encode()
+                if len(data) > _MESSAGE_BYTES:
+                    raise ValueError(f"partition path too long to send: {part.path}")
+                message[: len(data)] = np.frombuffer(data, np.uint8)
+            got = np.asarray(self.allreduce_sum(message))
+            if not got.any():
+                return
+            if self.is_first:
+                yield part
+            else:
+                key, rel = bytes(got[got > 0].astype(np.uint8)).decode().split("\n")
+                yield Partition(key, os.path.normpath(os.path.join(root, rel)), key_time(key))
 
     def slice(self, n: int) -> tuple[int, int]:
         """This worker's contiguous share [lo, hi) of n examples."""

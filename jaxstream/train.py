@@ -250,7 +250,7 @@ def _train(cfg, workdir, model, features, dense_optimizer, store, on_partition_e
     malformed_total = 0
     partitions_before = state.partitions
     t_run = time.perf_counter()
-    for part in source:
+    for part in workers.follow_first(source, data_root):
         # A day boundary forward (a late partition of an earlier day changes nothing).
         if last_day is not None and part.time.date() > last_day and cfg.shrink_every == "day":
             evicted = workers.on_first(store.shrink)

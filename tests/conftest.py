@@ -64,11 +64,14 @@ def pytest_addoption(parser):
     parser.addoption(
         "--load-seconds",
         type=float,
-        default=10.0,
-        help="duration of the concurrent-load reliability test",
+        default=5.0,
+        help="duration of the concurrent-load reliability test (CI: 5 s)",
     )
     parser.addoption(
-        "--kills", type=int, default=10, help="kill -9s of the trainer in the random-kill test"
+        "--kills",
+        type=int,
+        default=5,
+        help="kill -9s of the trainer in the random-kill test (CI: 5; RELIABILITY.md: 10)",
     )
 
 

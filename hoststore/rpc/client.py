@@ -81,6 +81,10 @@ class ShardedStore:
     def num_shards(self) -> int:
         return len(self.addresses)
 
+    @property
+    def parts(self) -> int:
+        return len(self.addresses)
+
     def close(self) -> None:
         self._pool.shutdown(wait=False)
         for c in self._channels:

@@ -7,9 +7,13 @@ import json
 import os
 import subprocess
 import sys
+import threading
 
+import numpy as np
 import pytest
 
+from jaxstream.distributed import Workers
+from jaxstream.stream import PartitionSource, SourceConfig, key_time
 from tests.conftest import REPO
 
 
@@ -44,3 +48,51 @@ def test_two_shards_two_workers_then_resume(tmp_path):
     assert workers[0]["partitions"] == 3 and workers[0]["table_rows"] == lines[-1]["table_rows"]
     steps = sorted(os.listdir(os.path.join(work, "checkpoints")))
     assert steps == ["000001", "000002", "000003"]
+
+
+class ThreadWorkers(Workers):
+    """Workers whose all-reduce sums over threads of this process (a barrier and a shared
+    list): the agreement logic without a jax.distributed job."""
+
+    def __init__(self, index, count, board):
+        super().__init__(index, count)
+        self._board = board
+
+    def allreduce_sum(self, tree):
+        barrier, slots = self._board
+        slots[self.index] = np.asarray(tree)
+        barrier.wait()
+        total = sum(slots)
+        barrier.wait()
+        return total
+
+
+def test_every_worker_trains_the_partitions_worker_0_lists(tmp_path):
+    """Worker 1's own listing misses an hour (its _SUCCESS landed after it looked) and has
+    one more: both follow worker 0, partition by partition, and stop together."""
+    a = tmp_path / "a"
+    for h in ("00", "01", "02"):
+        (a / "20260101" / h).mkdir(parents=True)
+        (a / "20260101" / h / "part-00000").touch()
+        (a / "20260101" / h / "_SUCCESS").touch()
+    b = tmp_path / "b"
+    for h in ("00", "02", "03"):
+        (b / "20260101" / h).mkdir(parents=True)
+        (b / "20260101" / h / "part-00000").touch()
+        (b / "20260101" / h / "_SUCCESS").touch()
+    board = (threading.Barrier(2), [None, None])
+    got = [None, None]
+
+    def run(i, root):
+        source = PartitionSource(SourceConfig(str(root)))
+        w = ThreadWorkers(i, 2, board)
+        got[i] = [(p.key, p.path, p.time) for p in w.follow_first(source, str(a))]
+
+    threads = [threading.Thread(target=run, args=(i, r)) for i, r in enumerate((a, b))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    want = [(f"20260101/{h}", str(a / "20260101" / h), key_time(f"20260101/{h}"))
+            for h in ("00", "01", "02")]  # fmt: skip
+    assert got[0] == got[1] == want
