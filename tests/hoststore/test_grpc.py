@@ -625,3 +625,25 @@ def test_a_shard_without_a_snapshot_root_writes_no_snapshots():
             assert "--snapshot_root" in e.value.details()
     finally:
         server.stop(0)
+
+
+def test_a_flood_of_new_keys_never_starves_genuinely_new_ones(cluster):
+    """A client floods a shard with 20,000 keys seen once (its pending table holds 1,000):
+    the stalest counters give way, counted, and a key seen twice an hour later is admitted."""
+    cfg = _cfg(f"t{uuid.uuid4().hex[:8]}", admission=hs.count_filter(2, max_pending=1000),
+               eviction=hs.Eviction())  # fmt: skip
+    client = cluster.connect(token=cluster.token)
+    client.create_table(cfg)
+    flood = np.arange(10**9, 10**9 + 20_000, dtype=np.int64)
+    for batch in np.split(flood, 20):
+        client.pull(cfg.name, batch, train=True)
+    stats = client.stats()[cfg.name]
+    assert stats["rows"] == 0 and stats["displaced_pending"] >= 18_000
+    client.advance_clock(1)
+    genuine = np.array([42], np.int64)
+    client.pull(cfg.name, genuine, train=True)
+    client.pull(cfg.name, flood[-500:] + 10**6, train=True)  # the flood goes on meanwhile
+    client.pull(cfg.name, genuine, train=True)
+    assert client.stats()[cfg.name]["rows"] == 1
+    assert client.pull(cfg.name, genuine, train=False, with_counts=True)[0, 0] == 2  # shows
+    client.close()
