@@ -72,6 +72,8 @@ class TrainConfig:
     sparse_learning_rate: float = _field(0.05, "Sparse (store) learning rate.")
     initializer_scale: float = _field(0.01, "New rows are uniform in +-this.")
     cvm: bool = _field(False, "Feed each ID's show/click counters to the model (Paddle's CVM).")
+    devices: int = _field(0, "Local devices the step runs on, data parallel (0: all; fewer "
+                          "when they do not divide batch_size).")  # fmt: skip
     # --- store policies
     admission: str = _field(
         "always", "always | probability:P | count_filter:N | show_click:T (Paddle's entry)."
@@ -110,7 +112,7 @@ FIELD_GROUPS: dict[str, tuple[str, ...]] = {
              "max_malformed_fraction"),
     "model": ("model", "hidden", "embedding_dim", "batch_size", "dense_optimizer",
               "dense_learning_rate", "sparse_optimizer", "sparse_learning_rate",
-              "initializer_scale", "cvm", "seed"),
+              "initializer_scale", "cvm", "devices", "seed"),
     "store": ("admission", "pending_ttl", "eviction", "shrink_every", "store_shards",
               "table_capacity"),
     "checkpoints": ("checkpoint", "keep_bases"),
@@ -167,6 +169,8 @@ def check(cfg: TrainConfig) -> None:
             bad(field, "must be >= 1")
     if cfg.staleness < 0:
         bad("staleness", "must be >= 0")
+    if cfg.devices < 0:
+        bad("devices", "must be >= 0 (0: all local devices)")
     if not 0.0 <= cfg.max_malformed_fraction <= 1.0:
         bad("max_malformed_fraction", "must be in [0, 1]")
     if cfg.model not in models.MODELS:

@@ -106,6 +106,8 @@ class Pipeline:
         progress: Callable[[int, int], None] | None = None,
         device=None,
     ):
+        """``device``: where each DeviceBatch goes (a device, or a DeviceBatch of shardings
+        from :func:`jaxstream.step.batch_placement`); None: the default device."""
         if (train_fn is None) == (eval_fn is None):
             raise ValueError("give exactly one of train_fn and eval_fn")
         if staleness < 0:

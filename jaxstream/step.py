@@ -13,8 +13,11 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from jaxstream.features import FeatureSpec
 
@@ -133,3 +136,29 @@ def make_distributed_train_step(graphdef, tx, spec: FeatureSpec, workers):
         return StepOutput(params, opt_state, row_grads, preds, loss)
 
     return step
+
+
+def local_mesh(count: int, batch_size: int) -> Mesh | None:
+    """A data-parallel mesh over this process's devices: ``count`` of them (0: all), or
+    fewer so that they divide ``batch_size``; None for one device."""
+    devices = jax.local_devices()
+    n = min(count or len(devices), len(devices))
+    while batch_size % n:
+        n -= 1
+    return Mesh(np.array(devices[:n]), ("data",)) if n > 1 else None
+
+
+def batch_placement(mesh: Mesh, spec: FeatureSpec) -> DeviceBatch:
+    """Where a DeviceBatch's parts go on ``mesh``: the examples split over the devices, the
+    batch's unique rows on every device. Inside the jitted step XLA then sums the dense and
+    the row gradients across devices (its collectives; no host round trip)."""
+    split = NamedSharding(mesh, P("data"))
+    every = NamedSharding(mesh, P())
+    slots = [s.name for s in spec.slots]
+    return DeviceBatch({t.name: every for t in spec.tables}, dict.fromkeys(slots, split),
+                       dict.fromkeys(slots, split), split, split, split)  # fmt: skip
+
+
+def replicate(mesh: Mesh | None, tree):
+    """``tree`` (parameters, optimizer state) on every device of ``mesh``."""
+    return tree if mesh is None else jax.device_put(tree, NamedSharding(mesh, P()))

@@ -37,7 +37,13 @@ from jaxstream.distributed import Workers
 from jaxstream.features import FeatureSpec, single_table_spec
 from jaxstream.metrics import BinaryMetrics
 from jaxstream.pipeline import run_pass
-from jaxstream.step import make_distributed_train_step, make_steps
+from jaxstream.step import (
+    batch_placement,
+    local_mesh,
+    make_distributed_train_step,
+    make_steps,
+    replicate,
+)
 from jaxstream.stream import Partition, PartitionSource, SourceConfig, key_time
 
 log = logging.getLogger(__name__)
@@ -207,6 +213,11 @@ def _train(cfg, workdir, model, features, dense_optimizer, store, on_partition_e
     progress = progress or _no_progress
     state = TrainState(params, tx.init(params))
     train_fn, eval_fn = make_steps(graphdef, tx, spec)
+    # One process: every local device, data parallel inside the jitted step. Several
+    # processes: one device each, dense gradients summed across them.
+    mesh = local_mesh(cfg.devices, cfg.batch_size) if workers.count == 1 else None
+    placement = batch_placement(mesh, spec) if mesh is not None else None
+    devices = 1 if mesh is None else mesh.size
     if workers.count > 1:
         train_fn = make_distributed_train_step(graphdef, tx, spec, workers)
     metrics_path = cfg.metrics_file or os.path.join(workdir, "metrics.jsonl")
@@ -233,6 +244,7 @@ def _train(cfg, workdir, model, features, dense_optimizer, store, on_partition_e
         log.info("resumed from checkpoint %d after partition %s", restored.step, restored.cursor)
         if on_resume is not None:
             on_resume(state)
+    state.params, state.opt_state = replicate(mesh, (state.params, state.opt_state))
     writer = records.tensorboard_writer(cfg, workdir)
     source = PartitionSource(
         SourceConfig(data_root, cfg.pattern, poll_seconds=cfg.poll_seconds, wait=cfg.wait,
@@ -277,7 +289,7 @@ def _train(cfg, workdir, model, features, dense_optimizer, store, on_partition_e
         with progress(f"{part.key} eval", len(mine)) as tick:
             ev = run_pass(store, spec, batches(mine, spec, cfg.batch_size, steps), train=False,
                           eval_fn=eval_fn, params=state.params, progress=tick,
-                          keep_predictions=cfg.dump_predictions)  # fmt: skip
+                          keep_predictions=cfg.dump_predictions, device=placement)  # fmt: skip
         if cfg.dump_predictions:
             records.dump_predictions(workdir, part, examples, report, workers, ev.predictions)
         if ckpt is not None:  # the store moves past the checkpoint its tag names
@@ -285,7 +297,7 @@ def _train(cfg, workdir, model, features, dense_optimizer, store, on_partition_e
         with progress(f"{part.key} train", len(mine)) as tick:
             tr = run_pass(store, spec, batches(mine, spec, cfg.batch_size, steps), train=True,
                           train_fn=train_fn, params=state.params, opt_state=state.opt_state,
-                          staleness=cfg.staleness, progress=tick)  # fmt: skip
+                          staleness=cfg.staleness, progress=tick, device=placement)  # fmt: skip
         ev.metrics, tr.metrics = _merge(workers, ev.metrics), _merge(workers, tr.metrics)
         state.params, state.opt_state = tr.params, tr.opt_state
         state.cumulative = state.cumulative.merge(ev.metrics)
@@ -312,6 +324,7 @@ def _train(cfg, workdir, model, features, dense_optimizer, store, on_partition_e
             "mean_label": ev.metrics.summary()["mean_label"],
             "cumulative_auc": state.cumulative.auc(),
             "examples": len(examples),
+            "devices": devices * workers.count,
             "train_examples_per_sec": len(examples) / max(tr.seconds, 1e-9),
             "eval_examples_per_sec": len(examples) / max(ev.seconds, 1e-9),
             "parse_lines_per_sec": report.lines / max(parse_s, 1e-9),
@@ -358,6 +371,7 @@ def _train(cfg, workdir, model, features, dense_optimizer, store, on_partition_e
         "cursor": state.cursor,
         "cumulative_auc": state.cumulative.auc(),
         "malformed_lines": malformed_total,
+        "devices": devices * workers.count,
         "seconds": time.perf_counter() - t_run,
         "metrics_file": metrics_path,
         "params_sha256": _digest(state.params),

@@ -24,7 +24,7 @@ RESUMABLE_FIELDS = frozenset({
     "data_root", "max_partitions", "wait", "poll_seconds", "idle_timeout_seconds",
     "gap_wait_seconds",
     "max_malformed_fraction", "staleness", "store_shards", "table_capacity", "keep_bases",
-    "metrics_file", "tensorboard", "progress", "dump_predictions",
+    "metrics_file", "tensorboard", "progress", "dump_predictions", "devices",
 })  # fmt: skip
 LOCK_FILE = ".lock"
 

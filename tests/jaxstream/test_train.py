@@ -189,3 +189,40 @@ def test_prediction_dumps_reference_every_example_and_match_the_progressive_auc(
         assert abs(m.auc() - rec["progressive_auc"]) < 1e-9
         for name, line, label, _ in rows[:50]:  # each row points at its line in its file
             assert name == "part-00000" and part_lines[int(line) - 1].split("\t")[0] == label
+
+
+_DEVICES_RUN = """
+import dataclasses, json, sys
+from jaxstream import train
+from tests.conftest import metric_lines, smoke_stream
+cfg = smoke_stream(sys.argv[1] + "/data", hours=3, checkpoint=False)  # the same stream
+out = {}
+for n in (2, 0):  # two of the four devices, then all of them
+    s = train.train_and_evaluate(dataclasses.replace(cfg, devices=n), f"{sys.argv[2]}/{n}")
+    out[n] = {"devices": s["devices"], "lines": metric_lines(s["metrics_file"])}
+print(json.dumps(out))
+"""
+
+
+def test_every_local_device_trains_data_parallel_with_the_same_results(tmp_path):
+    """4 forced CPU devices: the run reports how many trained, and its metrics match the
+    one-device run (the batch is split over the devices inside the jitted step; XLA sums
+    the gradients)."""
+    data = str(tmp_path / "data")
+    cfg = smoke_stream(data, hours=3, checkpoint=False)
+    one = train.train_and_evaluate(cfg, str(tmp_path / "one"))
+    assert one["devices"] == 1
+    proc = subprocess.run(
+        [sys.executable, "-c", _DEVICES_RUN, str(tmp_path / "sub"), str(tmp_path)],
+        capture_output=True,
+        text=True, timeout=300, cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
+        env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = json.loads(proc.stdout.splitlines()[-1])
+    want = metric_lines(one["metrics_file"])
+    for n, devices in (("2", 2), ("0", 4)):
+        assert runs[n]["devices"] == devices
+        for a, b in zip(runs[n]["lines"], want, strict=True):
+            assert a["partition"] == b["partition"] and a["table_rows"] == b["table_rows"]
+            assert abs(a["progressive_auc"] - b["progressive_auc"]) < 0.01
