@@ -53,6 +53,7 @@ class PassResult:
     seconds: float
     host_seconds: float  # producer time spent pulling and moving rows to the device
     push_seconds: float
+    batch_seconds: float  # batcher time spent building (deduplicating) host batches
     predictions: list[np.ndarray]
 
 
@@ -128,7 +129,7 @@ class Pipeline:
         self._stop = threading.Event()
         self._metrics = BinaryMetrics()
         self._predictions: list[np.ndarray] = []
-        self._timers = {"host": 0.0, "push": 0.0}
+        self._timers = {"host": 0.0, "push": 0.0, "batch": 0.0}
         self._stages = [_Stage("producer", self._pull_stage), _Stage("pusher", self._push_stage),
                         _Stage("batcher", self._batch_stage)]  # fmt: skip
         for stage in self._stages:
@@ -141,16 +142,19 @@ class Pipeline:
             for stage in self._stages:
                 stage.join(5.0)
         return PassResult(params, opt_state, self._metrics, n, time.perf_counter() - t_start,
-                          self._timers["host"], self._timers["push"],
+                          self._timers["host"], self._timers["push"], self._timers["batch"],
                           self._predictions)  # fmt: skip
 
     # ------------------------------------------------------------------ 1. batch
 
     def _batch_stage(self) -> None:
-        for hb in self._batches:
-            if not self._put(self._made, hb):
+        made = iter(self._batches)
+        while True:
+            t0 = time.perf_counter()
+            hb = next(made, _DONE)
+            self._timers["batch"] += time.perf_counter() - t0
+            if not self._put(self._made, hb) or hb is _DONE:
                 return
-        self._put(self._made, _DONE)
 
     # ------------------------------------------------------------------ 2. pull + transfer
 

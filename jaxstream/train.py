@@ -328,6 +328,7 @@ def _train(cfg, workdir, model, features, dense_optimizer, store, on_partition_e
             "train_examples_per_sec": len(examples) / max(tr.seconds, 1e-9),
             "eval_examples_per_sec": len(examples) / max(ev.seconds, 1e-9),
             "parse_lines_per_sec": report.lines / max(parse_s, 1e-9),
+            "batch_seconds": tr.batch_seconds,
             "host_seconds": tr.host_seconds,
             "push_seconds": tr.push_seconds,
             "train_seconds": tr.seconds,

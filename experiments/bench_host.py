@@ -1,0 +1,49 @@
+"""Host-only benchmark: the pipeline's examples/s per core count, without a real device step.
+
+python experiments/bench_host.py            # 8 h x 50K rows, 1 and 2 cores; writes BENCHMARKS.md
+python experiments/bench_host.py --smoke    # seconds; prints only
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import tempfile
+
+from absl import app, flags
+
+from benchmarks import host as bench
+from benchmarks.report import write_section
+
+_SMOKE = flags.DEFINE_boolean("smoke", False, "Tiny stream; does not write BENCHMARKS.md.")
+_ROOT = flags.DEFINE_string("root", None, "The stream (generated there when missing).")
+_OUT = flags.DEFINE_string("out", "BENCHMARKS.md", "Where to record the table.")
+_CHILD = flags.DEFINE_boolean("child", False, "(internal) measure in this process.")
+_MODE = flags.DEFINE_string("mode", "null", "(internal) null or lr.")
+_CONFIG = flags.DEFINE_string("config", None, "(internal) the config as JSON.")
+
+
+def main(argv):
+    del argv
+    if _CHILD.value:
+        fields = json.loads(_CONFIG.value)
+        cfg = bench.HostBenchConfig(**{k: tuple(v) if isinstance(v, list) else v
+                                       for k, v in fields.items()})  # fmt: skip
+        print(json.dumps(bench.measure(cfg, _ROOT.value, _MODE.value)))
+        return
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    cfg = bench.HostBenchConfig()
+    if _SMOKE.value:
+        cfg = dataclasses.replace(cfg, hours=2, rows_per_hour=3000, batch_size=512)
+    root = _ROOT.value or os.path.join(tempfile.gettempdir(),
+                                       f"bench_host_{cfg.hours}x{cfg.rows_per_hour}")  # fmt: skip
+    table = bench.markdown(cfg, bench.run(cfg, root, os.path.abspath(__file__)))
+    print(table)
+    if not _SMOKE.value:
+        write_section("Host pipeline alone (experiments/bench_host.py)", table, _OUT.value)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,140 @@
+"""The host side alone: how many examples/s the CPUs can feed a device, per core count.
+
+Each measurement runs in a child process pinned to the first N cores (``taskset``), so
+numba's, JAX's and the pipeline's threads all share exactly those cores:
+
+- ``null``: the pipeline (batching and dedup, pulls, pushes, metrics) with a device step
+  that returns zero gradients at once: the host's ceiling.
+- ``lr``: ``train_and_evaluate`` with the LR model (its device step is negligible), no
+  checkpoints: what training reaches when the host is the limit.
+
+Hours after the first are timed (the first compiles the kernels).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+_STAGES = ("batch_seconds", "host_seconds", "push_seconds")
+
+
+@dataclasses.dataclass(frozen=True)
+class HostBenchConfig:
+    hours: int = 8
+    rows_per_hour: int = 50_000
+    batch_size: int = 4096
+    admission: str = "count_filter:2"
+    staleness: int = 1
+    cores: tuple[int, ...] = (1, 2)
+    modes: tuple[str, ...] = ("null", "lr")
+
+
+def _train_config(cfg: HostBenchConfig, root: str):
+    from jaxstream import config
+    from jaxstream.data.synthetic import StreamConfig
+
+    stream = StreamConfig(hours=cfg.hours, rows_per_hour=cfg.rows_per_hour)
+    return dataclasses.replace(config.get_config(), data_root=root, synthetic=stream,
+                               model="lr", batch_size=cfg.batch_size, admission=cfg.admission,
+                               eviction="", staleness=cfg.staleness, checkpoint=False,
+                               progress=False)  # fmt: skip
+
+
+def _null_step(spec):
+    from jaxstream.step import StepOutput
+
+    def step(params, opt_state, db):
+        grads = {t: np.zeros((r.shape[0], r.shape[1] - spec.count_columns), np.float32)
+                 for t, r in db.rows.items()}  # fmt: skip
+        return StepOutput(params, opt_state, grads, np.zeros(db.labels.shape, np.float32), 0.0)
+
+    return step
+
+
+def measure(cfg: HostBenchConfig, root: str, mode: str) -> dict[str, float]:
+    """One measurement in this process (the child side): examples/s over hours 2+ and the
+    seconds each host stage was busy per 1,000 examples."""
+    import hoststore as hs
+    from jaxstream import train
+    from jaxstream.batching import batches
+    from jaxstream.pipeline import run_pass
+    from jaxstream.stream import PartitionSource, SourceConfig
+
+    tc = _train_config(cfg, root)
+    if mode == "lr":
+        import tempfile
+
+        work = tempfile.mkdtemp(prefix="bench_host_")
+        train.train_and_evaluate(tc, work)
+        lines = [json.loads(x) for x in open(os.path.join(work, "metrics.jsonl"))][1:]
+        examples = sum(x["examples"] for x in lines)
+        seconds = sum(x["train_seconds"] for x in lines)
+        stages = {k: sum(x[k] for x in lines) for k in _STAGES}
+    else:
+        spec = train.feature_spec(tc)
+        store, step = hs.LocalStore(spec.tables), _null_step(spec)
+        examples, seconds, stages = 0, 0.0, dict.fromkeys(_STAGES, 0.0)
+        for i, part in enumerate(PartitionSource(SourceConfig(root))):
+            ex, _ = train.read_partition(tc, part)
+            r = run_pass(store, spec, batches(ex, spec, tc.batch_size), train=True,
+                         train_fn=step, params={}, opt_state={},
+                         staleness=tc.staleness)  # fmt: skip
+            store.advance_clock(1)
+            if i:
+                examples += len(ex)
+                seconds += r.seconds
+                for k, v in zip(_STAGES, (r.batch_seconds, r.host_seconds, r.push_seconds),
+                                strict=True):  # fmt: skip
+                    stages[k] += v
+    out = {"examples_per_sec": examples / seconds}
+    out.update({f"{k.removesuffix('_seconds')}_ms_per_1k": 1e6 * v / examples
+                for k, v in stages.items()})  # fmt: skip
+    return out
+
+
+def run(cfg: HostBenchConfig, root: str, script: str) -> dict[str, dict[int, dict]]:
+    """Every mode at every core count, each a child process of ``script`` pinned to the
+    first N cores; the stream is generated first (unpinned)."""
+    from jaxstream.data.synthetic import generate
+
+    if not os.path.isdir(root):
+        generate(root, _train_config(cfg, root).synthetic)
+    out: dict[str, dict[int, dict]] = {}
+    for mode in cfg.modes:
+        for n in cfg.cores:
+            cpus = ",".join(str(c) for c in range(n))
+            proc = subprocess.run(
+                ["taskset", "-c", cpus, sys.executable, script, "--child", f"--mode={mode}",
+                 f"--root={root}", f"--config={json.dumps(dataclasses.asdict(cfg))}"],
+                capture_output=True, text=True, check=True,
+            )  # fmt: skip
+            out.setdefault(mode, {})[n] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return out
+
+
+def markdown(cfg: HostBenchConfig, r: dict[str, dict[int, dict]]) -> str:
+    lines = [
+        f"{cfg.hours} h x {cfg.rows_per_hour:,} rows (Criteo format, generated), batch "
+        f"{cfg.batch_size}, admission {cfg.admission}, AdaGrad, staleness {cfg.staleness}; "
+        "hours 2+ timed; each run pinned to the first N cores with `taskset`. Stage columns: "
+        "milliseconds each host stage was busy per 1,000 examples (they overlap each other "
+        "and the device step).",
+        "",
+        "| device step | cores | train examples/s | vs 1 core | batch+dedup | pull+transfer "
+        "| push+metrics |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    names = {"null": "none (zero gradients)", "lr": "LR model (`train_and_evaluate`)"}
+    for mode, per in r.items():
+        one = per[min(per)]["examples_per_sec"]
+        for n, m in sorted(per.items()):
+            lines.append(f"| {names[mode]} | {n} | {m['examples_per_sec']:,.0f} | "
+                         f"{m['examples_per_sec'] / one:.2f}x | {m['batch_ms_per_1k']:.2f} | "
+                         f"{m['host_ms_per_1k']:.2f} | {m['push_ms_per_1k']:.2f} |")  # fmt: skip
+    return "\n".join(lines)
