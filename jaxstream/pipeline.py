@@ -33,7 +33,6 @@ from hoststore import Store
 from jaxstream.batching import HostBatch
 from jaxstream.features import FeatureSpec
 from jaxstream.metrics import BinaryMetrics
-from jaxstream.step import DeviceBatch
 
 log = logging.getLogger(__name__)
 _POLL = 0.1
@@ -171,7 +170,7 @@ class Pipeline:
                 return
             t0 = time.perf_counter()
             rows = pull_batch_rows(self.store, self.spec, hb, self.train)
-            db = DeviceBatch(rows, hb.index, hb.mask, hb.dense, hb.labels, hb.weights)
+            db = hb.device_batch(rows)
             db = jax.device_put(db, self.device)
             self._timers["host"] += time.perf_counter() - t0
             if not self._put(self._ready, (hb, db)):

@@ -24,8 +24,8 @@ from jaxstream.features import FeatureSpec
 
 class DeviceBatch(NamedTuple):
     rows: dict[str, jax.Array]  # table -> [U_pad, count_columns + dim]
-    index: dict[str, jax.Array]  # slot -> [B, L] int32
-    mask: dict[str, jax.Array]  # slot -> [B, L]
+    index: dict[str, jax.Array]  # table -> [S, B, L_max] int32: its slots, in spec order
+    mask: dict[str, jax.Array]  # table -> [S, B, L_max]
     dense: jax.Array  # [B, D]
     labels: jax.Array  # [B]
     weights: jax.Array  # [B]
@@ -54,14 +54,15 @@ def pooled_embeddings(spec: FeatureSpec, rows, index, mask) -> list[jax.Array]:
     if c:
         rows = {t: jnp.concatenate([count_features(r[:, :c]), r[:, c:]], -1)
                 for t, r in rows.items()}  # fmt: skip
-    out = []
-    for s in spec.slots:
-        m = mask[s.name]
-        e = (rows[s.table][index[s.name]] * m[..., None]).sum(axis=1)
-        if s.pooling == "mean":
-            e = e / jnp.maximum(m.sum(axis=1, keepdims=True), 1.0)
-        out.append(e)
-    return out
+    pooled = {}
+    for t in spec.tables:
+        for j, s in enumerate(spec.slots_of(t.name)):
+            m = mask[t.name][j, :, : s.max_len]
+            e = (rows[t.name][index[t.name][j, :, : s.max_len]] * m[..., None]).sum(axis=1)
+            if s.pooling == "mean":
+                e = e / jnp.maximum(m.sum(axis=1, keepdims=True), 1.0)
+            pooled[s.name] = e
+    return [pooled[s.name] for s in spec.slots]
 
 
 def _logits(graphdef, spec, params, rows, batch: DeviceBatch):
@@ -153,10 +154,11 @@ def batch_placement(mesh: Mesh, spec: FeatureSpec) -> DeviceBatch:
     batch's unique rows on every device. Inside the jitted step XLA then sums the dense and
     the row gradients across devices (its collectives; no host round trip)."""
     split = NamedSharding(mesh, P("data"))
+    slots_split = NamedSharding(mesh, P(None, "data"))  # [S, B, L]: split along B
     every = NamedSharding(mesh, P())
-    slots = [s.name for s in spec.slots]
-    return DeviceBatch({t.name: every for t in spec.tables}, dict.fromkeys(slots, split),
-                       dict.fromkeys(slots, split), split, split, split)  # fmt: skip
+    tables = [t.name for t in spec.tables]
+    return DeviceBatch(dict.fromkeys(tables, every), dict.fromkeys(tables, slots_split),
+                       dict.fromkeys(tables, slots_split), split, split, split)  # fmt: skip
 
 
 def replicate(mesh: Mesh | None, tree):

@@ -18,7 +18,7 @@ from jaxstream.data.readers import CRITEO_SLOTS
 from jaxstream.data.synthetic import StreamConfig, SyntheticStream
 from jaxstream.features import single_table_spec
 from jaxstream.pipeline import PipelineError, run_pass
-from jaxstream.step import DeviceBatch, make_steps
+from jaxstream.step import make_steps
 
 BATCH = 256
 
@@ -56,7 +56,7 @@ def test_staleness_zero_equals_a_sequential_loop():
         u = hb.unique_ids["embedding"]
         rows = np.zeros((hb.padded_rows("embedding"), 4), np.float32)
         rows[: len(u)] = store_b.pull("embedding", u, train=True, shows=hb.shows["embedding"])
-        db = DeviceBatch({"embedding": rows}, hb.index, hb.mask, hb.dense, hb.labels, hb.weights)
+        db = hb.device_batch({"embedding": rows})
         p, s, g, _, _ = train_fn(p, s, db)
         store_b.push("embedding", u, np.asarray(g["embedding"])[: len(u)],
                      clicks=hb.clicks["embedding"], counts=hb.shows["embedding"])  # fmt: skip

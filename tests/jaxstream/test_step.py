@@ -14,7 +14,7 @@ from jaxstream import models
 from jaxstream.batching import bucket, make_batch
 from jaxstream.data.examples import Examples
 from jaxstream.features import FeatureSpec, SlotSpec, salt_ids
-from jaxstream.step import DeviceBatch, make_steps
+from jaxstream.step import make_steps
 
 DIM = 4
 
@@ -101,7 +101,7 @@ def test_step_row_grads_match_per_example_gradients(counts):
     graphdef, params = nnx.split(model)
     tx = optax.sgd(0.0)
     train_fn, eval_fn = make_steps(graphdef, tx, spec)
-    db = DeviceBatch(padded, hb.index, hb.mask, hb.dense, hb.labels, hb.weights)
+    db = hb.device_batch(padded)
     preds_eval = eval_fn(params, db)
     # The step donates its params, so give it a copy.
     _, _, row_grads, preds, loss_sum = train_fn(jax.tree.map(jnp.copy, params), tx.init(params), db)
@@ -138,7 +138,7 @@ def test_every_model_trains(name):
     rows = {t: np.pad(store.pull(t, hb.unique_ids[t], train=True),
                       ((0, hb.padded_rows(t) - len(hb.unique_ids[t])), (0, 0)))
             for t in hb.unique_ids}  # fmt: skip
-    db = DeviceBatch(rows, hb.index, hb.mask, hb.dense, hb.labels, hb.weights)
+    db = hb.device_batch(rows)
     graphdef, params = nnx.split(models.build(name, spec.slot_dims(), 2, hidden=(16, 16)))
     tx = optax.adam(0.05)
     train_fn, _ = make_steps(graphdef, tx, spec)
