@@ -20,6 +20,7 @@ from benchmarks.report import write_section
 _SMOKE = flags.DEFINE_boolean("smoke", False, "Tiny stream; does not write BENCHMARKS.md.")
 _ROOT = flags.DEFINE_string("root", None, "The stream (generated there when missing).")
 _OUT = flags.DEFINE_string("out", "BENCHMARKS.md", "Where to record the table.")
+_CORES = flags.DEFINE_list("cores", ["1", "2"], "Core counts to pin each run to.")
 _CHILD = flags.DEFINE_boolean("child", False, "(internal) measure in this process.")
 _MODE = flags.DEFINE_string("mode", "null", "(internal) null or lr.")
 _CONFIG = flags.DEFINE_string("config", None, "(internal) the config as JSON.")
@@ -34,7 +35,7 @@ def main(argv):
         print(json.dumps(bench.measure(cfg, _ROOT.value, _MODE.value)))
         return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    cfg = bench.HostBenchConfig()
+    cfg = bench.HostBenchConfig(cores=tuple(int(c) for c in _CORES.value))
     if _SMOKE.value:
         cfg = dataclasses.replace(cfg, hours=2, rows_per_hour=3000, batch_size=512)
     root = _ROOT.value or os.path.join(tempfile.gettempdir(),

@@ -2,13 +2,15 @@
 # The accelerator check, for a session lent a device machine (the `device` tool), as one
 # call from the repository root, e.g.  run(command="bash experiments/device_check.sh").
 # Writes BENCHMARKS-style sections and raw JSON under $OUT (the tool fetches $OUT); copy
-# the sections into BENCHMARKS.md here. About 5-8 minutes on an H100/H200.
+# the sections into BENCHMARKS.md here. About 7-10 minutes on an H100/H200.
 set -euo pipefail
 OUT=${OUT:-/tmp/device_check}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD
 python3 -c "import jax, numba; print(jax.__version__, numba.__version__, jax.devices())"
 python3 experiments/bench_store.py --out "$OUT/BENCHMARKS.md"
+# The host side alone, pinned to 1..16 cores: what this host can feed the GPU.
+python3 experiments/bench_host.py --cores=1,2,4,8,16 --out "$OUT/BENCHMARKS.md"
 for shards in 8 1; do
   extra=()
   if [ "$shards" = 1 ]; then extra=(--nobaseline --nocompare_admission --nocvm); fi
