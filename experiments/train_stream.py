@@ -77,7 +77,11 @@ def main(argv):
         sys.exit(2)
     workers = None
     if F.num_workers > 1:  # before anything touches a JAX backend
-        workers = distributed.initialize(F.coordinator, F.num_workers, F.worker_index)
+        try:
+            workers = distributed.initialize(F.coordinator, F.num_workers, F.worker_index)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            sys.exit(2)
     temporary = F.workdir is None
     workdir = F.workdir or tempfile.mkdtemp(prefix="jaxstream_")
     store = _remote_store(cfg, workdir) if F.store_addresses else None
@@ -135,6 +139,8 @@ def _remote_store(cfg, workdir):
                             snapshot_root=root)  # fmt: skip
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
+        if F.workdir is None:  # the temporary one made for this run
+            shutil.rmtree(workdir, ignore_errors=True)
         sys.exit(2)
 
 

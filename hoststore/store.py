@@ -116,6 +116,8 @@ class LocalStore:
     (1: a plain :class:`EmbeddingTable`; more: a :class:`ShardedTable` whose shards pull
     and push in parallel threads)."""
 
+    parts = 1  # one snapshot per table, whatever the in-process shard count
+
     def __init__(self, configs: Sequence[TableConfig] = (), shards: int = 1):
         if shards < 1:
             raise ValueError(f"shards must be >= 1, got {shards}")
@@ -141,8 +143,6 @@ class LocalStore:
             return self._tables[name]
         except KeyError:
             raise ValueError(f"unknown table {name!r}; have {sorted(self._tables)}") from None
-
-    parts = 1  # one snapshot per table, whatever the in-process shard count
 
     def create_table(self, config: TableConfig) -> None:
         have = self._tables.get(config.name)

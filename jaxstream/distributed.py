@@ -108,4 +108,9 @@ def initialize(coordinator: str, num_workers: int, worker_index: int) -> Workers
     # Before anything touches a backend: collectives of CPU devices go through gloo.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator, num_processes=num_workers, process_id=worker_index)
+    if jax.local_device_count() > 1:  # the host all-reduce feeds one device per process
+        raise ValueError(f"trainer {worker_index} sees {jax.local_device_count()} local "
+                         "devices: several trainer processes take one device each (e.g. "
+                         "CUDA_VISIBLE_DEVICES per process), or run one process on all "
+                         "of them")  # fmt: skip
     return Workers(worker_index, num_workers)

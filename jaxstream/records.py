@@ -127,7 +127,7 @@ _TAGS = {
     "ignored_tokens": "data/ignored_tokens",
     "table_rows": "store/rows", "pending": "store/pending", "admitted": "store/admitted",
     "evicted": "store/evicted", "table_bytes": "store/bytes",
-    "displaced_pending": "store/displaced_pending",
+    "displaced_pending": "store/displaced_pending", "devices": "perf/devices",
 }  # fmt: skip
 
 
