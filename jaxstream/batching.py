@@ -6,7 +6,11 @@ to ``batch_size`` (padding rows weigh 0) and each table's unique IDs to a power 
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import itertools
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -82,12 +86,35 @@ def make_batch(ex: Examples, spec: FeatureSpec, batch_size: int) -> HostBatch:
                      t_mask)  # fmt: skip
 
 
-def batches(ex: Examples, spec: FeatureSpec, batch_size: int, min_batches: int = 0):
+def batch_threads(n: int) -> int:
+    """``n``, or for 0 one per core this process may use, at most 4 (measured on 2 cores:
+    +9% examples/s with 2 threads; on 1 core a second thread costs 3%)."""
+    return n or min(4, len(os.sched_getaffinity(0)))
+
+
+def batches(ex: Examples, spec: FeatureSpec, batch_size: int, min_batches: int = 0,
+            threads: int = 1):  # fmt: skip
     """Consecutive batches of ``ex`` (the last one padded), then empty ones up to
-    ``min_batches`` (workers in lockstep run the same number of steps)."""
-    n = 0
-    for lo in range(0, len(ex), batch_size):
-        yield make_batch(ex.take(lo, min(len(ex), lo + batch_size)), spec, batch_size)
-        n += 1
-    for _ in range(n, min_batches):
-        yield make_batch(ex.take(0, 0), spec, batch_size)
+    ``min_batches`` (workers in lockstep run the same number of steps). ``threads`` > 1
+    builds that many batches at once (the dedup kernel releases the GIL), a few ahead,
+    still yielded in order."""
+    bounds = [(lo, min(len(ex), lo + batch_size)) for lo in range(0, len(ex), batch_size)]
+    bounds += [(0, 0)] * max(0, min_batches - len(bounds))
+
+    def build(b: tuple[int, int]) -> HostBatch:
+        return make_batch(ex.take(*b), spec, batch_size)
+
+    if threads <= 1:
+        yield from map(build, bounds)
+        return
+    with ThreadPoolExecutor(threads, thread_name_prefix="batcher") as pool:
+        todo = iter(bounds)
+        ahead = collections.deque(
+            pool.submit(build, b) for b in itertools.islice(todo, 2 * threads)
+        )
+        while ahead:
+            hb = ahead.popleft().result()
+            more = next(todo, None)
+            if more is not None:
+                ahead.append(pool.submit(build, more))
+            yield hb

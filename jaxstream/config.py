@@ -95,6 +95,8 @@ class TrainConfig:
     keep_bases: int = _field(2, "Bases kept (with their deltas).")
     # --- pipeline, metrics, bookkeeping
     staleness: int = _field(1, "Pulls may run this many batches ahead of pushes.")
+    batch_threads: int = _field(0, "Threads building (deduplicating) batches; 0: one per "
+                                "core this process may use, at most 4.")  # fmt: skip
     metrics_file: str | None = _field(None, "JSONL metrics path; unset: workdir/metrics.jsonl.")
     tensorboard: bool = _field(False, "Also write TensorBoard scalars.")
     dump_predictions: bool = _field(False, "Paddle's dump_fields: write each example's file, "
@@ -116,8 +118,8 @@ FIELD_GROUPS: dict[str, tuple[str, ...]] = {
     "store": ("admission", "pending_ttl", "eviction", "shrink_every", "store_shards",
               "table_capacity"),
     "checkpoints": ("checkpoint", "keep_bases"),
-    "pipeline and outputs": ("staleness", "metrics_file", "tensorboard", "dump_predictions",
-                             "progress"),
+    "pipeline and outputs": ("staleness", "batch_threads", "metrics_file", "tensorboard",
+                             "dump_predictions", "progress"),
 }  # fmt: skip
 
 
@@ -169,6 +171,8 @@ def check(cfg: TrainConfig) -> None:
             bad(field, "must be >= 1")
     if cfg.staleness < 0:
         bad("staleness", "must be >= 0")
+    if cfg.batch_threads < 0:
+        bad("batch_threads", "must be >= 0 (0: one per core, at most 4)")
     if cfg.devices < 0:
         bad("devices", "must be >= 0 (0: all local devices)")
     if not 0.0 <= cfg.max_malformed_fraction <= 1.0:

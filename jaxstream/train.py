@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -25,7 +26,7 @@ from flax import nnx
 import hoststore as hs
 from jaxstream import models, records
 from jaxstream import workdir as workdir_lib
-from jaxstream.batching import batches
+from jaxstream.batching import batch_threads, batches
 from jaxstream.checkpoint import CheckpointManager
 from jaxstream.config import TrainConfig
 from jaxstream.config import check as check_config
@@ -218,6 +219,7 @@ def _train(cfg, workdir, model, features, dense_optimizer, store, on_partition_e
     mesh = local_mesh(cfg.devices, cfg.batch_size) if workers.count == 1 else None
     placement = batch_placement(mesh, spec) if mesh is not None else None
     devices = 1 if mesh is None else mesh.size
+    threads = batch_threads(cfg.batch_threads)
     if workers.count > 1:
         train_fn = make_distributed_train_step(graphdef, tx, spec, workers)
     metrics_path = cfg.metrics_file or os.path.join(workdir, "metrics.jsonl")
@@ -286,8 +288,9 @@ def _train(cfg, workdir, model, features, dense_optimizer, store, on_partition_e
         steps = workers.batches_per_worker(len(examples), cfg.batch_size)
 
         # progressive validation: predict the partition before training on it
+        made = functools.partial(batches, mine, spec, cfg.batch_size, steps, threads)
         with progress(f"{part.key} eval", len(mine)) as tick:
-            ev = run_pass(store, spec, batches(mine, spec, cfg.batch_size, steps), train=False,
+            ev = run_pass(store, spec, made(), train=False,
                           eval_fn=eval_fn, params=state.params, progress=tick,
                           keep_predictions=cfg.dump_predictions, device=placement)  # fmt: skip
         if cfg.dump_predictions:
@@ -295,7 +298,7 @@ def _train(cfg, workdir, model, features, dense_optimizer, store, on_partition_e
         if ckpt is not None:  # the store moves past the checkpoint its tag names
             workers.on_first(lambda: _tag(store, spec, f"{run_id}/{state.partitions}+"))
         with progress(f"{part.key} train", len(mine)) as tick:
-            tr = run_pass(store, spec, batches(mine, spec, cfg.batch_size, steps), train=True,
+            tr = run_pass(store, spec, made(), train=True,
                           train_fn=train_fn, params=state.params, opt_state=state.opt_state,
                           staleness=cfg.staleness, progress=tick, device=placement)  # fmt: skip
         ev.metrics, tr.metrics = _merge(workers, ev.metrics), _merge(workers, tr.metrics)

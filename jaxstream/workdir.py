@@ -25,6 +25,7 @@ RESUMABLE_FIELDS = frozenset({
     "gap_wait_seconds",
     "max_malformed_fraction", "staleness", "store_shards", "table_capacity", "keep_bases",
     "metrics_file", "tensorboard", "progress", "dump_predictions", "devices",
+    "batch_threads",
 })  # fmt: skip
 LOCK_FILE = ".lock"
 

@@ -62,7 +62,7 @@ def measure(cfg: HostBenchConfig, root: str, mode: str) -> dict[str, float]:
     seconds each host stage was busy per 1,000 examples."""
     import hoststore as hs
     from jaxstream import train
-    from jaxstream.batching import batches
+    from jaxstream.batching import batch_threads, batches
     from jaxstream.pipeline import run_pass
     from jaxstream.stream import PartitionSource, SourceConfig
 
@@ -82,7 +82,8 @@ def measure(cfg: HostBenchConfig, root: str, mode: str) -> dict[str, float]:
         examples, seconds, stages = 0, 0.0, dict.fromkeys(_STAGES, 0.0)
         for i, part in enumerate(PartitionSource(SourceConfig(root))):
             ex, _ = train.read_partition(tc, part)
-            r = run_pass(store, spec, batches(ex, spec, tc.batch_size), train=True,
+            made = batches(ex, spec, tc.batch_size, threads=batch_threads(tc.batch_threads))
+            r = run_pass(store, spec, made, train=True,
                          train_fn=step, params={}, opt_state={},
                          staleness=tc.staleness)  # fmt: skip
             store.advance_clock(1)

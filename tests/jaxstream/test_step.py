@@ -153,3 +153,24 @@ def test_every_model_trains(name):
 def test_unknown_model_name():
     with pytest.raises(ValueError, match="unknown model 'nope'"):
         models.build("nope", [4], 1)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_batches_built_in_threads_come_out_in_order_and_equal(threads):
+    """Several batcher threads: the same batches, in the same order, padding batches
+    included; a consumer that stops early stops them."""
+    from jaxstream.batching import batches
+
+    spec, ex = _spec(), _examples(n=50, seed=3)
+    want = list(batches(ex, spec, 8, min_batches=9))
+    got = list(batches(ex, spec, 8, min_batches=9, threads=threads))
+    assert len(got) == len(want) == 9
+    for a, b in zip(got, want, strict=True):
+        assert a.size == b.size
+        np.testing.assert_array_equal(a.labels, b.labels)
+        for t in a.unique_ids:
+            np.testing.assert_array_equal(a.unique_ids[t], b.unique_ids[t])
+            np.testing.assert_array_equal(a.table_index[t], b.table_index[t])
+    stream = batches(ex, spec, 8, threads=threads)
+    next(stream)
+    stream.close()  # returns once the threads finish the batches in flight
