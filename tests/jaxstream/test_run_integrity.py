@@ -137,3 +137,21 @@ def test_a_late_hour_is_trained_when_it_arrives(tmp_path):
     assert recs == ["20260101/00", "20260101/02", "20260101/01"]  # each once, none skipped
     third = _cli(f"--data_root={root}", f"--workdir={work}")
     assert third.returncode == 1 and "no ready partition" in _error_line(third)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ([], "--store_snapshot_root is needed with --store_addresses"),
+        (["--store_snapshot_root=/elsewhere"], "is not under the store's snapshot root"),
+    ],
+)
+def test_a_remote_store_without_a_place_for_its_checkpoints_is_refused(tmp_path, stream, extra,
+                                                                       message):  # fmt: skip
+    """The shard servers write the store's checkpoints under their snapshot root: a run that
+    could not checkpoint there stops before any work (no server is even contacted)."""
+    work = tmp_path / "w"
+    proc = _cli(f"--data_root={stream}", f"--workdir={work}",
+                "--store_addresses=127.0.0.1:1", *extra)  # fmt: skip
+    assert proc.returncode == 2 and message in _error_line(proc)
+    assert not work.exists() or not any(work.iterdir())
