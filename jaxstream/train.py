@@ -14,9 +14,12 @@ import hashlib
 import json
 import logging
 import os
+import queue
+import threading
 import time
 import uuid
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -264,15 +267,15 @@ def _train(cfg, workdir, model, features, dense_optimizer, store, on_partition_e
     malformed_total = 0
     partitions_before = state.partitions
     t_run = time.perf_counter()
-    for part in workers.follow_first(source, data_root):
+    parts = workers.follow_first(source, data_root)
+    # One worker reads the next partition while it trains on this one; several read in
+    # step (the partition each trains is agreed through their collectives, in order).
+    for part, examples, report, parse_s, seen in _read(parts, cfg, source, workers.count == 1):
         # A day boundary forward (a late partition of an earlier day changes nothing).
         if last_day is not None and part.time.date() > last_day and cfg.shrink_every == "day":
             evicted = workers.on_first(store.shrink)
             log.info("day boundary: shrink evicted %s", evicted)
         last_day = max(last_day or part.time.date(), part.time.date())
-        t0 = time.perf_counter()
-        examples, report = read_partition(cfg, part)
-        parse_s = time.perf_counter() - t0
         if report.lines == 0 or report.malformed > cfg.max_malformed_fraction * report.lines:
             raise TooManyMalformed(
                 f"partition {part.path}: {report.malformed} of {report.lines} lines malformed "
@@ -306,7 +309,7 @@ def _train(cfg, workdir, model, features, dense_optimizer, store, on_partition_e
         state.cumulative = state.cumulative.merge(ev.metrics)
         if state.cursor is None or part.time > key_time(state.cursor):
             state.cursor = part.key
-        state.skipped = sorted(source.skipped - {part.key})
+        state.skipped = sorted(seen.skipped - {part.key})
         state.partitions += 1
 
         def end_of_partition():
@@ -340,9 +343,9 @@ def _train(cfg, workdir, model, features, dense_optimizer, store, on_partition_e
             "ignored_tokens": report.ignored_tokens,
             **stats,
             **records.truth_metrics(part, examples.labels),
-            "source_warnings": source.reports[reported:],
+            "source_warnings": seen.reports[reported:],
         }
-        reported = len(source.reports)
+        reported = len(seen.reports)
         # The record goes out before the checkpoint commits: a run killed in between
         # retrains this partition on resume, and the restore drops the stale line.
         if workers.is_first:
@@ -384,6 +387,62 @@ def _train(cfg, workdir, model, features, dense_optimizer, store, on_partition_e
     if writer is not None:
         writer.close()
     return summary
+
+
+class _SourceState(NamedTuple):
+    """The source's skipped keys and reports as it yielded a partition (a source that reads
+    ahead has moved on by the time that partition is recorded)."""
+
+    skipped: set[str]
+    reports: list[str]
+
+
+def _read(parts, cfg: TrainConfig, source: PartitionSource, ahead: bool):
+    """(partition, examples, report, parse seconds, source state) for each partition;
+    ``ahead``: the next one is found and read in a thread while the caller trains on this
+    one (the source's waits for late hours then overlap training too)."""
+
+    def fetch():
+        part = next(parts, None)
+        if part is None:
+            return None
+        seen = _SourceState(set(source.skipped), list(source.reports))
+        t0 = time.perf_counter()
+        examples, report = read_partition(cfg, part)
+        return part, examples, report, time.perf_counter() - t0, seen
+
+    if not ahead:
+        while (item := fetch()) is not None:
+            yield item
+        return
+    # A daemon thread, not an executor: a source waiting for a late hour must not hold up
+    # the caller's exit on an error.
+    out: queue.Queue = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def run():
+        try:
+            while not stop.is_set():
+                item = fetch()
+                out.put((item, None))
+                if item is None:
+                    return
+        except BaseException as e:  # raised in the caller, in order
+            out.put((None, e))
+
+    threading.Thread(target=run, name="read-ahead", daemon=True).start()
+    try:
+        while True:
+            item, error = out.get()
+            if error is not None:
+                raise error
+            if item is None:
+                return
+            yield item
+    finally:
+        stop.set()
+        with contextlib.suppress(queue.Empty):
+            out.get_nowait()  # let a thread blocked on a full queue see the stop
 
 
 def _tag(store: hs.Store, spec: FeatureSpec, tag: str) -> None:

@@ -10,6 +10,7 @@ import sys
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 import hoststore as hs
@@ -113,8 +114,6 @@ def test_table_capacity_is_reserved_up_front():
 
 
 def test_bad_policy_strings_name_the_problem():
-    import pytest
-
     with pytest.raises(ValueError, match="unknown admission 'often'"):
         hs.admission.parse("often")
     with pytest.raises(ValueError, match="bad eviction part 'forever:1'"):
@@ -226,3 +225,36 @@ def test_every_local_device_trains_data_parallel_with_the_same_results(tmp_path)
         for a, b in zip(runs[n]["lines"], want, strict=True):
             assert a["partition"] == b["partition"] and a["table_rows"] == b["table_rows"]
             assert abs(a["progressive_auc"] - b["progressive_auc"]) < 0.01
+
+
+def test_reading_ahead_yields_the_same_partitions_and_raises_in_order(tmp_path):
+    """The next partition is found and read in a thread while this one trains: the same
+    items in the same order as reading in turn, a source error raised after the items
+    before it, and a consumer that stops early is not held up."""
+    from jaxstream.stream import PartitionSource, SourceConfig
+
+    cfg = smoke_stream(str(tmp_path / "data"), hours=3)
+
+    def run(ahead, fail_after=None):
+        source = PartitionSource(SourceConfig(cfg.data_root))
+
+        def parts():
+            for i, p in enumerate(source):
+                if i == fail_after:
+                    raise RuntimeError("the source failed")
+                yield p
+
+        return train._read(parts(), cfg, source, ahead)
+
+    def keys(items):
+        return [(p.key, len(ex), rep.lines, sorted(seen.skipped))
+                for p, ex, rep, _, seen in items]  # fmt: skip
+
+    assert keys(run(True)) == keys(run(False)) and len(keys(run(True))) == 3
+    got = run(True, fail_after=1)
+    assert next(got)[0].key == "20260101/00"
+    with pytest.raises(RuntimeError, match="the source failed"):
+        next(got)
+    early = run(True)
+    next(early)
+    early.close()
