@@ -30,7 +30,6 @@ from typing import Any
 
 import numpy as np
 
-from hoststore import eviction
 from hoststore._hashing import shard_of
 from hoststore._rows import STAT_COLUMNS
 from hoststore.config import TableConfig
@@ -134,7 +133,7 @@ def save(
     elif kind == "cache":
         if not 0.0 <= cache_fraction <= 1.0:
             raise ValueError(f"cache_fraction must be in [0, 1], got {cache_fraction}")
-        rows = _concat([_with_counts_now(s) for s in shards])
+        rows = _concat([s.export_shows() for s in shards])
         top = np.lexsort((rows["key"], -rows["show_now"]))
         top = np.sort(top[: int(round(cache_fraction * len(top)))])
         cols["rows.key"] = rows["key"][top]
@@ -365,16 +364,6 @@ def apply_weights(table: EmbeddingTable, path: str, with_counts: bool = False) -
         pending = {c: cols[f"pending.{c}"] for c in pending}
         scalars["clock"] = m["shards"][0]["clock"]
     table.apply_snapshot(rows, cols.get("deleted.key", np.empty(0, np.int64)), pending, scalars)
-
-
-def _with_counts_now(table: EmbeddingTable) -> dict[str, np.ndarray]:
-    """A shard's rows with show and click brought to its clock (one consistent export)."""
-    rows = table.export_rows()
-    unseen = table.export_scalars()["clock"] - rows["last_seen"]
-    ev = table.config.eviction
-    rows["show_now"] = eviction.decayed(ev, rows["show"], unseen)
-    rows["click_now"] = eviction.decayed(ev, rows["click"], unseen)
-    return rows
 
 
 def load_serving(path: str) -> tuple[np.ndarray, np.ndarray]:

@@ -148,8 +148,7 @@ class EmbeddingTable:
                 r.index, r.keys, r.emb, r.show, r.click, r.last_seen, r.gen,
                 np.uint32(self._gen), ids[lo:hi],
                 shows[lo:hi], out[lo:hi], rows[lo:hi], self.config.admission.default_value, train,
-                self._clock, self.config.eviction.decay, r.delta_score,
-                np.float32(self.config.eviction.nonclk_coeff),
+                self._clock, self.config.eviction.decay, r.delta_score, self._score_coeffs[0],
             )  # fmt: skip
 
         if train:  # training pulls stay on the caller's thread (shards run in parallel)
@@ -320,13 +319,12 @@ class EmbeddingTable:
     def export_rows(self, since: int | None = None) -> dict[str, np.ndarray]:
         """Every live row (or those changed after generation ``since``), column by column."""
         with self._lock:
-            return self._export_rows(since)
+            return self._rows.copy_out(self._changed_rows(since))[0]
 
-    def _export_rows(self, since: int | None) -> dict[str, np.ndarray]:
+    def _changed_rows(self, since: int | None) -> np.ndarray:
+        """Live rows changed after generation ``since`` (all of them for None)."""
         rows = self.live_rows()
-        if since is not None:
-            rows = rows[self._rows.gen[rows] > since]
-        return self._rows.copy_out(rows)[0]
+        return rows if since is None else rows[self._rows.gen[rows] > since]
 
     def export_serving(
         self,
@@ -356,6 +354,15 @@ class EmbeddingTable:
                 r.gen[rows] = self._gen  # a change: the checkpoint chain's next delta has it
             return {"key": r.keys[rows], "emb": r.emb[rows]}
 
+    def export_shows(self) -> dict[str, np.ndarray]:
+        """Every live row's key, weights and show brought to the clock (a cache export
+        ranks rows by it), read under one hold of the lock."""
+        r = self._rows
+        with self._lock:
+            rows = self.live_rows()
+            return {"key": r.keys[rows], "emb": r.emb[rows],
+                    "show_now": self._decayed_counts(rows)[0]}  # fmt: skip
+
     def export_pending(self) -> dict[str, np.ndarray]:
         with self._lock:
             return self._pending.export()
@@ -378,9 +385,7 @@ class EmbeddingTable:
                 cut = self._gen
                 self._gen += 1
                 deleted, decays = self._log.after(since)
-                rows = self.live_rows()
-                if since is not None:
-                    rows = rows[self._rows.gen[rows] > since]
+                rows = self._changed_rows(since)
                 out = {
                     "pending": self._pending.export(),
                     "deleted": deleted,

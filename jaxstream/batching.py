@@ -17,6 +17,7 @@ import numpy as np
 import hoststore as hs
 from jaxstream.data.examples import Examples
 from jaxstream.features import FeatureSpec, slot_salt
+from jaxstream.step import DeviceBatch
 
 MIN_BUCKET = 256
 
@@ -45,10 +46,8 @@ class HostBatch:
     def padded_rows(self, table: str) -> int:
         return bucket(len(self.unique_ids[table]))
 
-    def device_batch(self, rows: dict[str, np.ndarray]):
+    def device_batch(self, rows: dict[str, np.ndarray]) -> DeviceBatch:
         """The :class:`jaxstream.step.DeviceBatch` of this batch with the store ``rows``."""
-        from jaxstream.step import DeviceBatch
-
         return DeviceBatch(rows, self.table_index, self.table_mask, self.dense, self.labels,
                            self.weights)  # fmt: skip
 

@@ -221,7 +221,7 @@ def _train(cfg, workdir, model, features, dense_optimizer, store, on_partition_e
     # processes: one device each, dense gradients summed across them.
     mesh = local_mesh(cfg.devices, cfg.batch_size) if workers.count == 1 else None
     placement = batch_placement(mesh, spec) if mesh is not None else None
-    devices = 1 if mesh is None else mesh.size
+    devices = (1 if mesh is None else mesh.size) * workers.count  # that trained, in all
     threads = batch_threads(cfg.batch_threads)
     if workers.count > 1:
         train_fn = make_distributed_train_step(graphdef, tx, spec, workers)
@@ -330,7 +330,7 @@ def _train(cfg, workdir, model, features, dense_optimizer, store, on_partition_e
             "mean_label": ev.metrics.summary()["mean_label"],
             "cumulative_auc": state.cumulative.auc(),
             "examples": len(examples),
-            "devices": devices * workers.count,
+            "devices": devices,
             "train_examples_per_sec": len(examples) / max(tr.seconds, 1e-9),
             "eval_examples_per_sec": len(examples) / max(ev.seconds, 1e-9),
             "parse_lines_per_sec": report.lines / max(parse_s, 1e-9),
@@ -378,7 +378,7 @@ def _train(cfg, workdir, model, features, dense_optimizer, store, on_partition_e
         "cursor": state.cursor,
         "cumulative_auc": state.cumulative.auc(),
         "malformed_lines": malformed_total,
-        "devices": devices * workers.count,
+        "devices": devices,
         "seconds": time.perf_counter() - t_run,
         "metrics_file": metrics_path,
         "params_sha256": _digest(state.params),

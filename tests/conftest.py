@@ -64,8 +64,8 @@ def pytest_addoption(parser):
     parser.addoption(
         "--load-seconds",
         type=float,
-        default=5.0,
-        help="duration of the concurrent-load reliability test (CI: 5 s)",
+        default=10.0,  # the flat-memory check needs the warm-up inside the first half
+        help="duration of the concurrent-load reliability test (CI: 10 s)",
     )
     parser.addoption(
         "--kills",

@@ -140,10 +140,7 @@ class StoreServicer(store_pb2_grpc.EmbeddingStoreServicer):
 
     @_answered
     def CreateTable(self, request, context):
-        try:
-            cfg = config_from_json(request.config_json)
-        except ValueError as e:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        cfg = config_from_json(request.config_json)  # a bad config: INVALID_ARGUMENT
         canonical = config_to_json(cfg)
         if cfg.initial_capacity > self.limits.max_initial_capacity:
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -178,10 +175,7 @@ class StoreServicer(store_pb2_grpc.EmbeddingStoreServicer):
                               f"{new:,} new ids in one training pull; this shard takes at most "
                               f"{self.limits.max_new_rows_per_call:,} "
                               "(--max_new_rows_per_call)")  # fmt: skip
-        try:
-            rows = t.pull(ids, train=request.train, with_counts=request.with_counts, shows=shows)
-        except ValueError as e:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        rows = t.pull(ids, train=request.train, with_counts=request.with_counts, shows=shows)
         return store_pb2.PullResponse(rows=rows.astype("<f4").tobytes(), dim=t.config.dim)
 
     @_answered
@@ -197,11 +191,8 @@ class StoreServicer(store_pb2_grpc.EmbeddingStoreServicer):
         shows = _array(request.shows, "<f4", "shows", context) if request.shows else None
         clicks = _array(request.clicks, "<f4", "clicks", context) if request.clicks else None
         counts = _array(request.counts, "<f4", "counts", context) if request.counts else None
-        try:
-            t.push(ids, grads.reshape(len(ids), dim), shows=shows, clicks=clicks, counts=counts,
-                   assume_unique=request.assume_unique)  # fmt: skip
-        except ValueError as e:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        t.push(ids, grads.reshape(len(ids), dim), shows=shows, clicks=clicks, counts=counts,
+               assume_unique=request.assume_unique)  # fmt: skip
         return store_pb2.PushResponse()
 
     @_answered
@@ -237,7 +228,7 @@ class StoreServicer(store_pb2_grpc.EmbeddingStoreServicer):
                               if request.has_delta_threshold else None,
                               float16=request.float16,
                               cache_fraction=request.cache_fraction)  # fmt: skip
-        except (ValueError, snapshot.SnapshotError) as e:
+        except snapshot.SnapshotError as e:  # (a ValueError is INVALID_ARGUMENT anyway)
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, self._say(str(e)))
         return store_pb2.SnapshotResponse(manifest_json=json.dumps(m))
 
@@ -252,7 +243,7 @@ class StoreServicer(store_pb2_grpc.EmbeddingStoreServicer):
             fresh = snapshot.load_chains(chains, t.config,
                                          keep=lambda keys: shard_of(keys, n) == i,
                                          totals=i == 0)  # fmt: skip
-        except (snapshot.SnapshotError, ValueError, OSError) as e:
+        except (snapshot.SnapshotError, OSError) as e:  # a file, not the server, is at fault
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, self._say(str(e)))
         self.tables[request.table] = fresh
         self._tags[request.table] = ""  # whoever loads it says what it now holds

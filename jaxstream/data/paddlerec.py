@@ -15,6 +15,7 @@ from jaxstream.data.readers import (
     _read_bytes,
     _report,
     token_bounds,
+    token_capacity,
     tokens_to_csr,
 )
 
@@ -79,10 +80,7 @@ def _parse(buf, starts, ends, slot_of, num_dense, label_word, dense_word):
     labels = np.zeros(n, np.float32)
     dense = np.zeros((n, num_dense), np.float32)
     status = np.zeros(n, np.int8)
-    cap = 0
-    for r in range(n):
-        for i in range(starts[r], ends[r]):
-            cap += buf[i] == 58
+    cap = token_capacity(buf, starts, ends)
     row_of = np.empty(cap, np.int64)
     col_of = np.empty(cap, np.int64)
     val_of = np.empty(cap, np.int64)

@@ -65,6 +65,16 @@ def token_bounds(buf, p, e):
     return q, c
 
 
+@nb.njit(inline="always", cache=True)
+def token_capacity(buf, starts, ends):
+    """An upper bound on the ``name:value`` tokens of the lines: their ':' count."""
+    cap = 0
+    for r in range(starts.shape[0]):
+        for i in range(starts[r], ends[r]):
+            cap += buf[i] == 58
+    return cap
+
+
 @nb.njit(cache=True, nogil=True)
 def _line_bounds(buf):
     """Start and end (exclusive, without '\\r\\n') of every non-empty line."""
@@ -239,10 +249,7 @@ def _parse_slots(buf, starts, ends, slot_of, label_slot):
     status = np.zeros(n, np.int8)
     ignored = 0
     # Two passes: count tokens per (line, slot), then fill.
-    cap = 0
-    for r in range(n):
-        for i in range(starts[r], ends[r]):
-            cap += buf[i] == 58
+    cap = token_capacity(buf, starts, ends)
     row_of = np.empty(cap, np.int64)
     col_of = np.empty(cap, np.int64)
     val_of = np.empty(cap, np.int64)
