@@ -19,6 +19,7 @@ import numpy as np
 from hoststore._checks import check_ids, check_per_id, check_push
 from hoststore._hashing import SHARD_SALT, mix64
 from hoststore.config import TableConfig
+from hoststore.disk_tier import DiskTier
 from hoststore.table import COUNT_COLUMNS, EmbeddingTable
 
 _S32 = np.uint64(32)
@@ -60,7 +61,7 @@ def split_by_shard(ids, num_shards):
 class ShardedTable:
     """The EmbeddingTable interface over ``num_shards`` EmbeddingTables."""
 
-    def __init__(self, config: TableConfig, num_shards: int):
+    def __init__(self, config: TableConfig, num_shards: int, tier: DiskTier | None = None):
         if num_shards < 1:
             raise ValueError(f"num_shards must be >= 1, got {num_shards}")
         self.config = config
@@ -73,11 +74,14 @@ class ShardedTable:
                 config.admission, max_pending=share(config.admission.max_pending)
             ),
         )
-        self.shards = [EmbeddingTable(shard_cfg) for _ in range(num_shards)]
+        shard_tier = None if tier is None else tier.split(num_shards)
+        self.shards = [EmbeddingTable(shard_cfg, tier=shard_tier) for _ in range(num_shards)]
         self._pool = ThreadPoolExecutor(num_shards, thread_name_prefix=f"shard-{config.name}")
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)
+        for t in self.shards:
+            t.close()
 
     def _map(self, fn, items):
         return list(self._pool.map(fn, items))

@@ -33,6 +33,7 @@ import numpy as np
 from hoststore._hashing import shard_of
 from hoststore._rows import STAT_COLUMNS
 from hoststore.config import TableConfig
+from hoststore.disk_tier import DiskTier
 from hoststore.sharded import ShardedTable
 from hoststore.table import EmbeddingTable
 
@@ -243,17 +244,24 @@ def _rename_state_columns(rows: dict[str, np.ndarray], names: list[str], path: s
     return out
 
 
-def new_table(config: TableConfig, shards: int = 1) -> EmbeddingTable | ShardedTable:
-    """An empty table: one EmbeddingTable, or a ShardedTable over ``shards`` shards."""
-    return EmbeddingTable(config) if shards == 1 else ShardedTable(config, shards)
+def new_table(
+    config: TableConfig, shards: int = 1, tier: DiskTier | None = None
+) -> EmbeddingTable | ShardedTable:
+    """An empty table: one EmbeddingTable, or a ShardedTable over ``shards`` shards (each
+    with its share of the disk ``tier``'s RAM budget, when given)."""
+    if shards == 1:
+        return EmbeddingTable(config, tier=tier)
+    return ShardedTable(config, shards, tier=tier)
 
 
-def load(paths: list[str], config: TableConfig, shards: int = 1) -> EmbeddingTable | ShardedTable:
+def load(
+    paths: list[str], config: TableConfig, shards: int = 1, tier: DiskTier | None = None
+) -> EmbeddingTable | ShardedTable:
     """A table rebuilt from a base and its deltas, in order, into ``shards`` shards
-    (any count: rows are routed by key hash)."""
+    (any count: rows are routed by key hash), with a disk ``tier`` when given."""
     if not paths:
         raise ValueError("load needs at least a base snapshot")
-    table = new_table(config, shards)
+    table = new_table(config, shards, tier)
     expect = table_signature(config)
     names = list(_shards(table)[0].state_names)
     prev = None
@@ -286,6 +294,7 @@ def load_chains(
     shards: int = 1,
     keep: Callable[[np.ndarray], np.ndarray] | None = None,
     totals: bool = True,
+    tier: DiskTier | None = None,
 ) -> EmbeddingTable | ShardedTable:
     """A table rebuilt from several chains, one per part that wrote them (the shards of a
     store), into ``shards`` shards. ``keep(keys) -> mask`` selects the keys to load (a
@@ -294,7 +303,7 @@ def load_chains(
     if not chains:
         raise ValueError("load needs at least one snapshot chain")
     if len(chains) == 1 and keep is None and totals:
-        return load(chains[0], config, shards)
+        return load(chains[0], config, shards, tier)
     rows, pending, scalars = [], [], []
     for chain in chains:
         full = load(chain, config)
@@ -307,7 +316,7 @@ def load_chains(
         scalars.append(full.export_scalars())
     if not totals:
         scalars = [{**s, **dict.fromkeys(_TOTALS, 0)} for s in scalars]
-    table = new_table(config, shards)
+    table = new_table(config, shards, tier)
     _apply(table, _concat(rows), np.empty(0, np.int64), _concat(pending), scalars)
     return table
 

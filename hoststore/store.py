@@ -17,6 +17,7 @@ import numpy as np
 
 from hoststore import snapshot
 from hoststore.config import TableConfig, config_to_json
+from hoststore.disk_tier import DiskTier
 from hoststore.sharded import ShardedTable
 from hoststore.table import EmbeddingTable
 
@@ -114,17 +115,21 @@ def same_config(a: TableConfig, b: TableConfig) -> bool:
 class LocalStore:
     """In-process store: one table per config, each split over ``shards`` in-process shards
     (1: a plain :class:`EmbeddingTable`; more: a :class:`ShardedTable` whose shards pull
-    and push in parallel threads)."""
+    and push in parallel threads). With a disk ``tier``, each table keeps the tier's RAM
+    budget and puts its cold rows under the tier's directory."""
 
     parts = 1  # one snapshot per table, whatever the in-process shard count
 
-    def __init__(self, configs: Sequence[TableConfig] = (), shards: int = 1):
+    def __init__(
+        self, configs: Sequence[TableConfig] = (), shards: int = 1, tier: DiskTier | None = None
+    ):
         if shards < 1:
             raise ValueError(f"shards must be >= 1, got {shards}")
         names = [c.name for c in configs]
         if len(set(names)) != len(names):
             raise ValueError(f"table names must be unique, got {names}")
         self.shards = shards
+        self.tier = tier
         self._tables: dict[str, EmbeddingTable | ShardedTable] = {}
         self._tags: dict[str, str] = {}
         for c in configs:
@@ -147,7 +152,7 @@ class LocalStore:
     def create_table(self, config: TableConfig) -> None:
         have = self._tables.get(config.name)
         if have is None:
-            self._tables[config.name] = snapshot.new_table(config, self.shards)
+            self._tables[config.name] = snapshot.new_table(config, self.shards, self.tier)
             self._tags[config.name] = ""
         elif not same_config(have.config, config):
             raise ValueError(f"table {config.name!r} exists with another config")
@@ -192,7 +197,7 @@ class LocalStore:
 
     def load(self, table: str, chains: list[list[str]]) -> int:
         config = self.table(table).config
-        loaded = snapshot.load_chains(chains, config, shards=self.shards)
+        loaded = snapshot.load_chains(chains, config, shards=self.shards, tier=self.tier)
         self._tables[table].close()
         self._tables[table] = loaded
         self._tags[table] = ""

@@ -29,6 +29,7 @@ from hoststore._lookup import LookupPool
 from hoststore._pending import PendingCounters
 from hoststore._rows import RowSlots
 from hoststore.config import TableConfig
+from hoststore.disk_tier import ColdRows, DiskTier
 from hoststore.initializers import KIND_CODES, table_salt, write_initial_rows
 
 # Columns a pull ``with_counts`` puts before the embedding: show, click.
@@ -36,6 +37,10 @@ COUNT_COLUMNS = 2
 _RECENT_PULLS = 4
 _NO_HINT = np.empty(0, np.int64)
 TOTALS = ("admitted", "evicted", "rejected", "expired_pending", "displaced_pending")
+# With a disk tier: RAM is spilled down to this share of its budget (so spills come in
+# batches, not at every pull), and cold rows are scanned this many at a time.
+_LOW_WATER = 0.9
+_SCAN_CHUNK = 1 << 16
 
 
 class EmbeddingTable:
@@ -45,9 +50,15 @@ class EmbeddingTable:
     serving) over that many threads; lookups are bound by memory latency, so each core
     adds its own misses in flight. Training pulls and pushes stay on the calling thread
     (run shards in parallel with :class:`hoststore.ShardedTable` instead).
+
+    With a ``tier`` (:class:`hoststore.DiskTier`), RAM holds at most the tier's budget of
+    rows, the least recently used ones going to disk as whole records and coming back when a
+    pull, push or statistics read needs them; shrink, exports and snapshots cover both
+    tiers. Results are the same as without the tier, bit for bit.
     """
 
-    def __init__(self, config: TableConfig, *, lookup_threads: int = 1):
+    def __init__(self, config: TableConfig, *, lookup_threads: int = 1,
+                 tier: DiskTier | None = None):  # fmt: skip
         self.config = config
         self._lookup = LookupPool(lookup_threads)
         self._opt = config.optimizer
@@ -76,6 +87,134 @@ class EmbeddingTable:
         self._rows = RowSlots(config.dim, self._opt.init(1, config.dim),
                               max(16, config.initial_capacity))  # fmt: skip
         self._pending = PendingCounters(config.admission.max_pending)
+        self._cold: ColdRows | None = None
+        if tier is not None:
+            self._open_tier(tier)
+
+    # ------------------------------------------------------------------ disk tier
+
+    def _open_tier(self, tier: DiskTier) -> None:
+        # Recency: the pull/push tick at which each RAM row was last used (4 bytes a row).
+        self._touch = np.zeros(self._rows.cap, np.uint32)
+        self._ticks = 0
+        # Shrink decay rates since the table opened: a cold row records how many it had
+        # seen (its epoch) and gets the rest, in order, when it is read back.
+        self._decays: list[float] = []
+        self.max_ram_rows = tier.rows_for(self._rows.bytes_per_row() + self._touch.itemsize)
+        self._low_water = max(1, int(self.max_ram_rows * _LOW_WATER))
+        # Keys the spill log may hold (8 bytes each) before a delta falls back to a scan.
+        self._spill_log_limit = self.max_ram_rows // 4 + (1 << 16)
+        self._cold_cols = self.row_columns()[1:]
+        fields = [(c, self._rows.column(c).dtype, self._rows.column(c).shape[1:])
+                  for c in self._cold_cols] + [("gen", "<u4"), ("epoch", "<u4")]  # fmt: skip
+        self._cold = ColdRows(tier.path, self.config.name, np.dtype(fields))
+
+    @property
+    def tiered(self) -> bool:
+        return self._cold is not None
+
+    def _mark(self, rows: np.ndarray) -> None:
+        """Marks RAM rows used now (the spill takes the least recently used)."""
+        if len(self._touch) < self._rows.cap:
+            grown = np.zeros(self._rows.cap, np.uint32)
+            grown[: len(self._touch)] = self._touch
+            self._touch = grown
+        self._touch[rows] = self._ticks
+
+    def _catch_up(self, rec: np.ndarray) -> None:
+        """Applies the shrink decays a cold record has not seen, in order, one float32
+        multiply each, as RAM rows got them: the values equal an all-RAM table's."""
+        if not len(rec):
+            return
+        for j in range(int(rec["epoch"].min()), len(self._decays)):
+            behind = rec["epoch"] <= j
+            rate = np.float32(self._decays[j])
+            rec["show"][behind] *= rate
+            rec["click"][behind] *= rate
+        rec["epoch"] = len(self._decays)
+
+    def _records(self, rows: np.ndarray) -> np.ndarray:
+        rec = np.empty(len(rows), self._cold.dtype)
+        for c in self._cold_cols:
+            rec[c] = self._rows.column(c)[rows]
+        rec["gen"] = self._rows.gen[rows]
+        rec["epoch"] = len(self._decays)
+        return rec
+
+    def _fault_in(self, ids: np.ndarray) -> int:
+        """Brings the cold rows among ``ids`` (keys without a RAM row) back to RAM, with
+        their records as they were; returns how many came back. Not a change: the rows
+        keep their generation."""
+        if self._cold is None or not len(self._cold) or not len(ids):
+            return 0
+        keys = np.unique(ids)
+        found, rec = self._cold.take(keys)
+        if not len(rec):
+            return 0
+        keys = keys[found]
+        self._catch_up(rec)
+        r = self._rows
+        slots = r.take(len(keys))
+        r.insert(keys, slots)
+        for c in self._cold_cols:
+            r.column(c)[slots] = rec[c]
+        r.gen[slots] = rec["gen"]
+        self._mark(slots)
+        return len(keys)
+
+    def _fault_in_missing(self, ids: np.ndarray) -> None:
+        if self._cold is not None and len(self._cold):
+            self._fault_in(ids[self._rows.find(ids) < 0])
+
+    def _maybe_spill(self) -> None:
+        """Spills RAM down to the budget, unless a snapshot is copying rows (it holds the
+        gate: its row slots must stay put; RAM exceeds the budget until it ends)."""
+        if self._cold is None or len(self._rows) <= self.max_ram_rows:
+            return
+        if self._gate.acquire(blocking=False):
+            try:
+                self._spill()
+            finally:
+                self._gate.release()
+
+    def _spill(self) -> None:
+        """Moves the least recently used RAM rows to disk until RAM holds the low-water
+        share of its budget. Not a change: nothing is logged as evicted, generations stay;
+        rows changed since the last cut are listed for the next delta."""
+        if self._cold is None or len(self._rows) <= self.max_ram_rows:
+            return
+        live = self.live_rows()
+        n = len(live) - self._low_water
+        pick = live[np.argpartition(self._touch[live], n - 1)[:n]] if n < len(live) else live
+        keys = self._rows.keys[pick].copy()
+        self._cold.put(keys, self._records(pick))
+        self._log.spilled(keys[self._rows.gen[pick] > self._log.spill_base], self._spill_log_limit)
+        self._rows.delete(pick)
+
+    def _drop_cold(self, keys: np.ndarray) -> np.ndarray:
+        """Deletes those of ``keys`` that are on disk; returns them."""
+        if self._cold is None or not len(self._cold) or not len(keys):
+            return keys[:0]
+        found, _ = self._cold.get(keys)
+        self._cold.delete(keys[found])
+        return keys[found]
+
+    def _cold_decayed(self, rec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``_decayed_counts`` of cold records (already caught up)."""
+        unseen = self._clock - rec["last_seen"]
+        ev = self.config.eviction
+        return eviction.decayed(ev, rec["show"], unseen), eviction.decayed(ev, rec["click"], unseen)
+
+    def _cold_scan(self, view=None):
+        """Every cold row, a chunk at a time: (keys, caught-up records)."""
+        if self._cold is None:
+            return
+        for keys, rec in self._cold.scan(_SCAN_CHUNK, view):
+            self._catch_up(rec)
+            yield keys, rec
+
+    def _cold_columns(self, keys: np.ndarray, rec: np.ndarray) -> dict[str, np.ndarray]:
+        return {"key": keys, **{c: rec[c] for c in self._cold_cols}}
 
     @property
     def lookup_threads(self) -> int:
@@ -87,8 +226,12 @@ class EmbeddingTable:
         self._lookup = LookupPool(n)
 
     def close(self) -> None:
-        """Stops the lookup threads (the table stays usable single-threaded)."""
+        """Stops the lookup threads (the table stays usable single-threaded). With a disk
+        tier, also drops the cold rows and their directory: the table is then unusable."""
         self.lookup_threads = 1
+        if self._cold is not None:
+            with self._lock:
+                self._cold.close()
 
     @property
     def growth(self) -> dict[str, Any]:
@@ -116,8 +259,11 @@ class EmbeddingTable:
         rows = np.empty(n, np.int64)
         with self._lock:
             if with_counts:
+                self._fault_in_missing(ids)
                 self._counts(ids, out[:, :COUNT_COLUMNS])
             n_miss = self._pull_existing(ids, shows, emb_out, rows, train)
+            if n_miss and self._cold is not None:
+                n_miss = self._pull_cold(ids, shows, emb_out, rows, train)
             if train:
                 self._train_pulls += 1
                 if n_miss:
@@ -127,7 +273,24 @@ class EmbeddingTable:
                     got = new_rows >= 0
                     emb_out[miss[got]] = self._rows.emb[new_rows[got]]
                 self._recent.append((ids, rows))
+            if self._cold is not None:
+                self._ticks += 1
+                self._mark(rows[rows >= 0])
+                self._maybe_spill()
         return out
+
+    def _pull_cold(self, ids, shows, out, rows, train: bool) -> int:
+        """The pull of ids that missed RAM, again after their cold rows came back (all
+        occurrences of a key are in one of the two passes, so each key's statistics see
+        its occurrences in order, as without the tier); returns the ids still missing."""
+        miss = np.flatnonzero(rows < 0)
+        if not self._fault_in(ids[miss]):
+            return len(miss)
+        sub_out = np.empty((len(miss), out.shape[1]), np.float32)
+        sub_rows = np.empty(len(miss), np.int64)
+        n_miss = self._pull_existing(ids[miss], shows[miss], sub_out, sub_rows, train)
+        out[miss], rows[miss] = sub_out, sub_rows
+        return n_miss
 
     def _counts(self, ids: np.ndarray, out: np.ndarray) -> None:
         """out[:, 0], out[:, 1] = show, click of each id now (row, pending entry or 0)."""
@@ -230,25 +393,50 @@ class EmbeddingTable:
                 hint = next((rows for i, rows in reversed(self._recent)
                              if i is ids or (len(i) == len(ids) and np.array_equal(i, ids))),
                             _NO_HINT)  # fmt: skip
-                rows, n_miss = K.touch_push_unique(
-                    r.index, r.keys, r.created, ids, hint, shows, clicks, self._clock,
-                    self.config.eviction.decay, r.show, r.click, r.last_seen, r.gen,
-                    np.uint32(self._gen), r.delta_score, *self._score_coeffs,
-                )  # fmt: skip
+                rows, n_miss = self._touch_push_unique(ids, hint, shows, clicks)
+                if n_miss and self._cold is not None:
+                    miss = np.flatnonzero(rows < 0)
+                    if self._fault_in(ids[miss]):
+                        rows[miss], n_miss = self._touch_push_unique(
+                            ids[miss], _NO_HINT, shows[miss], clicks[miss])  # fmt: skip
                 missing = np.flatnonzero(rows < 0) if n_miss else _NO_HINT
                 if n_miss:
                     found = rows >= 0
                     grads, rows, counts = grads[found], rows[found], counts[found]
             else:
-                rows, grads, counts, missing = K.gather_push(
-                    r.index, r.keys, ids, grads, shows, clicks, counts, self._clock,
-                    self.config.eviction.decay, r.show, r.click, r.last_seen, r.gen,
-                    np.uint32(self._gen), r.delta_score, *self._score_coeffs,
-                )  # fmt: skip
+                rows, grads_u, counts_u, missing = self._gather_push(ids, grads, shows, clicks,
+                                                                     counts)  # fmt: skip
+                if len(missing) and self._cold is not None and self._fault_in(ids[missing]):
+                    m = missing  # the second pass holds every occurrence of its keys
+                    more = self._gather_push(ids[m], grads[m], shows[m], clicks[m], counts[m])
+                    first = (rows, grads_u, counts_u)
+                    rows, grads_u, counts_u = (np.concatenate(ab) for ab in zip(first, more[:3]))
+                    missing = m[more[3]]
+                grads, counts = grads_u, counts_u
             hp = self._opt.hparams(self._clock)
             r.apply_optimizer(self._opt, rows, grads, counts, hp, self._bounds)
             if len(missing) and self.config.admission.uses_counters:
                 self._pending.count(ids[missing], shows[missing], clicks[missing], self._clock)
+            if self._cold is not None:
+                self._ticks += 1
+                self._mark(rows)
+                self._maybe_spill()
+
+    def _touch_push_unique(self, ids, hint, shows, clicks) -> tuple[np.ndarray, int]:
+        r = self._rows
+        return K.touch_push_unique(
+            r.index, r.keys, r.created, ids, hint, shows, clicks, self._clock,
+            self.config.eviction.decay, r.show, r.click, r.last_seen, r.gen,
+            np.uint32(self._gen), r.delta_score, *self._score_coeffs,
+        )  # fmt: skip
+
+    def _gather_push(self, ids, grads, shows, clicks, counts):
+        r = self._rows
+        return K.gather_push(
+            r.index, r.keys, ids, grads, shows, clicks, counts, self._clock,
+            self.config.eviction.decay, r.show, r.click, r.last_seen, r.gen,
+            np.uint32(self._gen), r.delta_score, *self._score_coeffs,
+        )  # fmt: skip
 
     # ------------------------------------------------------------------ clock and eviction
 
@@ -280,22 +468,56 @@ class EmbeddingTable:
     def shrink(self) -> int:
         """One eviction pass (shrink decay, then unseen, score, max_rows) plus pending
         expiry; returns rows evicted."""
+        ev = self.config.eviction
         with self._gate, self._lock:
-            rows = self.live_rows()
-            rate = self.config.eviction.shrink_decay
+            rate = ev.shrink_decay
             if rate != 1.0:  # every row: not marked changed, a delta carries the rate instead
-                self._decay_rows(rows, rate)
+                self._decay_all(rate)
                 self._log.decays.append((self._gen, rate))
-            kill = eviction.victims(self.config.eviction, self._clock - self._rows.last_seen[rows],
-                                    self.scores(rows), self._rows.keys[rows])  # fmt: skip
-            self._delete_rows(rows[kill])
+            rows = self.live_rows()
+            unseen, score = self._clock - self._rows.last_seen[rows], self.scores(rows)
+            keys = self._rows.keys[rows]
+            if self._cold is None or not len(self._cold) or ev.max_rows is None:
+                kill = eviction.victims(ev, unseen, score, keys)  # per-row rules: per tier
+                self._delete_rows(rows[kill])
+                n = int(kill.sum())
+                for ck, rec in self._cold_scan():
+                    dead = ck[eviction.victims(ev, self._clock - rec["last_seen"],
+                                               eviction.scores(ev, *self._cold_decayed(rec)),
+                                               ck)]  # fmt: skip
+                    self._evict_cold(dead)
+                    n += len(dead)
+            else:  # max_rows ranks the rows of both tiers together
+                cold = [(ck, self._clock - rec["last_seen"],
+                         eviction.scores(ev, *self._cold_decayed(rec)))
+                        for ck, rec in self._cold_scan()]  # fmt: skip
+                ram = (keys, unseen, score)
+                all_keys, all_unseen, all_score = (
+                    np.concatenate([a, *(c[i] for c in cold)]) for i, a in enumerate(ram)
+                )
+                kill = eviction.victims(ev, all_unseen, all_score, all_keys)
+                self._delete_rows(rows[kill[: len(rows)]])
+                self._evict_cold(all_keys[len(rows) :][kill[len(rows) :]])
+                n = int(kill.sum())
             ttl = self.config.admission.pending_ttl
             self.totals["expired_pending"] += self._pending.expire(self._clock, ttl)
-            return int(kill.sum())
+            return n
+
+    def _decay_all(self, rate: float) -> None:
+        """A shrink decay: RAM rows now, cold rows when they are next read."""
+        self._decay_rows(self.live_rows(), rate)
+        if self._cold is not None:
+            self._decays.append(rate)
 
     def _decay_rows(self, rows: np.ndarray, rate: float) -> None:
         self._rows.show[rows] *= np.float32(rate)
         self._rows.click[rows] *= np.float32(rate)
+
+    def _evict_cold(self, keys: np.ndarray) -> None:
+        if len(keys):
+            self._cold.delete(keys)
+            self._log.evicted.append((self._gen, keys))
+            self.totals["evicted"] += len(keys)
 
     def _delete_rows(self, rows: np.ndarray, record: bool = True) -> None:
         if not len(rows):
@@ -319,7 +541,11 @@ class EmbeddingTable:
     def export_rows(self, since: int | None = None) -> dict[str, np.ndarray]:
         """Every live row (or those changed after generation ``since``), column by column."""
         with self._lock:
-            return self._rows.copy_out(self._changed_rows(since))[0]
+            ram = self._rows.copy_out(self._changed_rows(since))[0]
+            after = -1 if since is None else since
+            cold = [self._cold_columns(k[rec["gen"] > after], rec[rec["gen"] > after])
+                    for k, rec in self._cold_scan()]  # fmt: skip
+            return _concat_columns([ram, *cold])
 
     def _changed_rows(self, since: int | None) -> np.ndarray:
         """Live rows changed after generation ``since`` (all of them for None)."""
@@ -352,7 +578,23 @@ class EmbeddingTable:
             if delta_threshold is not None:
                 r.delta_score[rows] = 0.0
                 r.gen[rows] = self._gen  # a change: the checkpoint chain's next delta has it
-            return {"key": r.keys[rows], "emb": r.emb[rows]}
+            parts = [{"key": r.keys[rows], "emb": r.emb[rows]}]
+            for keys, rec in self._cold_scan():
+                keep = np.ones(len(keys), bool)
+                if min_score is not None:
+                    keep &= eviction.scores(self.config.eviction,
+                                            *self._cold_decayed(rec)) >= min_score  # fmt: skip
+                if max_unseen is not None:
+                    keep &= self._clock - rec["last_seen"] <= max_unseen
+                if delta_threshold is not None:
+                    keep &= rec["delta_score"] >= delta_threshold
+                keys, rec = keys[keep], rec[keep]
+                parts.append({"key": keys, "emb": rec["emb"]})
+                if delta_threshold is not None and len(keys):
+                    rec["delta_score"], rec["gen"] = 0.0, self._gen
+                    self._cold.put(keys, rec, new=False)
+                    self._log.spilled(keys, self._spill_log_limit)
+            return _concat_columns(parts)
 
     def export_shows(self) -> dict[str, np.ndarray]:
         """Every live row's key, weights and show brought to the clock (a cache export
@@ -360,8 +602,11 @@ class EmbeddingTable:
         r = self._rows
         with self._lock:
             rows = self.live_rows()
-            return {"key": r.keys[rows], "emb": r.emb[rows],
-                    "show_now": self._decayed_counts(rows)[0]}  # fmt: skip
+            parts = [{"key": r.keys[rows], "emb": r.emb[rows],
+                      "show_now": self._decayed_counts(rows)[0]}]  # fmt: skip
+            parts += [{"key": k, "emb": rec["emb"], "show_now": self._cold_decayed(rec)[0]}
+                      for k, rec in self._cold_scan()]  # fmt: skip
+            return _concat_columns(parts)
 
     def export_pending(self) -> dict[str, np.ndarray]:
         with self._lock:
@@ -392,11 +637,33 @@ class EmbeddingTable:
                     "scalars": {"clock": self._clock, "train_pulls": self._train_pulls,
                                 "generation": cut, **self.totals, "shrink_decays": decays},
                 }  # fmt: skip
+                view = cold_keys = None
+                if self._cold is not None:  # the disk tier at the cut
+                    view, cold_keys = self._cold.snapshot(), self._log.spilled_after(since)
+                    self._log.cut_spills(cut)
                 self._log.trim(cut)
             waited = time.perf_counter() - t0
             out["rows"], chunk_wait = self._rows.copy_out(rows, self._lock)
             out["lock_seconds"] = max(waited, chunk_wait)
+            if view is not None:
+                cold = self._cold_at_cut(view, since, cold_keys)
+                out["rows"] = _concat_columns([out["rows"], *cold])
             return out
+
+    def _cold_at_cut(self, view, since: int | None, keys: np.ndarray | None):
+        """The cold rows of a cut (a RocksDB snapshot) changed after ``since``: those the
+        spill log names, or a scan. No lock: the view does not change, and the shrink
+        decays cannot (the caller holds the gate)."""
+        after = -1 if since is None else since
+        if keys is not None:
+            found, rec = self._cold.get(keys, view)
+            chunks = [(keys[found], rec)]
+        else:
+            chunks = self._cold.scan(_SCAN_CHUNK, view)
+        for k, rec in chunks:
+            self._catch_up(rec)
+            new = rec["gen"] > after
+            yield self._cold_columns(k[new], rec[new])
 
     def apply_snapshot(
         self,
@@ -412,33 +679,43 @@ class EmbeddingTable:
         (``changed=True``: changed, for rows from other shards' chains)."""
         r = self._rows
         with self._gate, self._lock:
-            for rate in scalars.get("shrink_decays", ()):
-                self._decay_rows(self.live_rows(), rate)
-            # A key evicted twice since the parent (evicted, re-admitted, evicted) is listed
-            # twice: free its slot once.
-            found = r.find(np.unique(np.asarray(deleted, np.int64)))
-            self._delete_rows(found[found >= 0], record=False)
-            keys = np.ascontiguousarray(rows["key"], np.int64)
-            where = r.find(keys)
-            new = where < 0
-            if new.any():
-                where[new] = r.take(int(new.sum()))
-                r.insert(keys[new], where[new])
-            for c in self.row_columns()[1:]:
-                r.column(c)[where] = rows[c]
             cut = int(scalars.get("generation", 0))
             self._gen = max(self._gen, cut + 1)
-            r.gen[where] = self._gen if changed else cut
+            self._log.restart(cut)
+            for rate in scalars.get("shrink_decays", ()):
+                self._decay_all(rate)
+            # A key evicted twice since the parent (evicted, re-admitted, evicted) is listed
+            # twice: free its slot once.
+            deleted = np.unique(np.asarray(deleted, np.int64))
+            found = r.find(deleted)
+            self._delete_rows(found[found >= 0], record=False)
+            self._drop_cold(deleted[found < 0])
+            keys = np.ascontiguousarray(rows["key"], np.int64)
+            # With a disk tier, a chunk at a time, spilled after each: RAM stays near budget.
+            step = len(keys) if self._cold is None else max(4096, self.max_ram_rows // 2)
+            for lo in range(0, len(keys), max(step, 1)):
+                part = keys[lo : lo + step]
+                self._fault_in_missing(part)
+                where = r.find(part)
+                new = where < 0
+                if new.any():
+                    where[new] = r.take(int(new.sum()))
+                    r.insert(part[new], where[new])
+                for c in self.row_columns()[1:]:
+                    r.column(c)[where] = rows[c][lo : lo + step]
+                r.gen[where] = self._gen if changed else cut
+                if self._cold is not None:
+                    self._mark(where)
+                    self._spill()
             self._pending.replace(pending)
             self._clock = int(scalars["clock"])
             self._train_pulls = int(scalars["train_pulls"])
             self.totals = {k: int(scalars.get(k, 0)) for k in self.totals}
-            self._log.restart(cut)
 
     # ------------------------------------------------------------------ introspection
 
     def __len__(self) -> int:
-        return len(self._rows)
+        return len(self._rows) + (len(self._cold) if self._cold is not None else 0)
 
     def pending_count(self) -> int:
         return len(self._pending)
@@ -451,6 +728,8 @@ class EmbeddingTable:
     def memory_bytes(self) -> dict[str, int]:
         (rows, row_index), (pending, pending_index) = (self._rows.memory_bytes(),
                                                        self._pending.memory_bytes())  # fmt: skip
+        if self._cold is not None:
+            rows += self._touch.nbytes
         return {"row_bytes": rows, "row_index_bytes": row_index, "pending_bytes": pending,
                 "pending_index_bytes": pending_index}  # fmt: skip
 
@@ -468,12 +747,21 @@ class EmbeddingTable:
                 "growth_seconds": self.growth["seconds"],
                 **mem,
                 **self.totals,
+                **self._tier_stats(),
             }
+
+    def _tier_stats(self) -> dict[str, Any]:
+        if self._cold is None:
+            return {}
+        return {"ram_rows": len(self._rows), "disk_rows": len(self._cold),
+                "max_ram_rows": self.max_ram_rows,
+                "disk_bytes": self._cold.disk_bytes()}  # fmt: skip
 
     def row_stats(self, ids: np.ndarray) -> dict[str, np.ndarray]:
         """Statistics of ids at the current clock (decay applied); absent ids read NaN/-1."""
         ids = check_ids(ids)
         with self._lock:
+            self._fault_in_missing(ids)
             rows = self._rows.find(ids)
             return self._rows.stats(rows, *self._decayed_counts(rows[rows >= 0]))
 
@@ -482,3 +770,10 @@ class EmbeddingTable:
         ids = check_ids(ids)
         with self._lock:
             return self._pending.stats(ids)
+
+
+def _concat_columns(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Columns of several row sets, one after the other."""
+    if len(parts) == 1:
+        return parts[0]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}

@@ -1,0 +1,218 @@
+"""The disk tier: cold rows of a table in RocksDB, so a table can outgrow its RAM budget.
+
+:class:`DiskTier` is the setting (where, and how much RAM the table's rows may use);
+:class:`ColdRows` is the storage of one table's (or shard's) cold rows: whole row records
+keyed by the row's key, read back in one multi-get when a pull or push needs them. The
+table decides what moves (:mod:`hoststore.table`); this module only stores and scans.
+
+Why RocksDB (through ``rocksdict``): measured against LMDB for this access pattern
+(``experiments/bench_disk.py``), it writes batches 1.5x faster, its memory is a memtable and
+a block cache of sizes we set (LMDB maps the file, so every page read counts in the
+process's RSS, which is what the tier must bound), and its bloom filters answer most
+absent keys without a disk read. A file format of our own would have to redo all of that.
+
+Crash model: the tier is scratch. Each table opens a fresh directory under
+``DiskTier.path`` and removes it at close; directories left by a killed process are removed
+by the next one to open there. The durable state is the checkpoint (base + deltas), written
+from both tiers, as it is for RAM rows: a kill -9 loses what it loses without the tier.
+The write-ahead log is off for the same reason (nothing reads it back).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+
+import numpy as np
+
+_PREFIX = "hoststore-tier-"
+_SIGN = np.uint64(1 << 63)
+KEY_BYTES = 8
+# RocksDB memory, counted in the process's fixed overhead: the memtable that collects
+# writes (two of them: one flushing while the other fills) and the block cache.
+WRITE_BUFFER_BYTES = 8 << 20
+BLOCK_CACHE_BYTES = 16 << 20
+
+
+@dataclasses.dataclass(frozen=True)
+class DiskTier:
+    """Cold rows go to ``path`` (a local directory; each table or shard opens its own
+    directory under it) once RAM holds more rows than the budget: ``memory_mb`` of row
+    storage (record, embedding, optimizer state and index slot per row) or, exactly,
+    ``max_rows`` rows. Not a :class:`~hoststore.TableConfig` field: it changes where rows
+    live, not what the table computes, so snapshots load into tiered and all-RAM tables
+    alike."""
+
+    path: str
+    memory_mb: float | None = None
+    max_rows: int | None = None
+
+    def __post_init__(self):
+        if not self.path:
+            raise ValueError("a disk tier needs a directory")
+        if (self.memory_mb is None) == (self.max_rows is None):
+            raise ValueError("a disk tier takes memory_mb or max_rows (one of them)")
+        if self.memory_mb is not None and self.memory_mb <= 0:
+            raise ValueError(f"memory_mb must be > 0, got {self.memory_mb}")
+        if self.max_rows is not None and self.max_rows < 1:
+            raise ValueError(f"max_rows must be >= 1, got {self.max_rows}")
+
+    def rows_for(self, bytes_per_row: float) -> int:
+        """The RAM budget in rows for rows of ``bytes_per_row``."""
+        if self.max_rows is not None:
+            return self.max_rows
+        return max(1, int(self.memory_mb * (1 << 20) / bytes_per_row))
+
+    def split(self, parts: int) -> DiskTier:
+        """Each of ``parts`` shards' share of the budget."""
+        if self.max_rows is not None:
+            return dataclasses.replace(self, max_rows=max(1, -(-self.max_rows // parts)))
+        return dataclasses.replace(self, memory_mb=self.memory_mb / parts)
+
+
+def encode_keys(keys: np.ndarray) -> list[bytes]:
+    """int64 keys as 8-byte big-endian strings that sort like the integers (sign bit
+    flipped), so a scan walks keys in order."""
+    raw = (keys.view(np.uint64) ^ _SIGN).astype(">u8").tobytes()
+    return [raw[i : i + KEY_BYTES] for i in range(0, len(raw), KEY_BYTES)]
+
+
+def decode_keys(raw: list[bytes]) -> np.ndarray:
+    flat = np.frombuffer(b"".join(raw), ">u8").astype(np.uint64)
+    return (flat ^ _SIGN).view(np.int64)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale(parent: str) -> None:
+    """Removes tier directories whose process is gone (a kill -9 leaves them behind)."""
+    for name in os.listdir(parent):
+        if not name.startswith(_PREFIX):
+            continue
+        pid = name[len(_PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+
+
+class ColdRows:
+    """One table's cold rows: key -> a fixed-size record of ``dtype``. Not thread-safe:
+    the owning table holds its lock around every call (RocksDB itself releases the GIL)."""
+
+    def __init__(self, parent: str, name: str, dtype: np.dtype):
+        import rocksdict  # only a tiered table loads RocksDB
+
+        self._rd = rocksdict
+        self.dtype = np.dtype(dtype)
+        os.makedirs(parent, exist_ok=True)
+        _remove_stale(parent)
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+        self.path = os.path.join(parent, f"{_PREFIX}{os.getpid()}-{safe}-{uuid.uuid4().hex[:8]}")
+        opts = rocksdict.Options(raw_mode=True)
+        opts.create_if_missing(True)
+        opts.set_write_buffer_size(WRITE_BUFFER_BYTES)
+        opts.set_max_write_buffer_number(2)
+        table = rocksdict.BlockBasedOptions()
+        table.set_bloom_filter(10, False)  # ~1.25 bytes per key: absent keys skip the disk
+        table.set_block_cache(rocksdict.Cache(BLOCK_CACHE_BYTES))
+        opts.set_block_based_table_factory(table)
+        self._db = rocksdict.Rdict(self.path, opts)
+        wo = rocksdict.WriteOptions()
+        wo.disable_wal = True  # scratch: see the module's crash model
+        self._db.set_write_options(wo)
+        self.count = 0
+
+    def __len__(self) -> int:
+        return self.count
+
+    def _split(self, records: np.ndarray) -> list[bytes]:
+        raw, size = np.ascontiguousarray(records).tobytes(), self.dtype.itemsize
+        return [raw[i : i + size] for i in range(0, len(raw), size)]
+
+    def _decode(self, values: list[bytes]) -> np.ndarray:
+        return np.frombuffer(b"".join(values), self.dtype).copy()
+
+    def put(self, keys: np.ndarray, records: np.ndarray, new: bool = True) -> None:
+        """Writes records (one write batch); ``new``: keys not on disk before."""
+        wb = self._rd.WriteBatch(raw_mode=True)
+        for k, v in zip(encode_keys(keys), self._split(records), strict=True):
+            wb.put(k, v)
+        self._db.write(wb)
+        self.count += len(keys) if new else 0
+
+    def get(self, keys: np.ndarray, view=None) -> tuple[np.ndarray, np.ndarray]:
+        """(mask of the keys on disk, their records), from ``view`` (a snapshot) or live."""
+        if not len(keys):
+            return np.zeros(0, bool), np.empty(0, self.dtype)
+        enc = encode_keys(keys)
+        if view is None:
+            values = self._db[enc]  # one multi-get
+        else:  # a snapshot has no multi-get: one iterator seeks each key
+            it = view.iter()
+            values = [_seek(it, k) for k in enc]
+        found = np.fromiter((v is not None for v in values), bool, len(values))
+        return found, self._decode([v for v in values if v is not None])
+
+    def take(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``get``, then the keys found leave the disk (they move to RAM)."""
+        found, records = self.get(keys)
+        self.delete(keys[found])
+        return found, records
+
+    def delete(self, keys: np.ndarray) -> None:
+        """Deletes keys that are on disk (the caller knows they are)."""
+        if not len(keys):
+            return
+        wb = self._rd.WriteBatch(raw_mode=True)
+        for k in encode_keys(keys):
+            wb.delete(k)
+        self._db.write(wb)
+        self.count -= len(keys)
+
+    def snapshot(self):
+        """A consistent view of the rows now (later writes do not change it)."""
+        return self._db.snapshot()
+
+    def scan(self, chunk: int, view=None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Every row in key order, ``chunk`` at a time: (keys, records)."""
+        keys, values = [], []
+        for k, v in (view or self._db).items():
+            keys.append(k)
+            values.append(v)
+            if len(keys) == chunk:
+                yield decode_keys(keys), self._decode(values)
+                keys, values = [], []
+        if keys:
+            yield decode_keys(keys), self._decode(values)
+
+    def disk_bytes(self) -> int:
+        total = 0
+        for root, _, files in os.walk(self.path):
+            for f in files:
+                try:
+                    total += os.stat(os.path.join(root, f)).st_blocks * 512
+                except OSError:
+                    pass
+        return total
+
+    def close(self) -> None:
+        """Closes the database and removes its directory (the tier is scratch)."""
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+            shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _seek(it, key: bytes):
+    it.seek(key)
+    return it.value() if it.valid() and it.key() == key else None

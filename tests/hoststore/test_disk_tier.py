@@ -1,0 +1,219 @@
+"""The disk tier: a table whose RAM holds a few rows computes exactly what an all-RAM table
+computes (pulls, statistics, admission, eviction over both tiers, exports, snapshots)."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import numpy as np
+import pytest
+
+import hoststore as hs
+from hoststore import optimizers as opt
+from hoststore import snapshot as snap
+from hoststore.disk_tier import DiskTier, decode_keys, encode_keys
+from tests.hoststore.test_snapshot import assert_same
+from tests.hoststore.test_table_model import CONFIGS
+
+KEYS = np.array([0, -1, 1, 2**63 - 1, -(2**63), *range(5, 60)], np.int64)
+
+
+def _history(seed: int, steps: int = 60):
+    """A random stream of operations: pulls (repeated ids, shows), pushes (with and without
+    the unique promise), clicks, clock ticks, shrinks."""
+    rng = np.random.default_rng(seed)
+    for _ in range(steps):
+        ids = KEYS[rng.zipf(1.4, rng.integers(1, 25)) % len(KEYS)]
+        shows = rng.integers(1, 3, len(ids)).astype(np.float32)
+        grads = rng.normal(size=(len(ids), 3)).astype(np.float32)
+        clicks = rng.integers(0, 2, len(ids)).astype(np.float32)
+        yield ("pull", ids, shows)
+        u = rng.random()
+        if u < 0.4:
+            yield ("push", ids, grads, clicks)
+        elif u < 0.8:
+            uniq = np.unique(ids)
+            yield ("pull", uniq, np.ones(len(uniq), np.float32))
+            yield ("push_unique", uniq, grads[: len(uniq)], clicks[: len(uniq)])
+        if rng.random() < 0.15:
+            yield ("advance",)
+        if rng.random() < 0.08:
+            yield ("shrink",)
+
+
+def _apply(table, op):
+    if op[0] == "pull":
+        return table.pull(op[1], train=True, shows=op[2])
+    if op[0] == "push":
+        return table.push(op[1], op[2], clicks=op[3])
+    if op[0] == "push_unique":
+        return table.push(op[1], op[2], clicks=op[3], assume_unique=True)
+    if op[0] == "advance":
+        return table.advance_clock()
+    return table.shrink()
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+@pytest.mark.parametrize("ram_rows", [1, 4])
+def test_a_tiered_table_equals_an_all_ram_table(tmp_path, name, ram_rows):
+    cfg = CONFIGS[name]
+    ram = hs.EmbeddingTable(cfg)
+    tiered = hs.EmbeddingTable(cfg, tier=DiskTier(str(tmp_path), max_rows=ram_rows))
+    cold_seen = 0
+    for step, op in enumerate(_history(seed=len(name) + ram_rows)):
+        got = _apply(tiered, op)
+        want = _apply(ram, op)
+        if op[0] in ("pull", "shrink"):
+            np.testing.assert_array_equal(got, want, err_msg=f"step {step}: {op[0]}")
+        if step % 7 == 0:  # reads: Paddle's CVM columns and the statistics
+            a, b = (t.pull(KEYS, train=False, with_counts=True) for t in (tiered, ram))
+            np.testing.assert_array_equal(a, b)
+        cold_seen = max(cold_seen, tiered.stats()["disk_rows"])
+    assert cold_seen > 0, "the test never put a row on disk"
+    assert_same(ram, tiered)
+    for k, v in ram.row_stats(KEYS).items():
+        np.testing.assert_array_equal(tiered.row_stats(KEYS)[k], v, err_msg=k)
+    np.testing.assert_array_equal(np.sort(tiered.evicted_keys()), np.sort(ram.evicted_keys()))
+    assert len(tiered) == len(ram)
+    tiered.close()
+
+
+def _xbox(table):
+    rows = table.export_serving(min_score=0.5, max_unseen=3, delta_threshold=0.2)
+    order = np.argsort(rows["key"])
+    return rows["key"][order], rows["emb"][order]
+
+
+def test_exports_cover_both_tiers(tmp_path):
+    cfg = CONFIGS["paddle_rowwise_decay_unseen"]
+    ram = hs.EmbeddingTable(cfg)
+    tiered = hs.EmbeddingTable(cfg, tier=DiskTier(str(tmp_path), max_rows=3))
+    for op in _history(seed=5, steps=40):
+        _apply(ram, op), _apply(tiered, op)
+    assert tiered.stats()["disk_rows"] > 0
+    for _ in range(2):  # the second export emits only what the first reset and was pushed
+        for a, b in zip(_xbox(ram), _xbox(tiered), strict=True):
+            np.testing.assert_array_equal(a, b)
+        ids = KEYS[:20]
+        for t in (ram, tiered):
+            t.pull(ids, train=True)
+            t.push(ids, np.ones((20, 3), np.float32))
+    a, b = ram.export_shows(), tiered.export_shows()
+    oa, ob = np.argsort(a["key"]), np.argsort(b["key"])
+    for k in a:
+        np.testing.assert_array_equal(a[k][oa], b[k][ob], err_msg=k)
+    assert_same(ram, tiered)
+
+
+MAX_ROWS_CFG = hs.TableConfig(
+    "t", 3, optimizer=opt.adam(0.05), admission=hs.count_filter(2, max_pending=5),
+    eviction=hs.Eviction(decay=0.9, unseen_ticks=4, max_rows=20, shrink_decay=0.95), seed=4,
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("load_tier", [False, True])
+def test_base_plus_deltas_of_a_tiered_table_reproduce_it(tmp_path, load_tier):
+    """A chain written from both tiers (with a side export in between, which sends the next
+    delta to a disk scan) loads into an all-RAM or a tiered table; the reverse holds too."""
+    tier = DiskTier(str(tmp_path / "tier"), max_rows=5)
+    live = hs.EmbeddingTable(MAX_ROWS_CFG, tier=tier)
+    ram = hs.EmbeddingTable(MAX_ROWS_CFG)
+    paths = [str(tmp_path / "base")]
+    last = snap.save(live, paths[0], "base")
+    for i, op in enumerate(_history(seed=9, steps=80)):
+        _apply(live, op), _apply(ram, op)
+        if i % 15 == 14:
+            if i % 30 == 29:
+                snap.save(live, str(tmp_path / f"side{i}"), "base")
+            paths.append(str(tmp_path / f"delta{i}"))
+            last = snap.save(live, paths[-1], "delta", last)
+            assert_same(live, snap.load(paths, MAX_ROWS_CFG))  # every prefix of the chain
+    paths.append(str(tmp_path / "last"))
+    snap.save(live, paths[-1], "delta", last)
+    assert live.stats()["disk_rows"] > 0
+    restored = snap.load(paths, MAX_ROWS_CFG, tier=DiskTier(str(tmp_path / "t2"), max_rows=3)
+                         if load_tier else None)  # fmt: skip
+    assert_same(live, restored)
+    assert_same(ram, restored)
+    # and an all-RAM table's base loads into a tiered one, spilled down to its budget
+    snap.save(ram, str(tmp_path / "ram-base"), "base")
+    small = snap.load([str(tmp_path / "ram-base")], MAX_ROWS_CFG,
+                      tier=DiskTier(str(tmp_path / "t3"), max_rows=4))  # fmt: skip
+    assert small.stats()["ram_rows"] <= 4 < len(small)
+    assert_same(ram, small)
+
+
+@pytest.mark.parametrize("shards", [1, 3])
+def test_snapshots_of_a_tiered_table_under_concurrent_writers_lose_nothing(tmp_path, shards):
+    cfg = hs.TableConfig("t", 4, optimizer=opt.adagrad(0.1), admission=hs.count_filter(2),
+                         eviction=hs.Eviction(max_rows=600, shrink_decay=0.9))  # fmt: skip
+    tier = DiskTier(str(tmp_path / "tier"), max_rows=90)
+    live = snap.new_table(cfg, shards, tier)
+    stop, warm = threading.Event(), threading.Barrier(3)
+
+    def writer(seed):
+        rng = np.random.default_rng(seed)
+        for i in range(10**9):
+            if i == 5:
+                warm.wait()  # rows are on disk before the first snapshot
+            if stop.is_set():
+                break
+            ids = np.unique(rng.integers(0, 1000, 200))
+            live.pull(ids, train=True)
+            live.push(ids, rng.normal(size=(len(ids), 4)).astype(np.float32),
+                      clicks=rng.integers(0, 2, len(ids)), assume_unique=True)  # fmt: skip
+
+    threads = [threading.Thread(target=writer, args=(s,)) for s in (1, 2)]
+    for th in threads:
+        th.start()
+    warm.wait()
+    paths = [str(tmp_path / "base")]
+    last = snap.save(live, paths[0], "base")
+    for i in range(6):
+        if i == 3:
+            live.shrink()
+        paths.append(str(tmp_path / f"d{i}"))
+        last = snap.save(live, paths[-1], "delta", last)
+    stop.set()
+    for th in threads:
+        th.join()
+    paths.append(str(tmp_path / "final"))
+    snap.save(live, paths[-1], "delta", last)
+    assert live.stats()["disk_rows"] > live.stats()["ram_rows"]
+    assert_same(snap.load(paths, cfg, shards=shards), live)
+    live.close()
+
+
+def test_the_tier_is_scratch_and_its_directories_are_cleaned(tmp_path):
+    stale = tmp_path / "hoststore-tier-999999999-t-dead"  # a killed process's directory
+    stale.mkdir()
+    (stale / "000001.sst").write_bytes(b"x")
+    keep = tmp_path / "someone-elses"
+    keep.mkdir()
+    t = hs.EmbeddingTable(CONFIGS["always_adagrad_unseen"],
+                          tier=DiskTier(str(tmp_path), max_rows=1))  # fmt: skip
+    t.pull(KEYS, train=True)
+    assert not stale.exists() and keep.exists()
+    mine = [p for p in os.listdir(tmp_path) if p.startswith("hoststore-tier-")]
+    assert len(mine) == 1 and t.stats()["disk_rows"] == len(KEYS) - 1
+    t.close()
+    assert not (tmp_path / mine[0]).exists()
+
+
+def test_keys_sort_on_disk_like_integers_and_bad_settings_are_refused(tmp_path):
+    keys = np.array([-(2**63), -5, -1, 0, 1, 7, 2**63 - 1], np.int64)
+    enc = encode_keys(keys)
+    assert enc == sorted(enc)
+    np.testing.assert_array_equal(decode_keys(enc), keys)
+    for bad in ({}, {"memory_mb": 1, "max_rows": 2}, {"memory_mb": 0}, {"max_rows": 0}):
+        with pytest.raises(ValueError):
+            DiskTier(str(tmp_path), **bad)
+    with pytest.raises(ValueError):
+        DiskTier("", max_rows=1)
+    # a memory budget becomes rows at the table's bytes per row; shards split it
+    t = hs.EmbeddingTable(CONFIGS["always_adagrad_unseen"],
+                          tier=DiskTier(str(tmp_path), memory_mb=1))  # fmt: skip
+    assert 0 < t.max_ram_rows * t.stats()["bytes_per_row_at_capacity"] <= 1 << 20
+    assert DiskTier("d", memory_mb=8).split(4).memory_mb == 2
+    t.close()
