@@ -24,6 +24,7 @@ import dataclasses
 import os
 import shutil
 import uuid
+import weakref
 from collections.abc import Iterator
 
 import numpy as np
@@ -131,6 +132,8 @@ class ColdRows:
         wo.disable_wal = True  # scratch: see the module's crash model
         self._db.set_write_options(wo)
         self.count = 0
+        # Closed and removed at close(), or when the table is dropped or the process exits.
+        self._finalizer = weakref.finalize(self, _close, self._db, self.path)
 
     def __len__(self) -> int:
         return self.count
@@ -207,10 +210,12 @@ class ColdRows:
 
     def close(self) -> None:
         """Closes the database and removes its directory (the tier is scratch)."""
-        if self._db is not None:
-            self._db.close()
-            self._db = None
-            shutil.rmtree(self.path, ignore_errors=True)
+        self._finalizer()
+
+
+def _close(db, path: str) -> None:
+    db.close()
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _seek(it, key: bytes):

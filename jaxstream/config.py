@@ -90,6 +90,12 @@ class TrainConfig:
     # Beyond it the index grows by 1.5x (a rebuild under the table's lock; the rows grow in
     # place, without a copy); sizing it for the expected rows avoids the rebuilds.
     table_capacity: int = _field(1024, "Rows each table reserves up front.")
+    # The disk tier (hoststore.DiskTier): same results, less RAM; rows faulted back on use.
+    store_memory_mb: float = _field(0.0, "RAM for each table's rows (0: all rows in RAM); "
+                                    "the rest go to --store_disk_dir.")  # fmt: skip
+    store_disk_dir: str = _field("", "Local directory for the rows beyond "
+                                 "--store_memory_mb (scratch: the checkpoint is the "
+                                 "durable copy).")  # fmt: skip
     # --- checkpoints: one per partition; a base at the first hour of each day, else deltas
     checkpoint: bool = _field(True, "Checkpoint every partition and resume from the workdir.")
     keep_bases: int = _field(2, "Bases kept (with their deltas).")
@@ -116,11 +122,20 @@ FIELD_GROUPS: dict[str, tuple[str, ...]] = {
               "dense_learning_rate", "sparse_optimizer", "sparse_learning_rate",
               "initializer_scale", "cvm", "devices", "seed"),
     "store": ("admission", "pending_ttl", "eviction", "shrink_every", "store_shards",
-              "table_capacity"),
+              "table_capacity", "store_memory_mb", "store_disk_dir"),
     "checkpoints": ("checkpoint", "keep_bases"),
     "pipeline and outputs": ("staleness", "batch_threads", "metrics_file", "tensorboard",
                              "dump_predictions", "progress"),
 }  # fmt: skip
+
+
+def disk_tier(cfg: TrainConfig):
+    """The in-process store's disk tier (a hoststore.DiskTier), or None."""
+    import hoststore as hs
+
+    if not cfg.store_memory_mb:
+        return None
+    return hs.DiskTier(cfg.store_disk_dir, memory_mb=cfg.store_memory_mb)
 
 
 def get_config() -> TrainConfig:
@@ -177,6 +192,12 @@ def check(cfg: TrainConfig) -> None:
         bad("devices", "must be >= 0 (0: all local devices)")
     if not 0.0 <= cfg.max_malformed_fraction <= 1.0:
         bad("max_malformed_fraction", "must be in [0, 1]")
+    if cfg.store_memory_mb < 0:
+        bad("store_memory_mb", "must be >= 0 (0: every row in RAM)")
+    if bool(cfg.store_memory_mb) != bool(cfg.store_disk_dir):
+        bad("store_memory_mb" if cfg.store_disk_dir else "store_disk_dir",
+            "--store_memory_mb and --store_disk_dir go together (RAM budget, where the rest "
+            "goes)")  # fmt: skip
     if cfg.model not in models.MODELS:
         bad("model", f"choose from {', '.join(sorted(models.MODELS))}")
     if not callable(getattr(optax, cfg.dense_optimizer, None)):

@@ -74,7 +74,8 @@ def partition_line(record: dict) -> str:
     r = record
     line = (f"[{r['partition']}] auc {r['progressive_auc']:.4f} (train {r['train_auc']:.4f})"
             f"  logloss {r['logloss']:.4f}  rows {r['table_rows']:,}"
-            f"  {r['train_examples_per_sec']:,.0f} ex/s")  # fmt: skip
+            + (f" ({r['disk_rows']:,} on disk)" if "disk_rows" in r else "")
+            + f"  {r['train_examples_per_sec']:,.0f} ex/s")  # fmt: skip
     if "checkpoint_seconds" in record:
         line += f"  ckpt {record['checkpoint_seconds']:.2f}s"
     return line + "".join(f"  {name} {record[k]:.4f}" for k, name in _CEILINGS if k in record)
@@ -104,7 +105,12 @@ def truncate_metrics(path: str, cursor: str, skipped: list[str] = ()) -> None:
 
 
 def table_totals(stats: dict[str, dict]) -> dict[str, int | float]:
+    tier = {}
+    if any("disk_rows" in s for s in stats.values()):  # a disk tier: how much is on disk
+        tier = {"disk_rows": sum(s.get("disk_rows", 0) for s in stats.values()),
+                "disk_bytes": sum(s.get("disk_bytes", 0) for s in stats.values())}  # fmt: skip
     return {
+        **tier,
         "table_rows": sum(s["rows"] for s in stats.values()),
         "pending": sum(s["pending"] for s in stats.values()),
         "admitted": sum(s["admitted"] for s in stats.values()),
@@ -127,6 +133,7 @@ _TAGS = {
     "ignored_tokens": "data/ignored_tokens",
     "table_rows": "store/rows", "pending": "store/pending", "admitted": "store/admitted",
     "evicted": "store/evicted", "table_bytes": "store/bytes",
+    "disk_rows": "store/disk_rows", "disk_bytes": "store/disk_bytes",
     "displaced_pending": "store/displaced_pending", "devices": "perf/devices",
 }  # fmt: skip
 

@@ -31,7 +31,7 @@ from jaxstream import models, records
 from jaxstream import workdir as workdir_lib
 from jaxstream.batching import batch_threads, batches
 from jaxstream.checkpoint import CheckpointManager
-from jaxstream.config import TrainConfig
+from jaxstream.config import TrainConfig, disk_tier
 from jaxstream.config import check as check_config
 from jaxstream.data import readers
 from jaxstream.data.examples import Examples, ReadReport
@@ -180,10 +180,17 @@ def train_and_evaluate(
         saved = CheckpointManager.newest_config(workdir)
         if saved is not None:
             workdir_lib.check_resumable(saved, cfg)
-    # One trainer per workdir (several workers of one run share it: the first holds it).
-    with workdir_lib.lock(workdir) if workers.is_first else contextlib.nullcontext():
-        return _train(cfg, workdir, model, features, dense_optimizer, store, on_partition_end,
-                      on_resume, progress, workers, adopt_store)  # fmt: skip
+    own = store is None  # a store made here is closed here (a disk tier's files go with it)
+    if own:
+        store = hs.LocalStore(shards=cfg.store_shards, tier=disk_tier(cfg))
+    try:
+        # One trainer per workdir (several workers of one run share it: the first holds it).
+        with workdir_lib.lock(workdir) if workers.is_first else contextlib.nullcontext():
+            return _train(cfg, workdir, model, features, dense_optimizer, store,
+                          on_partition_end, on_resume, progress, workers, adopt_store)  # fmt: skip
+    finally:
+        if own:
+            store.close()
 
 
 class NothingToTrain(workdir_lib.RunError):
@@ -206,7 +213,6 @@ def _train(cfg, workdir, model, features, dense_optimizer, store, on_partition_e
             log.info("generating a synthetic stream under %s", data_root)
             generate(data_root, cfg.synthetic)
     spec = features if features is not None else feature_spec(cfg)
-    store = store if store is not None else hs.LocalStore(shards=cfg.store_shards)
     for table in spec.tables:  # creates them, or checks that the store's are the same
         store.create_table(table)
     if model is None:

@@ -32,6 +32,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from hoststore import snapshot
 from hoststore._hashing import shard_of
 from hoststore.config import config_from_json, config_to_json
+from hoststore.disk_tier import DiskTier
 from hoststore.rpc import paths
 from hoststore.rpc.channel import SERVICE, grpc_options
 from hoststore.rpc.proto import store_pb2, store_pb2_grpc
@@ -86,8 +87,9 @@ _CLOCK_MAX = 2**31 - 1  # last-seen ticks are int32
 
 class StoreServicer(store_pb2_grpc.EmbeddingStoreServicer):
     def __init__(self, shard_index: int, num_shards: int, limits: Limits | None = None,
-                 snapshot_root: str | None = None):  # fmt: skip
+                 snapshot_root: str | None = None, tier: DiskTier | None = None):  # fmt: skip
         self.limits = limits or Limits()
+        self.tier = tier  # each table's RAM budget and where its cold rows go
         self.snapshot_root = snapshot_root
         if not 0 <= shard_index < num_shards:
             raise ValueError(f"shard_index {shard_index} not in [0, {num_shards})")
@@ -157,7 +159,7 @@ class StoreServicer(store_pb2_grpc.EmbeddingStoreServicer):
                     context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                   f"table {cfg.name!r} exists with another config")  # fmt: skip
                 return store_pb2.CreateTableResponse(created=False)
-            self.tables[cfg.name] = EmbeddingTable(cfg)
+            self.tables[cfg.name] = EmbeddingTable(cfg, tier=self.tier)
             self._configs[cfg.name] = canonical
             self._tags[cfg.name] = ""
         return store_pb2.CreateTableResponse(created=True)
@@ -242,7 +244,7 @@ class StoreServicer(store_pb2_grpc.EmbeddingStoreServicer):
         try:  # every shard reads every chain and keeps its own keys; shard 0 keeps the totals
             fresh = snapshot.load_chains(chains, t.config,
                                          keep=lambda keys: shard_of(keys, n) == i,
-                                         totals=i == 0)  # fmt: skip
+                                         totals=i == 0, tier=self.tier)  # fmt: skip
         except (snapshot.SnapshotError, OSError) as e:  # a file, not the server, is at fault
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, self._say(str(e)))
         self.tables[request.table] = fresh
@@ -290,13 +292,13 @@ def serve(
     port: int, shard_index: int, num_shards: int, host: str = "127.0.0.1",
     tls_cert: str | None = None, tls_key: str | None = None, token: str | None = None,
     max_workers: int = 8, limits: Limits | None = None, snapshot_root: str | None = None,
-    tls_client_ca: str | None = None,
+    tls_client_ca: str | None = None, tier: DiskTier | None = None,
 ):  # fmt: skip
     """Starts a shard; returns (server, servicer, health servicer, bound port)."""
     interceptors = [TokenInterceptor(token)] if token else []
     server = grpc.server(futures.ThreadPoolExecutor(max_workers), interceptors=interceptors,
                          options=grpc_options())  # fmt: skip
-    servicer = StoreServicer(shard_index, num_shards, limits, snapshot_root)
+    servicer = StoreServicer(shard_index, num_shards, limits, snapshot_root, tier)
     store_pb2_grpc.add_EmbeddingStoreServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -335,6 +337,12 @@ def main(argv=None) -> None:
                    help="clients' snapshots are written and read under this directory only "
                         "(without it the shard takes no Snapshot or Load calls)")  # fmt: skip
     p.add_argument("--snapshot_on_exit", help="write a base snapshot of every table here")
+    p.add_argument("--store_memory_mb", type=float, default=0.0,
+                   help="RAM for each table's rows (0: all in RAM); the rest go to "
+                        "--store_disk_dir")  # fmt: skip
+    p.add_argument("--store_disk_dir",
+                   help="local directory for rows beyond --store_memory_mb (scratch: "
+                        "snapshots are the durable copy)")  # fmt: skip
     p.add_argument("--grace_seconds", type=float, default=5.0)
     for f in dataclasses.fields(Limits):
         p.add_argument(f"--{f.name}", type=int, default=f.default)
@@ -354,6 +362,11 @@ def main(argv=None) -> None:
         p.error("--tls_client_ca needs --tls_cert and --tls_key (mutual TLS is TLS first)")
     if a.snapshot_root and not os.path.isdir(a.snapshot_root):
         p.error(f"--snapshot_root {a.snapshot_root} is not a directory")
+    if a.store_memory_mb < 0:
+        p.error(f"--store_memory_mb={a.store_memory_mb}: must be >= 0 (0: all rows in RAM)")
+    if bool(a.store_memory_mb) != bool(a.store_disk_dir):
+        p.error("--store_memory_mb and --store_disk_dir go together")
+    tier = DiskTier(a.store_disk_dir, memory_mb=a.store_memory_mb) if a.store_disk_dir else None
     limits = Limits(**{f.name: getattr(a, f.name) for f in dataclasses.fields(Limits)})
     server, servicer, health_servicer, port = serve(
         a.port,
@@ -366,6 +379,7 @@ def main(argv=None) -> None:
         limits=limits,
         snapshot_root=a.snapshot_root,
         tls_client_ca=a.tls_client_ca,
+        tier=tier,
     )
     log.info("shard %d/%d serving on %s:%d", a.shard_index, a.num_shards, a.host, port)
     stop = threading.Event()

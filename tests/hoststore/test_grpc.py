@@ -37,16 +37,40 @@ def _cfg(name, **kw):
     return hs.TableConfig(name, DIM, **base)
 
 
-@pytest.fixture(params=["local", "local_sharded", "remote"])
-def store(request, cluster):
+# A RAM budget of ~15 rows per table and shard: most rows of these tests live on disk.
+TIER_MB = 0.001
+
+
+@pytest.fixture(scope="module")
+def tiered_cluster(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("tiered")
+    c = Cluster(2, ("--store_memory_mb", str(TIER_MB), "--store_disk_dir", str(tmp / "disk")),
+                token="s3cret", tmp=str(tmp))  # fmt: skip
+    yield c
+    c.stop()
+
+
+@pytest.fixture(params=["local", "local_sharded", "local_tiered", "remote", "remote_tiered"])
+def store(request, cluster, tmp_path):
+    """Every kind of store, with and without a disk tier (the tests compare them with an
+    all-RAM in-process reference, or with Paddle's rules)."""
     if request.param.startswith("local"):
-        s = LocalStore([], shards=3 if request.param == "local_sharded" else 1)
-        yield s
-        s.close()
+        tier = (
+            hs.DiskTier(str(tmp_path / "disk"), max_rows=16) if "tiered" in request.param else None
+        )
+        s = LocalStore([], shards=3 if request.param == "local_sharded" else 2 if tier else 1,
+                       tier=tier)  # fmt: skip
     else:
-        s = cluster.connect(token=cluster.token, timeout=20)
-        yield s
-        s.close()
+        c = request.getfixturevalue("tiered_cluster") if "tiered" in request.param else cluster
+        s = c.connect(token=c.token, timeout=20)
+    yield s
+    s.close()
+
+
+def _check_tier_used(store, table):
+    """A tiered store's table has rows on disk now (the test reached the disk tier)."""
+    stats = store.stats()[table]
+    assert stats.get("disk_rows", 1) > 0, stats
 
 
 def test_interface_matches_an_in_process_reference(store):
@@ -73,6 +97,7 @@ def test_interface_matches_an_in_process_reference(store):
     np.testing.assert_array_equal(
         store.pull(cfg.name, universe, train=False), ref.pull(cfg.name, universe, train=False)
     )
+    _check_tier_used(store, cfg.name)
     got, want = store.stats()[cfg.name], ref.stats()[cfg.name]
     for k in ("rows", "pending", "admitted", "evicted", "rejected", "clock"):
         assert got[k] == want[k], k
@@ -90,6 +115,7 @@ def test_save_and_load_reproduce_the_table_on_every_store(store, tmp_path):
         store.pull(cfg.name, keys, train=True)
     store.push(cfg.name, keys, rng.normal(size=(80, DIM)).astype(np.float32))
     base = store.save(cfg.name, str(tmp_path / "base"), "base")
+    _check_tier_used(store, cfg.name)
     store.advance_clock(3)
     store.pull(cfg.name, keys[:10], train=True)
     store.push(cfg.name, keys[:10], rng.normal(size=(10, DIM)).astype(np.float32))
@@ -173,6 +199,7 @@ def test_serving_deltas_filter_as_paddles_xbox_saves_on_every_store(store, tmp_p
         np.testing.assert_array_equal(weights, store.pull(cfg.name, keys, train=False))
         assert saved.manifests[0]["filters"] == {"min_score": 1.5, "max_unseen": 2,
                                                  "delta_threshold": delta}  # fmt: skip
+    _check_tier_used(store, cfg.name)
     store.close()
 
 
@@ -390,6 +417,17 @@ def test_a_blank_or_unreadable_token_file_stops_the_server_at_start(tmp_path, co
         capture_output=True, text=True, timeout=60, cwd=REPO,
     )  # fmt: skip
     assert proc.returncode == 2 and "--token_file" in proc.stderr.splitlines()[-1]
+
+
+@pytest.mark.parametrize("args", [["--store_memory_mb=8"], ["--store_disk_dir=DIR"],
+                                  ["--store_memory_mb=-1", "--store_disk_dir=DIR"]])  # fmt: skip
+def test_a_disk_tier_takes_a_budget_and_a_directory_or_the_server_stops(tmp_path, args):
+    proc = subprocess.run(
+        [sys.executable, "-m", "hoststore.server", "--port=0", "--shard_index=0",
+         "--num_shards=1", *(a.replace("DIR", str(tmp_path)) for a in args)],
+        capture_output=True, text=True, timeout=60, cwd=REPO,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "--store_memory_mb" in proc.stderr.splitlines()[-1]
 
 
 def test_hundreds_of_failing_handlers_never_hang_the_shard(cluster, tmp_path):

@@ -77,6 +77,22 @@ def test_stop_and_resume_equals_an_uninterrupted_run(tmp_path):
     _assert_same_run(str(tmp_path / "whole"), part, cfg)
 
 
+def test_a_run_with_a_disk_tier_equals_an_all_ram_run_across_a_resume(tmp_path):
+    """A RAM budget of a few hundred rows (most of the table on disk), stopped after two
+    hours and resumed: the same metrics, rows and dense weights as the all-RAM run."""
+    root = str(tmp_path / "data")
+    cfg = _cfg(root)
+    train.train_and_evaluate(cfg, str(tmp_path / "whole"))
+    tiered = dataclasses.replace(cfg, store_memory_mb=0.05, store_disk_dir=str(tmp_path / "disk"))
+    part = str(tmp_path / "tiered")
+    train.train_and_evaluate(dataclasses.replace(tiered, max_partitions=2), part)
+    train.train_and_evaluate(tiered, part)
+    _assert_same_run(str(tmp_path / "whole"), part, cfg)
+    lines = metric_lines(os.path.join(part, "metrics.jsonl"), ("table_rows", "disk_rows"))
+    assert all(x["disk_rows"] > x["table_rows"] / 2 for x in lines), lines  # mostly on disk
+    assert os.listdir(tmp_path / "disk") == []  # the scratch tier is gone with its store
+
+
 def test_damaged_newest_checkpoint_falls_back(tmp_path, caplog):
     root = str(tmp_path / "data")
     cfg = _cfg(root, max_partitions=3)
@@ -111,17 +127,23 @@ def _uninterrupted_run_and_cli(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "kill_when",
+    "kill_when, tier",
     [
-        ("after checkpoint 2 commits", os.path.join("000002", "meta.json")),
+        (("after checkpoint 2 commits", os.path.join("000002", "meta.json")), False),
         # The dense state of step 3 is written first: its folder appearing means the save of
         # step 3 is under way (the store snapshots and meta.json come after).
-        ("during the save of checkpoint 3", os.path.join("000003", "dense")),
+        (("during the save of checkpoint 3", os.path.join("000003", "dense")), False),
+        # With a disk tier: the killed process's cold rows are scratch, the checkpoint
+        # restores them, and the next process removes what the killed one left on disk.
+        (("during the save of checkpoint 3", os.path.join("000003", "dense")), True),
     ],
-    ids=["after_commit", "during_save"],
+    ids=["after_commit", "during_save", "during_save_disk_tier"],
 )
-def test_kill_9_then_resume(tmp_path, kill_when):
+def test_kill_9_then_resume(tmp_path, kill_when, tier):
     cfg, work, cmd = _uninterrupted_run_and_cli(tmp_path)
+    disk = tmp_path / "disk"
+    if tier:
+        cmd += ["--store_memory_mb=0.05", f"--store_disk_dir={disk}"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     marker = os.path.join(work, "checkpoints", kill_when[1])
     deadline = time.time() + 240
@@ -134,6 +156,8 @@ def test_kill_9_then_resume(tmp_path, kill_when):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "resumed from checkpoint" in done.stdout
     _assert_same_run(str(tmp_path / "whole"), work, cfg)
+    if tier:
+        assert os.listdir(disk) == []
 
 
 @pytest.mark.reliability
