@@ -108,6 +108,7 @@ class EmbeddingTable:
         fields = [(c, self._rows.column(c).dtype, self._rows.column(c).shape[1:])
                   for c in self._cold_cols] + [("gen", "<u4"), ("epoch", "<u4")]  # fmt: skip
         self._cold = ColdRows(tier.path, self.config.name, np.dtype(fields))
+        self._moves = {"faulted_in": 0, "spilled": 0}  # rows moved between the tiers
 
     @property
     def tiered(self) -> bool:
@@ -160,6 +161,7 @@ class EmbeddingTable:
             r.column(c)[slots] = rec[c]
         r.gen[slots] = rec["gen"]
         self._mark(slots)
+        self._moves["faulted_in"] += len(keys)
         return len(keys)
 
     def _fault_in_missing(self, ids: np.ndarray) -> None:
@@ -190,6 +192,7 @@ class EmbeddingTable:
         self._cold.put(keys, self._records(pick))
         self._log.spilled(keys[self._rows.gen[pick] > self._log.spill_base], self._spill_log_limit)
         self._rows.delete(pick)
+        self._moves["spilled"] += len(pick)
 
     def _drop_cold(self, keys: np.ndarray) -> np.ndarray:
         """Deletes those of ``keys`` that are on disk; returns them."""
@@ -755,7 +758,7 @@ class EmbeddingTable:
             return {}
         return {"ram_rows": len(self._rows), "disk_rows": len(self._cold),
                 "max_ram_rows": self.max_ram_rows,
-                "disk_bytes": self._cold.disk_bytes()}  # fmt: skip
+                "disk_bytes": self._cold.disk_bytes(), **self._moves}  # fmt: skip
 
     def row_stats(self, ids: np.ndarray) -> dict[str, np.ndarray]:
         """Statistics of ids at the current clock (decay applied); absent ids read NaN/-1."""

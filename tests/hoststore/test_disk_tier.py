@@ -217,3 +217,25 @@ def test_keys_sort_on_disk_like_integers_and_bad_settings_are_refused(tmp_path):
     assert 0 < t.max_ram_rows * t.stats()["bytes_per_row_at_capacity"] <= 1 << 20
     assert DiskTier("d", memory_mb=8).split(4).memory_mb == 2
     t.close()
+
+
+def test_the_key_filter_never_forgets_a_key_on_disk_and_is_rebuilt_when_stale(tmp_path):
+    from hoststore._bloom import KeyFilter
+    from hoststore.disk_tier import ColdRows
+
+    rng = np.random.default_rng(0)
+    keys = np.unique(rng.integers(-(2**63), 2**63 - 1, 300_000, dtype=np.int64))
+    f = KeyFilter()
+    f.add(keys[:200_000])  # grows by layers
+    assert f.may_contain(keys[:200_000]).all() and f.may_contain(keys[200_000:]).mean() < 0.1
+    cold = ColdRows(str(tmp_path), "t", np.dtype([("v", "<f4")]))
+    rec = np.zeros(len(keys), cold.dtype)
+    rec["v"] = np.arange(len(keys))
+    for lo in range(0, len(keys), 50_000):  # several layers: rebuilt into one past the limit
+        cold.put(keys[lo : lo + 50_000], rec[lo : lo + 50_000])
+    cold.delete(keys[:250_000])  # mostly stale: rebuilt from the keys left
+    assert cold.filter.layers == 1 and cold.filter.may_contain(keys[:250_000]).mean() < 0.1
+    found, got = cold.get(keys)
+    np.testing.assert_array_equal(found, np.arange(len(keys)) >= 250_000)
+    np.testing.assert_array_equal(got["v"], rec["v"][250_000:])
+    cold.close()

@@ -1,0 +1,262 @@
+"""The disk tier measured: RSS against the RAM budget for a table ten times its size, RAM
+per cold feature, pull + push throughput on a Zipf stream against an all-RAM table, a
+cold-miss batch, base snapshot and shrink speed over the disk tier, and a projection.
+
+Each measurement that reads the process's RSS runs in a fresh process (``run_phase`` in a
+subprocess of ``experiments/bench_tier.py``), so nothing else it allocated counts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+import time
+
+import numpy as np
+
+import hoststore as hs
+from hoststore import snapshot
+
+
+@dataclasses.dataclass(frozen=True)
+class TierBenchConfig:
+    rows: int = 50_000_000  # the table: ten times the RAM budget
+    budget_rows: int = 5_000_000
+    dim: int = 8
+    batch: int = 200_000  # new keys per training pull while the table fills
+    # Throughput: a Zipf stream over a table of zipf_rows keys whose head fits the budget.
+    zipf_rows: int = 4_000_000
+    zipf_budget_shares: tuple[float, ...] = (0.1, 0.3, 0.6)  # RAM budgets, share of rows
+    zipf_exponent: float = 1.3
+    zipf_batch: int = 100_000
+    zipf_batches: int = 60
+    cold_batch: int = 10_000
+    shard_ram_gb: int = 256
+    hot_fraction: float = 0.1
+    disk_dir: str = ""  # where the tier and the snapshot go (default: a temporary directory)
+
+
+def _cfg(c: TierBenchConfig, name: str = "bench") -> hs.TableConfig:
+    # A shrink deletes the rows scored below 0.15: those shown once (a tenth, see _shows).
+    return hs.TableConfig(name, c.dim, optimizer=hs.optimizers.adagrad(0.05),
+                          eviction=hs.Eviction(min_score=0.15, nonclk_coeff=0.1))  # fmt: skip
+
+
+def _shows(ids: np.ndarray) -> np.ndarray:
+    return (1 + ids.view(np.uint64) % np.uint64(10)).astype(np.float32)
+
+
+def _keys(lo: int, hi: int) -> np.ndarray:
+    """Random-looking distinct int64 keys number lo..hi (a hash of the counter)."""
+    return hs.hash64(np.arange(lo, hi, dtype=np.uint64)).view(np.int64)
+
+
+def _status(field: str) -> float:
+    """VmRSS / VmHWM of this process, MB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _grads(c: TierBenchConfig, n: int) -> np.ndarray:
+    return np.full((n, c.dim), 0.01, np.float32)
+
+
+def rss_phase(c: TierBenchConfig) -> dict[str, float]:
+    """A tiered table filled to ``rows`` with a RAM budget of ``budget_rows``: RSS at each
+    stage, RAM per cold feature, fill rate, then a base snapshot and a shrink (MB/s)."""
+    root = tempfile.mkdtemp(prefix="tier-bench-", dir=c.disk_dir or None)
+    try:
+        warm = hs.EmbeddingTable(_cfg(c, "warm"), tier=hs.DiskTier(root, max_rows=10))
+        for i in range(3):  # compiles every kernel the fill uses, then goes away
+            warm.pull(_keys(i * 100, i * 100 + 100), train=True)
+            warm.push(_keys(i * 100, i * 100 + 100), _grads(c, 100))
+        warm.close()
+        del warm
+        base_mb = _status("VmRSS")
+        t = hs.EmbeddingTable(_cfg(c), tier=hs.DiskTier(root, max_rows=c.budget_rows))
+        out = {"base_rss_mb": base_mb}
+        t0 = time.perf_counter()
+        for lo in range(0, c.rows, c.batch):
+            ids = _keys(lo, min(lo + c.batch, c.rows))
+            t.pull(ids, train=True, shows=_shows(ids))
+            t.push(ids, _grads(c, len(ids)), assume_unique=True)
+            if "full_rss_mb" not in out and lo + c.batch >= c.budget_rows:
+                out["full_rss_mb"] = _status("VmRSS")  # RAM at its budget, nothing on disk
+        out["fill_rows_per_s"] = c.rows / (time.perf_counter() - t0)
+        st = t.stats()
+        out.update(rows=len(t), ram_rows=st["ram_rows"], disk_rows=st["disk_rows"],
+                   disk_bytes=st["disk_bytes"], end_rss_mb=_status("VmRSS"),
+                   fill_peak_rss_mb=_status("VmHWM"),
+                   ram_bytes_per_hot_row=st["bytes_per_row_at_capacity"])  # fmt: skip
+        out["ram_bytes_per_cold_row"] = ((out["end_rss_mb"] - out["full_rss_mb"]) * 2**20
+                                         / max(out["disk_rows"], 1))  # fmt: skip
+        out["budget_mb"] = c.budget_rows * out["ram_bytes_per_hot_row"] / 2**20
+        path = os.path.join(root, "base")
+        t0 = time.perf_counter()
+        m = snapshot.save(t, path, "base")
+        s = time.perf_counter() - t0
+        out["snapshot_mb_per_s"] = sum(f["bytes"] for f in m["files"].values()) / 2**20 / s
+        out["snapshot_seconds"] = s
+        out["snapshot_peak_rss_mb"] = _status("VmHWM")
+        shutil.rmtree(path)
+        record = t._cold.dtype.itemsize + 8  # what the scan reads per cold row
+        cold = st["disk_rows"]
+        t0 = time.perf_counter()
+        evicted = t.shrink()
+        s = time.perf_counter() - t0
+        out.update(shrink_evicted=evicted, shrink_seconds=s,
+                   shrink_mb_per_s=cold * record / 2**20 / s)  # fmt: skip
+        t.close()
+        return out
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _zipf_ranks(rng, c: TierBenchConfig, n: int) -> np.ndarray:
+    r = rng.zipf(c.zipf_exponent, n * 2)
+    r = r[r <= c.zipf_rows][:n]
+    return r - 1
+
+
+def _fill(t, c: TierBenchConfig) -> None:
+    for lo in range(0, c.zipf_rows, c.batch):
+        t.pull(_keys(lo, min(lo + c.batch, c.zipf_rows)), train=True)
+
+
+def _timed(t, c: TierBenchConfig, batches: list[np.ndarray]) -> tuple[float, float]:
+    """(keys/s of pull + push over the batches after five warm-up ones, the share of those
+    keys faulted in from disk)."""
+    for ids in batches[:5]:  # warm-up: the hot set comes into RAM
+        t.pull(ids, train=True)
+        t.push(ids, _grads(c, len(ids)), assume_unique=True)
+    before = t.stats().get("faulted_in", 0)
+    keys = 0
+    t0 = time.perf_counter()
+    for ids in batches[5:]:
+        t.pull(ids, train=True)
+        t.push(ids, _grads(c, len(ids)), assume_unique=True)
+        keys += len(ids)
+    return keys / (time.perf_counter() - t0), (t.stats().get("faulted_in", 0) - before) / keys
+
+
+def throughput_phase(c: TierBenchConfig) -> dict[str, float]:
+    """pull + push of the same Zipf batches on an all-RAM table (timed before and after the
+    others; the mean is the reference) and tiered tables with RAM budgets of
+    ``zipf_budget_shares`` of the rows, all holding ``zipf_rows`` rows; then a batch of
+    keys all on disk."""
+    root = tempfile.mkdtemp(prefix="tier-bench-", dir=c.disk_dir or None)
+    try:
+        ram = hs.EmbeddingTable(_cfg(c))
+        _fill(ram, c)
+        rng = np.random.default_rng(0)
+        batches = [np.unique(_keys(0, c.zipf_rows)[_zipf_ranks(rng, c, c.zipf_batch)])
+                   for _ in range(c.zipf_batches + 5)]  # fmt: skip
+        ram_first = _timed(ram, c, batches)[0]
+        out: dict = {"unique_keys_per_batch": float(np.mean([len(b) for b in batches])),
+                     "budgets": []}  # fmt: skip
+        for share in c.zipf_budget_shares:
+            tier = hs.DiskTier(root, max_rows=int(share * c.zipf_rows))
+            t = hs.EmbeddingTable(_cfg(c), tier=tier)
+            _fill(t, c)
+            keys_per_s, faulted = _timed(t, c, batches)
+            out["budgets"].append({"share": share, "keys_per_s": keys_per_s, "faulted": faulted})
+            if share == c.zipf_budget_shares[0]:  # a batch of keys all on disk, by rank mid-way
+                cold = _keys(c.zipf_rows // 2, c.zipf_rows // 2 + c.cold_batch)
+                out["cold_batch_on_disk"] = float(t._cold.get(cold)[0].mean())
+                t0 = time.perf_counter()
+                t.pull(cold, train=True)
+                t.push(cold, _grads(c, len(cold)), assume_unique=True)
+                out["cold_batch_ms"] = (time.perf_counter() - t0) * 1e3
+            t.close()
+        out["ram_keys_per_s"] = (ram_first + _timed(ram, c, batches)[0]) / 2
+        for b in out["budgets"]:
+            b["ratio"] = b["keys_per_s"] / out["ram_keys_per_s"]
+        t0 = time.perf_counter()
+        ram.pull(cold, train=True)
+        ram.push(cold, _grads(c, len(cold)), assume_unique=True)
+        out["cold_batch_ram_ms"] = (time.perf_counter() - t0) * 1e3
+        return out
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def projection(c: TierBenchConfig, r: dict[str, float]) -> str:
+    """Store hosts for 10^9..10^11 features, all in RAM and with the tier holding all but
+    ``hot_fraction`` of the rows, from the bytes per row measured above."""
+    host = c.shard_ram_gb * 2**30
+    hot, cold = r["ram_bytes_per_hot_row"], max(r["ram_bytes_per_cold_row"], 0.0)
+    disk = r["disk_bytes"] / max(r["disk_rows"], 1)
+    lines = [
+        f"Hosts of {c.shard_ram_gb} GB of RAM; all in RAM at {hot:.1f} bytes per feature "
+        f"(dim {c.dim}, AdaGrad, statistics, index); with the tier, {c.hot_fraction:.0%} of "
+        f"the rows in RAM and the rest at {cold:.1f} bytes of RAM and {disk:.0f} bytes of "
+        "disk each, as measured above.",
+        "",
+        "| features | RAM, all in RAM | hosts | RAM with the tier | disk with the tier "
+        "| hosts with the tier (RAM-bound) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for e in (9, 10, 11):
+        n = 10**e
+        ram = n * hot
+        tier_ram = n * (c.hot_fraction * hot + (1 - c.hot_fraction) * cold)
+        lines.append(f"| 10^{e} | {ram / 2**40:,.2f} TB | {-(-ram // host):,.0f} | "
+                     f"{tier_ram / 2**40:,.2f} TB | {n * disk / 2**40:,.1f} TB | "
+                     f"{-(-tier_ram // host):,.0f} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def markdown(c: TierBenchConfig, rss: dict[str, float], tp: dict[str, float]) -> str:
+    fixed = rss["base_rss_mb"]
+    over = rss["fill_peak_rss_mb"] - fixed - rss["budget_mb"]
+    return "\n".join([
+        f"**RSS against the budget.** A table of {rss['rows']:,} rows (dim {c.dim}, "
+        f"AdaGrad), filled by training pulls and pushes of {c.batch:,} new keys, with a RAM "
+        f"budget of {c.budget_rows:,} rows ({rss['budget_mb']:,.0f} MB at "
+        f"{rss['ram_bytes_per_hot_row']:.1f} bytes per row). The process before the table: "
+        f"{fixed:,.0f} MB (Python, numpy, numba, jit-compiled kernels).",
+        "",
+        "| | MB |",
+        "|---|---|",
+        f"| RSS with RAM at its budget, nothing on disk | {rss['full_rss_mb']:,.0f} |",
+        f"| RSS at the end ({rss['disk_rows']:,} rows on disk, {rss['ram_rows']:,} in RAM) "
+        f"| {rss['end_rss_mb']:,.0f} |",
+        f"| peak RSS while filling | {rss['fill_peak_rss_mb']:,.0f} |",
+        f"| peak less the process before the table and the budget | {over:,.0f} |",
+        f"| disk | {rss['disk_bytes'] / 2**20:,.0f} |",
+        "",
+        f"RAM per cold feature: **{rss['ram_bytes_per_cold_row']:.1f} bytes** (RSS growth "
+        f"from RAM at budget to the end, over the rows on disk; RocksDB's memtables and block "
+        f"cache, 32 MB configured, included). Fill: {rss['fill_rows_per_s']:,.0f} rows/s "
+        "(admission, pushes and spills).",
+        "",
+        f"**Over the disk tier.** Base snapshot of the whole table: "
+        f"{rss['snapshot_mb_per_s']:,.0f} MB/s ({rss['snapshot_seconds']:.1f} s; peak RSS "
+        f"{rss['snapshot_peak_rss_mb']:,.0f} MB: the snapshot gathers each column in RAM "
+        f"before writing it). Shrink over both tiers (deleting {rss['shrink_evicted']:,} rows, "
+        f"the tenth scored below its threshold): {rss['shrink_mb_per_s']:,.0f} MB/s of cold "
+        f"records scanned ({rss['shrink_seconds']:.1f} s).",
+        "",
+        f"**Throughput on a Zipf stream.** {c.zipf_rows:,} rows, Zipf exponent "
+        f"{c.zipf_exponent}, batches of {c.zipf_batch:,} draws ({tp['unique_keys_per_batch']:,.0f}"
+        " distinct keys), training pull + push of the same batches on each table; the "
+        "all-RAM figure is the mean of a run before and one after the tiered tables. "
+        "\"From disk\": the share of the keys pulled that were faulted in.",
+        "",
+        "| RAM budget | from disk | keys/s | vs all-RAM |",
+        "|---|---|---|---|",
+        f"| all rows (no tier) | 0 | {tp['ram_keys_per_s']:,.0f} | 1.00x |",
+        *(f"| {b['share']:.0%} of the rows | {b['faulted']:.2%} | {b['keys_per_s']:,.0f} "
+          f"| **{b['ratio']:.2f}x** |" for b in tp["budgets"]),
+        "",
+        f"A batch of {c.cold_batch:,} keys all on disk (pull + push): "
+        f"{tp['cold_batch_ms']:.1f} ms, against {tp['cold_batch_ram_ms']:.1f} ms for the same "
+        "keys in RAM.",
+        "",
+        projection(c, rss),
+    ])  # fmt: skip
