@@ -10,7 +10,6 @@ holds its lock around every call.
 
 from __future__ import annotations
 
-import contextlib
 import time
 
 import numpy as np
@@ -174,20 +173,24 @@ class RowSlots:
             return self.state[self.state_names.index(name)]
         return self.meta[name]
 
-    def copy_out(self, rows: np.ndarray, lock=None) -> tuple[dict[str, np.ndarray], float]:
-        """Every column of ``rows``, copied a chunk at a time, each chunk under ``lock``
-        (when given); returns the columns and the longest the lock was held."""
-        cols = {c: np.empty((len(rows), *self.column(c).shape[1:]), self.column(c).dtype)
-                for c in self.columns()}  # fmt: skip
-        held = 0.0
+    def layout(self) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
+        """Each snapshot column's dtype and per-row shape."""
+        return {c: (self.column(c).dtype, self.column(c).shape[1:]) for c in self.columns()}
+
+    def copy_out(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """Every column of ``rows``."""
+        return {c: self.column(c)[rows] for c in self.columns()}
+
+    def iter_out(self, rows: np.ndarray, lock, held: dict):
+        """Every column of ``rows``, a chunk at a time, each copied under ``lock``;
+        ``held["seconds"]`` keeps the longest the lock was held."""
         for lo in range(0, len(rows), _EXPORT_CHUNK):
             t0 = time.perf_counter()
-            with lock or contextlib.nullcontext():
+            with lock:
                 part = rows[lo : lo + _EXPORT_CHUNK]
-                for c, out in cols.items():
-                    out[lo : lo + len(part)] = self.column(c)[part]
-            held = max(held, time.perf_counter() - t0)
-        return cols, held
+                chunk = {c: self.column(c)[part] for c in self.columns()}
+            held["seconds"] = max(held["seconds"], time.perf_counter() - t0)
+            yield chunk
 
     def memory_bytes(self) -> tuple[int, int]:
         """(row bytes, index and free-list bytes)."""

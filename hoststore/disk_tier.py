@@ -141,6 +141,10 @@ class ColdRows:
         # Keys that may be on disk, in RAM: a new key skips the engine (see _bloom.py).
         self.filter = KeyFilter()
         self._stale = 0  # keys deleted since the filter was built (it still says "maybe")
+        # While a snapshot reads the rows of its cut, the rows on disk stay as they were:
+        # keys that move to RAM meanwhile leave the disk when it ends (thaw).
+        self._frozen = False
+        self._deferred: list[np.ndarray] = []
         # Closed and removed at close(), or when the table is dropped or the process exits.
         self._finalizer = weakref.finalize(self, _close, self._db, self.path)
 
@@ -166,23 +170,36 @@ class ColdRows:
             if self.filter.layers > _MAX_FILTER_LAYERS:
                 self._rebuild_filter()
 
-    def get(self, keys: np.ndarray, view=None) -> tuple[np.ndarray, np.ndarray]:
-        """(mask of the keys on disk, their records), from ``view`` (a snapshot) or live."""
-        if view is None:  # the live rows: ask the engine only for keys that may be there
-            maybe = np.flatnonzero(self.filter.may_contain(keys))
-            values = self._db[encode_keys(keys[maybe])] if len(maybe) else []  # a multi-get
-        else:  # a snapshot has no multi-get: one iterator seeks each key
-            maybe, it = np.arange(len(keys)), view.iter()
-            values = [_seek(it, k) for k in encode_keys(keys)]
+    def get(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(mask of the keys on disk, their records)."""
+        maybe = np.flatnonzero(self.filter.may_contain(keys))  # the engine sees only these
+        values = self._db[encode_keys(keys[maybe])] if len(maybe) else []  # one multi-get
         found = np.zeros(len(keys), bool)
         found[maybe] = np.fromiter((v is not None for v in values), bool, len(values))
         return found, self._decode([v for v in values if v is not None])
 
     def take(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``get``, then the keys found leave the disk (they move to RAM)."""
+        """``get``, then the keys found leave the disk (they move to RAM; while frozen,
+        when it thaws)."""
         found, records = self.get(keys)
-        self.delete(keys[found])
+        if self._frozen:
+            self._deferred.append(keys[found])
+            self.count -= int(found.sum())
+        else:
+            self.delete(keys[found])
         return found, records
+
+    def freeze(self) -> None:
+        """The rows on disk stay as they are (a snapshot reads them) until :meth:`thaw`;
+        the owner puts nothing new meanwhile."""
+        self._frozen = True
+
+    def thaw(self) -> None:
+        self._frozen = False
+        moved, self._deferred = self._deferred, []
+        if moved:
+            self.count += sum(map(len, moved))
+            self.delete(np.concatenate(moved))
 
     def delete(self, keys: np.ndarray) -> None:
         """Deletes keys that are on disk (the caller knows they are)."""
@@ -210,14 +227,12 @@ class ColdRows:
             self.filter.add(decode_keys(chunk))
         self._stale = 0
 
-    def snapshot(self):
-        """A consistent view of the rows now (later writes do not change it)."""
-        return self._db.snapshot()
-
-    def scan(self, chunk: int, view=None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Every row in key order, ``chunk`` at a time: (keys, records)."""
+    def scan(self, chunk: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Every row in key order, ``chunk`` at a time: (keys, records), as of the start
+        (a RocksDB iterator reads an implicit snapshot). rocksdict's own snapshots do not
+        hold for iterators (measured: a scan of one shows later deletes), hence freeze."""
         keys, values = [], []
-        for k, v in (view or self._db).items():
+        for k, v in self._db.items():
             keys.append(k)
             values.append(v)
             if len(keys) == chunk:
@@ -249,8 +264,3 @@ class ColdRows:
 def _close(db, path: str) -> None:
     db.close()
     shutil.rmtree(path, ignore_errors=True)
-
-
-def _seek(it, key: bytes):
-    it.seek(key)
-    return it.value() if it.valid() and it.key() == key else None

@@ -19,6 +19,7 @@ exists whole or not at all. Loading checks every checksum first and raises
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -61,6 +62,69 @@ def _write_atomic(path: str, data: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+class _NpyWriter:
+    """A ``.npy`` file of a known shape written a chunk at a time (a base of a table bigger
+    than RAM is never gathered whole), hashed as it goes, committed atomically."""
+
+    def __init__(self, path: str, dtype: np.dtype, shape: tuple[int, ...]):
+        self.path, self.dtype, self.rows = path, np.dtype(dtype), shape[0]
+        self._tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        self._f = open(self._tmp, "wb")
+        self._hash = hashlib.sha256()
+        self._bytes = self._written = 0
+        self.shape = shape
+        head = io.BytesIO()
+        np.lib.format.write_array_header_1_0(head, {
+            "descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
+            "shape": shape})  # fmt: skip
+        self._put(head.getvalue())
+
+    def _put(self, data) -> None:
+        self._f.write(data)
+        self._hash.update(data)
+        self._bytes += len(data)
+
+    def write(self, arr: np.ndarray) -> None:
+        arr = np.ascontiguousarray(arr, self.dtype)
+        self._written += len(arr)
+        if arr.size:
+            self._put(memoryview(arr.reshape(-1).view(np.uint8)))
+
+    def commit(self) -> dict:
+        if self._written != self.rows:  # the cut's count and its rows disagree: a bug
+            raise SnapshotError(f"{self.path}: {self._written} rows written, {self.rows} cut")
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self._f.close()
+        os.replace(self._tmp, self.path)
+        return {"sha256": self._hash.hexdigest(), "bytes": self._bytes,
+                "shape": list(self.shape), "dtype": self.dtype.str}  # fmt: skip
+
+    def abort(self) -> None:
+        self._f.close()
+        with contextlib.suppress(OSError):
+            os.remove(self._tmp)
+
+
+def _stream_rows(path: str, states: list[dict], layout: dict) -> dict[str, dict]:
+    """Writes the cuts' rows, shard after shard and chunk after chunk, into one file per
+    column; returns the files' manifest entries."""
+    total = sum(st["rows"].count for st in states)
+    writers = {c: _NpyWriter(os.path.join(path, f"rows.{c}.npy"), dt, (total, *shape))
+               for c, (dt, shape) in layout.items()}  # fmt: skip
+    try:
+        for st in states:
+            with st["rows"] as chunks:
+                for chunk in chunks:
+                    for c, w in writers.items():
+                        w.write(chunk[c])
+        return {f"rows.{c}.npy": w.commit() for c, w in writers.items()}
+    except BaseException:
+        for w in writers.values():
+            w.abort()
+        raise
 
 
 def _npy_bytes(arr: np.ndarray) -> bytes:
@@ -146,16 +210,20 @@ def save(
             ok = len(cuts) == len(shards) and None not in cuts
             since = cuts if ok else [-1] * len(shards)
         states = []
-        for s, c in zip(shards, since, strict=True):
-            states.append(s.snapshot_state(c))
-            cut_seconds = max(cut_seconds, states[-1]["lock_seconds"])
-        cols.update({f"rows.{k}": v for k, v in _concat([st["rows"] for st in states]).items()})
+        try:  # every shard is cut, then each one's rows stream to the files
+            for s, c in zip(shards, since, strict=True):
+                states.append(s.snapshot_stream(c))
+            streamed = _stream_rows(path, states, shards[0].row_layout())
+        finally:
+            for st in states:
+                st["rows"].close()
+        cut_seconds = max(st["held"]["seconds"] for st in states)
         pending = _concat([st["pending"] for st in states])
         cols.update({f"pending.{k}": v for k, v in pending.items()})
         if kind == "delta":
             cols["deleted.key"] = np.concatenate([st["deleted"] for st in states])
         scalars = [st["scalars"] for st in states]
-    files = {}
+    files = {} if kind in ("serving", "cache") else streamed
     for name, arr in cols.items():
         data = _npy_bytes(arr)
         fname = f"{name}.npy"
@@ -170,7 +238,7 @@ def save(
         "created_unix": time.time(),
         "table": table_signature(table.config),
         "shards": scalars if kind in ("base", "delta") else [s.export_scalars() for s in shards],
-        "rows": int(len(cols["rows.key"])),
+        "rows": int(files["rows.key.npy"]["shape"][0]),
         **({"filters": filters} if kind == "serving" else {}),
         "deleted": int(len(cols.get("deleted.key", ()))),
         "files": files,

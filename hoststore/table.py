@@ -208,11 +208,11 @@ class EmbeddingTable:
         ev = self.config.eviction
         return eviction.decayed(ev, rec["show"], unseen), eviction.decayed(ev, rec["click"], unseen)
 
-    def _cold_scan(self, view=None):
+    def _cold_scan(self):
         """Every cold row, a chunk at a time: (keys, caught-up records)."""
         if self._cold is None:
             return
-        for keys, rec in self._cold.scan(_SCAN_CHUNK, view):
+        for keys, rec in self._cold.scan(_SCAN_CHUNK):
             self._catch_up(rec)
             yield keys, rec
 
@@ -536,6 +536,10 @@ class EmbeddingTable:
     def state_names(self) -> tuple[str, ...]:
         return self._rows.state_names
 
+    def row_layout(self) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
+        """Each snapshot row column's dtype and per-row shape."""
+        return self._rows.layout()
+
     def row_columns(self) -> list[str]:
         """Columns of a row as snapshots store them (state columns by the optimizer's
         state field names)."""
@@ -544,7 +548,7 @@ class EmbeddingTable:
     def export_rows(self, since: int | None = None) -> dict[str, np.ndarray]:
         """Every live row (or those changed after generation ``since``), column by column."""
         with self._lock:
-            ram = self._rows.copy_out(self._changed_rows(since))[0]
+            ram = self._rows.copy_out(self._changed_rows(since))
             after = -1 if since is None else since
             cold = [self._cold_columns(k[rec["gen"] > after], rec[rec["gen"] > after])
                     for k, rec in self._cold_scan()]  # fmt: skip
@@ -620,13 +624,25 @@ class EmbeddingTable:
             return {"clock": self._clock, "train_pulls": self._train_pulls, **self.totals}
 
     def snapshot_state(self, since: int | None = None) -> dict[str, Any]:
-        """A snapshot's cut: rows changed after generation ``since`` (all for None), keys
-        evicted and shrink decays since, pending counters, scalars with ``generation`` (the
-        next delta's ``since``) and ``lock_seconds`` (the longest writes waited). The cut is
-        one instant under the lock; rows are then copied a chunk per hold of the lock, with
-        no eviction or decay meanwhile (shrink waits at the gate); a row written after the
-        cut may be copied newer, and the next delta carries it too: chains stay exact."""
-        with self._gate:
+        """:meth:`snapshot_stream` with the rows gathered into columns."""
+        out = self.snapshot_stream(since)
+        with out["rows"] as chunks:
+            out["rows"] = _concat_columns(list(chunks))
+        out["lock_seconds"] = out.pop("held")["seconds"]
+        return out
+
+    def snapshot_stream(self, since: int | None = None) -> dict[str, Any]:
+        """A snapshot's cut: rows changed after generation ``since`` (all for None) as
+        :class:`RowChunks` (their count, then column chunks: the table is never gathered
+        whole), keys evicted and shrink decays since, pending counters, scalars with
+        ``generation`` (the next delta's ``since``) and ``held`` (``seconds``: the longest
+        writes waited, final once the chunks are read). The cut is one instant under the
+        lock; rows are then copied a chunk per hold of the lock, with no eviction, decay or
+        spill meanwhile (they wait at the gate until the chunks are read or closed); a row
+        written after the cut may be copied newer, and the next delta carries it too:
+        chains stay exact. Cold rows come from a RocksDB snapshot taken at the cut."""
+        self._gate.acquire()
+        try:
             t0 = time.perf_counter()
             with self._lock:
                 self._log.check(since, self.config.name)
@@ -640,31 +656,53 @@ class EmbeddingTable:
                     "scalars": {"clock": self._clock, "train_pulls": self._train_pulls,
                                 "generation": cut, **self.totals, "shrink_decays": decays},
                 }  # fmt: skip
-                view = cold_keys = None
-                if self._cold is not None:  # the disk tier at the cut
-                    view, cold_keys = self._cold.snapshot(), self._log.spilled_after(since)
+                cold, n_cold, release = None, 0, self._gate.release
+                if self._cold is not None:  # the disk tier stays as at the cut until read
+                    self._cold.freeze()
+                    release = self._end_cut
+                    n_cold = len(self._cold)
+                    keys = self._log.spilled_after(since)
                     self._log.cut_spills(cut)
                 self._log.trim(cut)
-            waited = time.perf_counter() - t0
-            out["rows"], chunk_wait = self._rows.copy_out(rows, self._lock)
-            out["lock_seconds"] = max(waited, chunk_wait)
-            if view is not None:
-                cold = self._cold_at_cut(view, since, cold_keys)
-                out["rows"] = _concat_columns([out["rows"], *cold])
-            return out
+            if self._cold is not None and since is not None:  # a delta's cold rows: now
+                cold = list(self._cold_at_cut(since, keys))
+                n_cold = sum(len(c["key"]) for c in cold)
+            out["held"] = {"seconds": time.perf_counter() - t0}
+        except BaseException:
+            self._end_cut()
+            raise
 
-    def _cold_at_cut(self, view, since: int | None, keys: np.ndarray | None):
-        """The cold rows of a cut (a RocksDB snapshot) changed after ``since``: those the
-        spill log names, or a scan. No lock: the view does not change, and the shrink
-        decays cannot (the caller holds the gate)."""
+        def chunks():
+            yield self._rows.copy_out(rows[:0])  # at least one chunk, even when empty
+            yield from self._rows.iter_out(rows, self._lock, out["held"])
+            if cold is not None:
+                yield from cold
+            elif self._cold is not None:  # a base: the whole tier at the cut, as written
+                yield from self._cold_at_cut(None, None)
+
+        out["rows"] = RowChunks(len(rows) + n_cold, chunks(), release)
+        return out
+
+    def _end_cut(self) -> None:
+        """A snapshot's rows are read: the disk tier thaws, the gate opens."""
+        if self._cold is not None:
+            with self._lock:
+                self._cold.thaw()
+        self._gate.release()
+
+    def _cold_at_cut(self, since: int | None, keys: np.ndarray | None):
+        """The cold rows of a cut changed after ``since``: those the spill log names, or a
+        scan. No lock: the disk tier is frozen as at the cut (spills, shrinks and loads
+        wait at the gate; rows that move to RAM stay on disk until the cut is read), and
+        so are the shrink decays."""
         after = -1 if since is None else since
         if keys is not None:
-            found, rec = self._cold.get(keys, view)
+            found, rec = self._cold.get(keys)
+            self._catch_up(rec)
             chunks = [(keys[found], rec)]
         else:
-            chunks = self._cold.scan(_SCAN_CHUNK, view)
+            chunks = self._cold_scan()
         for k, rec in chunks:
-            self._catch_up(rec)
             new = rec["gen"] > after
             yield self._cold_columns(k[new], rec[new])
 
@@ -773,6 +811,31 @@ class EmbeddingTable:
         ids = check_ids(ids)
         with self._lock:
             return self._pending.stats(ids)
+
+
+class RowChunks:
+    """The rows of a snapshot cut: ``count`` rows, iterated as column chunks; a context
+    manager whose exit (or :meth:`close`) releases what the cut holds (read it or close it:
+    shrinks, loads and spills wait until then)."""
+
+    def __init__(self, count: int, chunks, release):
+        self.count = count
+        self._chunks, self._release = chunks, release
+
+    def __iter__(self):
+        return self._chunks
+
+    def close(self) -> None:
+        if self._release is not None:
+            self._chunks.close()
+            self._release, release = None, self._release
+            release()
+
+    def __enter__(self) -> RowChunks:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _concat_columns(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
