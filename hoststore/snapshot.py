@@ -64,27 +64,40 @@ def _write_atomic(path: str, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-class _NpyWriter:
-    """A ``.npy`` file of a known shape written a chunk at a time (a base of a table bigger
-    than RAM is never gathered whole), hashed as it goes, committed atomically."""
+_HEADER_BYTES = 256  # a .npy header (format 1.0) of this fixed size, padded with spaces
 
-    def __init__(self, path: str, dtype: np.dtype, shape: tuple[int, ...]):
-        self.path, self.dtype, self.rows = path, np.dtype(dtype), shape[0]
+
+def _npy_header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
+    """The .npy header np.save would write, padded to a fixed size, so that a file whose
+    row count is known only at its end can get it in place."""
+    text = repr({"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+                 "shape": tuple(shape)})  # fmt: skip
+    pad = _HEADER_BYTES - len(np.lib.format.MAGIC_PREFIX) - 2 - 2 - len(text) - 1
+    if pad < 0:
+        raise ValueError(f"a .npy header for {dtype} {shape} does not fit {_HEADER_BYTES} bytes")
+    body = (text + " " * pad + "\n").encode("latin1")
+    return np.lib.format.MAGIC_PREFIX + bytes([1, 0]) + len(body).to_bytes(2, "little") + body
+
+
+class _NpyWriter:
+    """A ``.npy`` file written a chunk at a time (a base of a table bigger than RAM is never
+    gathered whole), committed atomically. With ``rows`` known it is hashed as written and
+    the count checked; without, the header gets the count at the end and the file is
+    hashed by reading it back (sequential, from the page cache)."""
+
+    def __init__(self, path: str, dtype: np.dtype, row_shape: tuple[int, ...],
+                 rows: int | None):  # fmt: skip
+        self.path, self.dtype, self.rows, self.row_shape = path, np.dtype(dtype), rows, row_shape
         self._tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-        self._f = open(self._tmp, "wb")
+        self._f = open(self._tmp, "w+b")
         self._hash = hashlib.sha256()
-        self._bytes = self._written = 0
-        self.shape = shape
-        head = io.BytesIO()
-        np.lib.format.write_array_header_1_0(head, {
-            "descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
-            "shape": shape})  # fmt: skip
-        self._put(head.getvalue())
+        self._written = 0
+        self._put(_npy_header(self.dtype, (rows or 0, *row_shape)))
 
     def _put(self, data) -> None:
         self._f.write(data)
-        self._hash.update(data)
-        self._bytes += len(data)
+        if self.rows is not None:
+            self._hash.update(data)
 
     def write(self, arr: np.ndarray) -> None:
         arr = np.ascontiguousarray(arr, self.dtype)
@@ -93,14 +106,22 @@ class _NpyWriter:
             self._put(memoryview(arr.reshape(-1).view(np.uint8)))
 
     def commit(self) -> dict:
-        if self._written != self.rows:  # the cut's count and its rows disagree: a bug
+        if self.rows is None:  # the count goes into the header, then the file is hashed
+            self._f.seek(0)
+            self._f.write(_npy_header(self.dtype, (self._written, *self.row_shape)))
+            self._f.flush()
+            self._f.seek(0)
+            while block := self._f.read(1 << 22):
+                self._hash.update(block)
+        elif self._written != self.rows:  # the cut's count and its rows disagree: a bug
             raise SnapshotError(f"{self.path}: {self._written} rows written, {self.rows} cut")
         self._f.flush()
         os.fsync(self._f.fileno())
+        size = os.fstat(self._f.fileno()).st_size
         self._f.close()
         os.replace(self._tmp, self.path)
-        return {"sha256": self._hash.hexdigest(), "bytes": self._bytes,
-                "shape": list(self.shape), "dtype": self.dtype.str}  # fmt: skip
+        return {"sha256": self._hash.hexdigest(), "bytes": size,
+                "shape": [self._written, *self.row_shape], "dtype": self.dtype.str}  # fmt: skip
 
     def abort(self) -> None:
         self._f.close()
@@ -111,8 +132,9 @@ class _NpyWriter:
 def _stream_rows(path: str, states: list[dict], layout: dict) -> dict[str, dict]:
     """Writes the cuts' rows, shard after shard and chunk after chunk, into one file per
     column; returns the files' manifest entries."""
-    total = sum(st["rows"].count for st in states)
-    writers = {c: _NpyWriter(os.path.join(path, f"rows.{c}.npy"), dt, (total, *shape))
+    counts = [st["rows"].count for st in states]
+    total = None if None in counts else sum(counts)  # None: known once written
+    writers = {c: _NpyWriter(os.path.join(path, f"rows.{c}.npy"), dt, shape, total)
                for c, (dt, shape) in layout.items()}  # fmt: skip
     try:
         for st in states:

@@ -208,6 +208,12 @@ class EmbeddingTable:
         ev = self.config.eviction
         return eviction.decayed(ev, rec["show"], unseen), eviction.decayed(ev, rec["click"], unseen)
 
+    def _cold_get(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The cold rows of those of ``keys`` on disk: (their keys, caught-up records)."""
+        found, rec = self._cold.get(keys)
+        self._catch_up(rec)
+        return keys[found], rec
+
     def _cold_scan(self):
         """Every cold row, a chunk at a time: (keys, caught-up records)."""
         if self._cold is None:
@@ -656,17 +662,15 @@ class EmbeddingTable:
                     "scalars": {"clock": self._clock, "train_pulls": self._train_pulls,
                                 "generation": cut, **self.totals, "shrink_decays": decays},
                 }  # fmt: skip
-                cold, n_cold, release = None, 0, self._gate.release
+                n_cold, release, keys = 0, self._gate.release, None
                 if self._cold is not None:  # the disk tier stays as at the cut until read
                     self._cold.freeze()
                     release = self._end_cut
-                    n_cold = len(self._cold)
+                    # a base has every cold row; a delta's count is known once they are read
+                    n_cold = len(self._cold) if since is None else None
                     keys = self._log.spilled_after(since)
                     self._log.cut_spills(cut)
                 self._log.trim(cut)
-            if self._cold is not None and since is not None:  # a delta's cold rows: now
-                cold = list(self._cold_at_cut(since, keys))
-                n_cold = sum(len(c["key"]) for c in cold)
             out["held"] = {"seconds": time.perf_counter() - t0}
         except BaseException:
             self._end_cut()
@@ -675,12 +679,11 @@ class EmbeddingTable:
         def chunks():
             yield self._rows.copy_out(rows[:0])  # at least one chunk, even when empty
             yield from self._rows.iter_out(rows, self._lock, out["held"])
-            if cold is not None:
-                yield from cold
-            elif self._cold is not None:  # a base: the whole tier at the cut, as written
-                yield from self._cold_at_cut(None, None)
+            if self._cold is not None:
+                yield from self._cold_at_cut(since, keys)
 
-        out["rows"] = RowChunks(len(rows) + n_cold, chunks(), release)
+        count = None if n_cold is None else len(rows) + n_cold
+        out["rows"] = RowChunks(count, chunks(), release)
         return out
 
     def _end_cut(self) -> None:
@@ -697,9 +700,8 @@ class EmbeddingTable:
         so are the shrink decays."""
         after = -1 if since is None else since
         if keys is not None:
-            found, rec = self._cold.get(keys)
-            self._catch_up(rec)
-            chunks = [(keys[found], rec)]
+            chunks = (self._cold_get(keys[lo : lo + _SCAN_CHUNK])
+                      for lo in range(0, len(keys), _SCAN_CHUNK))  # fmt: skip
         else:
             chunks = self._cold_scan()
         for k, rec in chunks:
@@ -814,7 +816,8 @@ class EmbeddingTable:
 
 
 class RowChunks:
-    """The rows of a snapshot cut: ``count`` rows, iterated as column chunks; a context
+    """The rows of a snapshot cut: ``count`` rows (None: known once read), iterated as
+    column chunks; a context
     manager whose exit (or :meth:`close`) releases what the cut holds (read it or close it:
     shrinks, loads and spills wait until then)."""
 
