@@ -24,7 +24,7 @@ _ROWS = flags.DEFINE_integer("rows", 50_000_000, "Rows of the table ten times it
 _BUDGET = flags.DEFINE_integer("budget_rows", 5_000_000, "Its RAM budget, in rows.")
 _DISK = flags.DEFINE_string("disk_dir", "", "Where the tier goes (default: a temp dir).")
 _OUT = flags.DEFINE_string("out", "BENCHMARKS.md", "Where to record the results.")
-_PHASE = flags.DEFINE_string("phase", None, "(internal) rss or throughput, in this process.")
+_PHASE = flags.DEFINE_string("phase", None, "(internal) rss, throughput or e2e, here.")
 _CONFIG = flags.DEFINE_string("config", None, "(internal) the config as JSON.")
 
 
@@ -40,7 +40,8 @@ def main(argv):
     del argv
     if _PHASE.value:
         cfg = bench.TierBenchConfig(**json.loads(_CONFIG.value))
-        phase = {"rss": bench.rss_phase, "throughput": bench.throughput_phase}[_PHASE.value]
+        phase = {"rss": bench.rss_phase, "throughput": bench.throughput_phase,
+                 "e2e": bench.e2e_phase}[_PHASE.value]  # fmt: skip
         print(json.dumps(phase(cfg)))
         return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -48,7 +49,8 @@ def main(argv):
     if _SMOKE.value:
         cfg = dataclasses.replace(cfg, rows=400_000, budget_rows=40_000, batch=20_000,
                                   zipf_rows=200_000, zipf_batch=10_000,
-                                  zipf_batches=5, cold_batch=1_000)  # fmt: skip
+                                  zipf_batches=5, cold_batch=1_000, e2e_hours=2,
+                                  e2e_rows_per_hour=20_000, e2e_memory_mb=2)  # fmt: skip
     logging.info("RSS, snapshot and shrink: %s rows, %s in RAM", f"{cfg.rows:,}",
                  f"{cfg.budget_rows:,}")  # fmt: skip
     rss = _in_child("rss", cfg)
@@ -56,7 +58,11 @@ def main(argv):
     logging.info("Zipf throughput: %s rows", f"{cfg.zipf_rows:,}")
     tp = _in_child("throughput", cfg)
     logging.info("%s", tp)
-    text = bench.markdown(cfg, rss, tp)
+    logging.info("end to end: %d hours x %s examples", cfg.e2e_hours,
+                 f"{cfg.e2e_rows_per_hour:,}")  # fmt: skip
+    e2e = _in_child("e2e", cfg)
+    logging.info("%s", e2e)
+    text = bench.markdown(cfg, rss, tp) + "\n\n" + bench.e2e_markdown(cfg, e2e)
     print(text)
     if not _SMOKE.value:
         write_section("Disk tier (experiments/bench_tier.py)", text, _OUT.value)

@@ -9,8 +9,11 @@ subprocess of ``experiments/bench_tier.py``), so nothing else it allocated count
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -36,6 +39,13 @@ class TierBenchConfig:
     shard_ram_gb: int = 256
     hot_fraction: float = 0.1
     disk_dir: str = ""  # where the tier and the snapshot go (default: a temporary directory)
+    # End to end: train_stream.py on a generated stream whose table grows to ~475 MB, all in
+    # RAM and with --store_memory_mb=e2e_memory_mb.
+    e2e_hours: int = 6
+    e2e_rows_per_hour: int = 200_000
+    e2e_max_vocab: int = 4_000_000
+    e2e_zipf: float = 0.9
+    e2e_memory_mb: float = 32.0
 
 
 def _cfg(c: TierBenchConfig, name: str = "bench") -> hs.TableConfig:
@@ -185,6 +195,68 @@ def throughput_phase(c: TierBenchConfig) -> dict[str, float]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+_E2E_FIELDS = ("partition", "progressive_auc", "train_auc", "logloss", "table_rows",
+               "admitted", "evicted")  # fmt: skip
+
+
+# Runs a command and prints its peak RSS (KB). A process's peak RSS counts the memory of the
+# process it was forked from (Linux keeps the high-water mark across exec), so the trainer
+# is started by this small launcher, not by the benchmark process that generated the data.
+_LAUNCH = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, "
+           "stdout=subprocess.DEVNULL); print(resource.getrusage(resource.RUSAGE_CHILDREN)"
+           ".ru_maxrss)")  # fmt: skip
+
+
+def _run_trainer(args: list[str]) -> tuple[float, float]:
+    """(seconds, peak RSS in MB) of one train_stream.py process."""
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          "train_stream.py")  # fmt: skip
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", _LAUNCH, sys.executable, script, *args],
+                          capture_output=True, text=True)  # fmt: skip
+    if proc.returncode:
+        raise RuntimeError(f"train_stream.py {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
+    return time.perf_counter() - t0, int(proc.stdout.split()[-1]) / 1024
+
+
+def e2e_phase(c: TierBenchConfig) -> dict:
+    """The same stream trained all in RAM and with the tier (staleness 0, checkpoints on):
+    per-partition metrics compared, peak RSS and run time of each trainer process."""
+    from jaxstream.data.synthetic import StreamConfig, generate
+
+    root = tempfile.mkdtemp(prefix="tier-e2e-", dir=c.disk_dir or None)
+    try:
+        data = os.path.join(root, "data")
+        generate(data, StreamConfig(hours=c.e2e_hours, rows_per_hour=c.e2e_rows_per_hour,
+                                    max_vocab=c.e2e_max_vocab, zipf=c.e2e_zipf))  # fmt: skip
+        common = [f"--data_root={data}", "--staleness=0", "--admission=always",
+                  "--eviction=", "--progress=false", "--table_capacity=1024"]  # fmt: skip
+        out: dict = {}
+        disk = os.path.join(root, "disk")
+        runs = {
+            "ram": [],
+            "tiered": [f"--store_memory_mb={c.e2e_memory_mb}", f"--store_disk_dir={disk}"],
+        }
+        lines = {}
+        for name, extra in runs.items():
+            work = os.path.join(root, name)
+            seconds, rss = _run_trainer([*common, f"--workdir={work}", *extra])
+            with open(os.path.join(work, "metrics.jsonl")) as f:
+                records = [json.loads(x) for x in f]
+            lines[name] = [{k: r[k] for k in _E2E_FIELDS} for r in records]
+            out[name] = {"seconds": seconds, "peak_rss_mb": rss,
+                         "table_mb": records[-1]["table_bytes"] / 2**20,
+                         "disk_rows": records[-1].get("disk_rows", 0),
+                         "rows": records[-1]["table_rows"],
+                         "examples": sum(r["examples"] for r in records)}  # fmt: skip
+        out["identical"] = lines["ram"] == lines["tiered"]
+        out["partitions"] = len(lines["ram"])
+        out["auc"] = [x["progressive_auc"] for x in lines["ram"]]
+        return out
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def projection(c: TierBenchConfig, r: dict[str, float]) -> str:
     """Store hosts for 10^9..10^11 features, all in RAM and with the tier holding all but
     ``hot_fraction`` of the rows, from the bytes per row measured above."""
@@ -209,6 +281,30 @@ def projection(c: TierBenchConfig, r: dict[str, float]) -> str:
                      f"{tier_ram / 2**40:,.2f} TB | {n * disk / 2**40:,.1f} TB | "
                      f"{-(-tier_ram // host):,.0f} |")  # fmt: skip
     return "\n".join(lines)
+
+
+def e2e_markdown(c: TierBenchConfig, e: dict) -> str:
+    ram, tier = e["ram"], e["tiered"]
+    above = ram["table_mb"] - c.e2e_memory_mb
+    cut = ram["peak_rss_mb"] - tier["peak_rss_mb"]
+    return "\n".join([
+        f"**End to end.** `train_stream.py` on a generated stream of {c.e2e_hours} hours x "
+        f"{c.e2e_rows_per_hour:,} examples (vocabularies up to {c.e2e_max_vocab:,}, Zipf "
+        f"{c.e2e_zipf}; admission always, no eviction, staleness 0, a checkpoint per hour), "
+        f"all in RAM and with `--store_memory_mb={c.e2e_memory_mb:g}`. Per-partition metrics "
+        f"(AUC, log loss, rows, admitted): **{'identical' if e['identical'] else 'DIFFERENT'}** "
+        f"over {e['partitions']} partitions.",
+        "",
+        "| run | table rows | table in RAM | rows on disk | peak RSS | run time |",
+        "|---|---|---|---|---|---|",
+        f"| all in RAM | {ram['rows']:,} | {ram['table_mb']:,.0f} MB | 0 | "
+        f"{ram['peak_rss_mb']:,.0f} MB | {ram['seconds']:.0f} s |",
+        f"| `--store_memory_mb={c.e2e_memory_mb:g}` | {tier['rows']:,} | {tier['table_mb']:,.0f} MB"
+        f" | {tier['disk_rows']:,} | {tier['peak_rss_mb']:,.0f} MB | {tier['seconds']:.0f} s |",
+        "",
+        f"Peak RSS cut by {cut:,.0f} MB: {cut / above:.0%} of the table's size above the "
+        f"budget ({above:,.0f} MB); the run took {tier['seconds'] / ram['seconds']:.2f}x as long.",
+    ])  # fmt: skip
 
 
 def markdown(c: TierBenchConfig, rss: dict[str, float], tp: dict[str, float]) -> str:
