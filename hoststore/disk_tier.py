@@ -89,6 +89,27 @@ def decode_keys(raw: list[bytes]) -> np.ndarray:
     return (flat ^ _SIGN).view(np.int64)
 
 
+def _load_malloc_trim():
+    try:
+        import ctypes
+
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        return None
+
+
+_MALLOC_TRIM = _load_malloc_trim() if os.name == "posix" else None
+
+
+def release_freed_memory() -> None:
+    """Hands memory the process freed back to the OS. glibc keeps freed heap memory (and,
+    past its adaptive mmap threshold, even multi-megabyte numpy buffers) for reuse: the
+    batches of records the tier moves would otherwise keep the RSS hundreds of MB above
+    what is in use (measured: 1143 -> 907 MB after one trim in a tiered trainer)."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -29,7 +29,7 @@ from hoststore._lookup import LookupPool
 from hoststore._pending import PendingCounters
 from hoststore._rows import RowSlots
 from hoststore.config import TableConfig
-from hoststore.disk_tier import ColdRows, DiskTier
+from hoststore.disk_tier import ColdRows, DiskTier, release_freed_memory
 from hoststore.initializers import KIND_CODES, table_salt, write_initial_rows
 
 # Columns a pull ``with_counts`` puts before the embedding: show, click.
@@ -193,6 +193,7 @@ class EmbeddingTable:
         self._log.spilled(keys[self._rows.gen[pick] > self._log.spill_base], self._spill_log_limit)
         self._rows.delete(pick)
         self._moves["spilled"] += len(pick)
+        release_freed_memory()
 
     def _drop_cold(self, keys: np.ndarray) -> np.ndarray:
         """Deletes those of ``keys`` that are on disk; returns them."""
