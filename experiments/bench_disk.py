@@ -31,8 +31,6 @@ def main(argv):
         logging.info("measuring %s", engine)
         results[engine] = bench.measure(cfg, engine)
     table = bench.markdown(cfg, results)
-    if "rocksdict" in results:
-        table += "\n\n" + bench.projection(cfg, bench.ram_bytes_per_feature(), results["rocksdict"])
     print(table)
     if not _SMOKE.value:
         write_section("Disk tier engines (experiments/bench_disk.py)", table, _OUT.value)

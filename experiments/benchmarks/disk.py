@@ -27,8 +27,6 @@ class DiskBenchConfig:
     batch: int = 50_000  # keys per read batch
     batches: int = 10
     engines: tuple[str, ...] = ("rocksdict", "lmdb")
-    shard_ram_gb: int = 256  # a store host's RAM for the projection
-    hot_fraction: float = 0.1  # rows kept in RAM under a disk tier, for the projection
 
 
 def _rss_mb() -> float:
@@ -145,48 +143,6 @@ def measure(cfg: DiskBenchConfig, engine: str) -> dict[str, float]:
                 "ram_bytes_per_row": max(rss * 2**20 - db.fixed_bytes, 0.0) / cfg.rows}  # fmt: skip
     finally:
         shutil.rmtree(path, ignore_errors=True)
-
-
-def ram_bytes_per_feature(rows: int = 1_000_000) -> float:
-    """hoststore's RAM per stored feature today: dim 8, rowwise AdaGrad, statistics and
-    index, at the table's capacity (what the store benchmark reports)."""
-    import hoststore as hs
-
-    t = hs.EmbeddingTable(hs.TableConfig("ram", 8, optimizer=hs.optimizers.rowwise_adagrad(0.05),
-                                         initial_capacity=rows))  # fmt: skip
-    keys = _keys(rows, 3)
-    for lo in range(0, rows, 200_000):
-        t.pull(keys[lo : lo + 200_000], train=True)
-    return t.stats()["bytes_per_row_at_capacity"]
-
-
-def projection(cfg: DiskBenchConfig, ram_per_feature: float, cold: dict[str, float]) -> str:
-    """Store hosts needed for 10^9..10^11 features, all in RAM (measured bytes per feature)
-    and with a disk tier holding all but ``hot_fraction`` of the rows (RAM per cold row and
-    disk per row: RocksDB as measured above). A projection, not a measurement of a tier."""
-    host = cfg.shard_ram_gb * 2**30
-    lines = [
-        f"Projection for a disk tier (none exists yet): store hosts of {cfg.shard_ram_gb} GB "
-        f"RAM; all in RAM at the {ram_per_feature:.1f} bytes per feature measured here (dim 8, "
-        f"rowwise AdaGrad); with a tier, {cfg.hot_fraction:.0%} of the rows hot in RAM and the "
-        f"rest in RocksDB at {cold['ram_bytes_per_row']:.1f} bytes of RAM (the measured RSS "
-        "less its configured 96 MB of caches, spread over the rows) and "
-        f"{cold['disk_bytes_per_row']:.0f} bytes of disk per row.",
-        "",
-        "| features | RAM, all in RAM | hosts, all in RAM | RAM with a tier | disk with a tier "
-        "| hosts with a tier (RAM-bound) |",
-        "|---|---|---|---|---|---|",
-    ]
-    for e in (9, 10, 11):
-        n = 10**e
-        ram = n * ram_per_feature
-        tier_ram = n * (cfg.hot_fraction * ram_per_feature
-                        + (1 - cfg.hot_fraction) * cold["ram_bytes_per_row"])  # fmt: skip
-        disk = n * (1 - cfg.hot_fraction) * cold["disk_bytes_per_row"]
-        lines.append(f"| 10^{e} | {ram / 2**40:,.2f} TB | {-(-ram // host):,.0f} | "
-                     f"{tier_ram / 2**40:,.2f} TB | {disk / 2**40:,.1f} TB | "
-                     f"{-(-tier_ram // host):,.0f} |")  # fmt: skip
-    return "\n".join(lines)
 
 
 def markdown(cfg: DiskBenchConfig, r: dict[str, dict[str, float]]) -> str:

@@ -31,8 +31,9 @@ class TierBenchConfig:
     batch: int = 200_000  # new keys per training pull while the table fills
     # Throughput: a Zipf stream over a table of zipf_rows keys whose head fits the budget.
     zipf_rows: int = 4_000_000
-    zipf_budget_shares: tuple[float, ...] = (0.1, 0.3, 0.6)  # RAM budgets, share of rows
-    zipf_exponent: float = 1.3
+    # (Zipf exponent, RAM budget as a share of the rows) of each tiered run
+    zipf_cases: tuple[tuple[float, float], ...] = ((1.3, 0.1), (1.3, 0.3), (1.3, 0.6),
+                                                   (1.6, 0.1), (1.6, 0.3))  # fmt: skip
     zipf_batch: int = 100_000
     zipf_batches: int = 60
     cold_batch: int = 10_000
@@ -127,8 +128,8 @@ def rss_phase(c: TierBenchConfig) -> dict[str, float]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _zipf_ranks(rng, c: TierBenchConfig, n: int) -> np.ndarray:
-    r = rng.zipf(c.zipf_exponent, n * 2)
+def _zipf_ranks(rng, c: TierBenchConfig, n: int, exponent: float) -> np.ndarray:
+    r = rng.zipf(exponent, n * 2)
     r = r[r <= c.zipf_rows][:n]
     return r - 1
 
@@ -154,38 +155,44 @@ def _timed(t, c: TierBenchConfig, batches: list[np.ndarray]) -> tuple[float, flo
     return keys / (time.perf_counter() - t0), (t.stats().get("faulted_in", 0) - before) / keys
 
 
-def throughput_phase(c: TierBenchConfig) -> dict[str, float]:
+def throughput_phase(c: TierBenchConfig) -> dict:
     """pull + push of the same Zipf batches on an all-RAM table (timed before and after the
-    others; the mean is the reference) and tiered tables with RAM budgets of
-    ``zipf_budget_shares`` of the rows, all holding ``zipf_rows`` rows; then a batch of
-    keys all on disk."""
+    tiered ones; the mean is the reference) and on tiered tables, one per ``zipf_cases``
+    (exponent, RAM budget), all holding ``zipf_rows`` rows; then a batch of keys all on
+    disk."""
     root = tempfile.mkdtemp(prefix="tier-bench-", dir=c.disk_dir or None)
     try:
         ram = hs.EmbeddingTable(_cfg(c))
         _fill(ram, c)
-        rng = np.random.default_rng(0)
-        batches = [np.unique(_keys(0, c.zipf_rows)[_zipf_ranks(rng, c, c.zipf_batch)])
-                   for _ in range(c.zipf_batches + 5)]  # fmt: skip
-        ram_first = _timed(ram, c, batches)[0]
-        out: dict = {"unique_keys_per_batch": float(np.mean([len(b) for b in batches])),
-                     "budgets": []}  # fmt: skip
-        for share in c.zipf_budget_shares:
-            tier = hs.DiskTier(root, max_rows=int(share * c.zipf_rows))
-            t = hs.EmbeddingTable(_cfg(c), tier=tier)
-            _fill(t, c)
-            keys_per_s, faulted = _timed(t, c, batches)
-            out["budgets"].append({"share": share, "keys_per_s": keys_per_s, "faulted": faulted})
-            if share == c.zipf_budget_shares[0]:  # a batch of keys all on disk, by rank mid-way
-                cold = _keys(c.zipf_rows // 2, c.zipf_rows // 2 + c.cold_batch)
-                out["cold_batch_on_disk"] = float(t._cold.get(cold)[0].mean())
-                t0 = time.perf_counter()
-                t.pull(cold, train=True)
-                t.push(cold, _grads(c, len(cold)), assume_unique=True)
-                out["cold_batch_ms"] = (time.perf_counter() - t0) * 1e3
-            t.close()
-        out["ram_keys_per_s"] = (ram_first + _timed(ram, c, batches)[0]) / 2
-        for b in out["budgets"]:
-            b["ratio"] = b["keys_per_s"] / out["ram_keys_per_s"]
+        out: dict = {"cases": []}
+        keys = _keys(0, c.zipf_rows)
+        for exponent in dict.fromkeys(e for e, _ in c.zipf_cases):
+            rng = np.random.default_rng(0)
+            batches = [np.unique(keys[_zipf_ranks(rng, c, c.zipf_batch, exponent)])
+                       for _ in range(c.zipf_batches + 5)]  # fmt: skip
+            ram_first = _timed(ram, c, batches)[0]
+            cases = []
+            for share in (s for e, s in c.zipf_cases if e == exponent):
+                tier = hs.DiskTier(root, max_rows=int(share * c.zipf_rows))
+                t = hs.EmbeddingTable(_cfg(c), tier=tier)
+                _fill(t, c)
+                keys_per_s, faulted = _timed(t, c, batches)
+                cases.append({"exponent": exponent, "share": share, "keys_per_s": keys_per_s,
+                              "faulted": faulted,
+                              "unique": float(np.mean([len(b) for b in batches]))})  # fmt: skip
+                if "cold_batch_ms" not in out:  # a batch of keys all on disk, ranks mid-way
+                    cold = _keys(c.zipf_rows // 2, c.zipf_rows // 2 + c.cold_batch)
+                    out["cold_batch_on_disk"] = float(t._cold.get(cold)[0].mean())
+                    t0 = time.perf_counter()
+                    t.pull(cold, train=True)
+                    t.push(cold, _grads(c, len(cold)), assume_unique=True)
+                    out["cold_batch_ms"] = (time.perf_counter() - t0) * 1e3
+                t.close()
+            ram_keys_per_s = (ram_first + _timed(ram, c, batches)[0]) / 2
+            for case in cases:
+                case["ram_keys_per_s"] = ram_keys_per_s
+                case["ratio"] = case["keys_per_s"] / ram_keys_per_s
+            out["cases"] += cases
         t0 = time.perf_counter()
         ram.pull(cold, train=True)
         ram.push(cold, _grads(c, len(cold)), assume_unique=True)
@@ -338,17 +345,18 @@ def markdown(c: TierBenchConfig, rss: dict[str, float], tp: dict[str, float]) ->
         f"the tenth scored below its threshold): {rss['shrink_mb_per_s']:,.0f} MB/s of cold "
         f"records scanned ({rss['shrink_seconds']:.1f} s).",
         "",
-        f"**Throughput on a Zipf stream.** {c.zipf_rows:,} rows, Zipf exponent "
-        f"{c.zipf_exponent}, batches of {c.zipf_batch:,} draws ({tp['unique_keys_per_batch']:,.0f}"
-        " distinct keys), training pull + push of the same batches on each table; the "
-        "all-RAM figure is the mean of a run before and one after the tiered tables. "
-        "\"From disk\": the share of the keys pulled that were faulted in.",
+        f"**Throughput on a Zipf stream.** {c.zipf_rows:,} rows; batches of "
+        f"{c.zipf_batch:,} Zipf draws over them, training pull + push of the same batches on "
+        "each table; the all-RAM figure is the mean of a run before and one after the tiered "
+        "tables of the same exponent. \"From disk\": the share of the keys pulled that were "
+        "faulted in.",
         "",
-        "| RAM budget | from disk | keys/s | vs all-RAM |",
-        "|---|---|---|---|",
-        f"| all rows (no tier) | 0 | {tp['ram_keys_per_s']:,.0f} | 1.00x |",
-        *(f"| {b['share']:.0%} of the rows | {b['faulted']:.2%} | {b['keys_per_s']:,.0f} "
-          f"| **{b['ratio']:.2f}x** |" for b in tp["budgets"]),
+        "| Zipf exponent | distinct keys per batch | RAM budget | from disk | keys/s "
+        "| all-RAM keys/s | tiered vs all-RAM |",
+        "|---|---|---|---|---|---|---|",
+        *(f"| {x['exponent']} | {x['unique']:,.0f} | {x['share']:.0%} of the rows | "
+          f"{x['faulted']:.2%} | {x['keys_per_s']:,.0f} | {x['ram_keys_per_s']:,.0f} | "
+          f"**{x['ratio']:.2f}x** |" for x in tp["cases"]),
         "",
         f"A batch of {c.cold_batch:,} keys all on disk (pull + push): "
         f"{tp['cold_batch_ms']:.1f} ms, against {tp['cold_batch_ram_ms']:.1f} ms for the same "
