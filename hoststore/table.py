@@ -110,10 +110,6 @@ class EmbeddingTable:
         self._cold = ColdRows(tier.path, self.config.name, np.dtype(fields))
         self._moves = {"faulted_in": 0, "spilled": 0}  # rows moved between the tiers
 
-    @property
-    def tiered(self) -> bool:
-        return self._cold is not None
-
     def _mark(self, rows: np.ndarray) -> None:
         """Marks RAM rows used now (the spill takes the least recently used)."""
         if len(self._touch) < self._rows.cap:
@@ -202,12 +198,6 @@ class EmbeddingTable:
         found, _ = self._cold.get(keys)
         self._cold.delete(keys[found])
         return keys[found]
-
-    def _cold_decayed(self, rec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``_decayed_counts`` of cold records (already caught up)."""
-        unseen = self._clock - rec["last_seen"]
-        ev = self.config.eviction
-        return eviction.decayed(ev, rec["show"], unseen), eviction.decayed(ev, rec["click"], unseen)
 
     def _cold_get(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The cold rows of those of ``keys`` on disk: (their keys, caught-up records)."""
@@ -470,10 +460,22 @@ class EmbeddingTable:
 
     def _decayed_counts(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(show, click) of rows brought to the current clock, float32 (decay is lazy)."""
-        unseen = self._clock - self._rows.last_seen[rows]
+        r = self._rows
+        return self._counts_now(r.show[rows], r.click[rows], r.last_seen[rows])
+
+    def _counts_now(self, show, click, last_seen) -> tuple[np.ndarray, np.ndarray]:
+        """Counts stored as of each row's last sighting (RAM rows or cold records),
+        brought to the current clock."""
+        unseen = self._clock - last_seen
         ev = self.config.eviction
-        return (eviction.decayed(ev, self._rows.show[rows], unseen),
-                eviction.decayed(ev, self._rows.click[rows], unseen))  # fmt: skip
+        return eviction.decayed(ev, show, unseen), eviction.decayed(ev, click, unseen)
+
+    def _cold_counts(self, rec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``_decayed_counts`` of cold records (caught up)."""
+        return self._counts_now(rec["show"], rec["click"], rec["last_seen"])
+
+    def _cold_score(self, rec: np.ndarray) -> np.ndarray:
+        return eviction.scores(self.config.eviction, *self._cold_counts(rec))
 
     def shrink(self) -> int:
         """One eviction pass (shrink decay, then unseen, score, max_rows) plus pending
@@ -493,13 +495,11 @@ class EmbeddingTable:
                 n = int(kill.sum())
                 for ck, rec in self._cold_scan():
                     dead = ck[eviction.victims(ev, self._clock - rec["last_seen"],
-                                               eviction.scores(ev, *self._cold_decayed(rec)),
-                                               ck)]  # fmt: skip
+                                               self._cold_score(rec), ck)]  # fmt: skip
                     self._evict_cold(dead)
                     n += len(dead)
             else:  # max_rows ranks the rows of both tiers together
-                cold = [(ck, self._clock - rec["last_seen"],
-                         eviction.scores(ev, *self._cold_decayed(rec)))
+                cold = [(ck, self._clock - rec["last_seen"], self._cold_score(rec))
                         for ck, rec in self._cold_scan()]  # fmt: skip
                 ram = (keys, unseen, score)
                 all_keys, all_unseen, all_score = (
@@ -556,10 +556,7 @@ class EmbeddingTable:
         """Every live row (or those changed after generation ``since``), column by column."""
         with self._lock:
             ram = self._rows.copy_out(self._changed_rows(since))
-            after = -1 if since is None else since
-            cold = [self._cold_columns(k[rec["gen"] > after], rec[rec["gen"] > after])
-                    for k, rec in self._cold_scan()]  # fmt: skip
-            return _concat_columns([ram, *cold])
+            return _concat_columns([ram, *self._cold_changed(since, None)])
 
     def _changed_rows(self, since: int | None) -> np.ndarray:
         """Live rows changed after generation ``since`` (all of them for None)."""
@@ -578,31 +575,29 @@ class EmbeddingTable:
         With a delta threshold the emitted rows' delta scores restart at 0 (Paddle's
         ``UpdateStatAfterSave``): the next serving delta holds the rows pushed to since."""
         r = self._rows
+
+        def keep(show, click, last_seen, delta_score) -> np.ndarray:
+            ok = np.ones(len(show), bool)
+            if min_score is not None:
+                score = eviction.scores(self.config.eviction,
+                                        *self._counts_now(show, click, last_seen))  # fmt: skip
+                ok &= score >= min_score
+            if max_unseen is not None:
+                ok &= self._clock - last_seen <= max_unseen
+            if delta_threshold is not None:
+                ok &= delta_score >= delta_threshold
+            return ok
+
         with self._lock:
             rows = self.live_rows()
-            keep = np.ones(len(rows), bool)
-            if min_score is not None:
-                score = eviction.scores(self.config.eviction, *self._decayed_counts(rows))
-                keep &= score >= min_score
-            if max_unseen is not None:
-                keep &= self._clock - r.last_seen[rows] <= max_unseen
-            if delta_threshold is not None:
-                keep &= r.delta_score[rows] >= delta_threshold
-            rows = rows[keep]
+            rows = rows[keep(r.show[rows], r.click[rows], r.last_seen[rows], r.delta_score[rows])]
             if delta_threshold is not None:
                 r.delta_score[rows] = 0.0
                 r.gen[rows] = self._gen  # a change: the checkpoint chain's next delta has it
             parts = [{"key": r.keys[rows], "emb": r.emb[rows]}]
             for keys, rec in self._cold_scan():
-                keep = np.ones(len(keys), bool)
-                if min_score is not None:
-                    keep &= eviction.scores(self.config.eviction,
-                                            *self._cold_decayed(rec)) >= min_score  # fmt: skip
-                if max_unseen is not None:
-                    keep &= self._clock - rec["last_seen"] <= max_unseen
-                if delta_threshold is not None:
-                    keep &= rec["delta_score"] >= delta_threshold
-                keys, rec = keys[keep], rec[keep]
+                ok = keep(rec["show"], rec["click"], rec["last_seen"], rec["delta_score"])
+                keys, rec = keys[ok], rec[ok]
                 parts.append({"key": keys, "emb": rec["emb"]})
                 if delta_threshold is not None and len(keys):
                     rec["delta_score"], rec["gen"] = 0.0, self._gen
@@ -618,7 +613,7 @@ class EmbeddingTable:
             rows = self.live_rows()
             parts = [{"key": r.keys[rows], "emb": r.emb[rows],
                       "show_now": self._decayed_counts(rows)[0]}]  # fmt: skip
-            parts += [{"key": k, "emb": rec["emb"], "show_now": self._cold_decayed(rec)[0]}
+            parts += [{"key": k, "emb": rec["emb"], "show_now": self._cold_counts(rec)[0]}
                       for k, rec in self._cold_scan()]  # fmt: skip
             return _concat_columns(parts)
 
@@ -647,7 +642,8 @@ class EmbeddingTable:
         lock; rows are then copied a chunk per hold of the lock, with no eviction, decay or
         spill meanwhile (they wait at the gate until the chunks are read or closed); a row
         written after the cut may be copied newer, and the next delta carries it too:
-        chains stay exact. Cold rows come from a RocksDB snapshot taken at the cut."""
+        chains stay exact. The disk tier stays as it was at the cut until the chunks are
+        read (rows faulted in meanwhile leave the disk when it thaws)."""
         self._gate.acquire()
         try:
             t0 = time.perf_counter()
@@ -681,7 +677,7 @@ class EmbeddingTable:
             yield self._rows.copy_out(rows[:0])  # at least one chunk, even when empty
             yield from self._rows.iter_out(rows, self._lock, out["held"])
             if self._cold is not None:
-                yield from self._cold_at_cut(since, keys)
+                yield from self._cold_changed(since, keys)
 
         count = None if n_cold is None else len(rows) + n_cold
         out["rows"] = RowChunks(count, chunks(), release)
@@ -694,11 +690,11 @@ class EmbeddingTable:
                 self._cold.thaw()
         self._gate.release()
 
-    def _cold_at_cut(self, since: int | None, keys: np.ndarray | None):
-        """The cold rows of a cut changed after ``since``: those the spill log names, or a
-        scan. No lock: the disk tier is frozen as at the cut (spills, shrinks and loads
-        wait at the gate; rows that move to RAM stay on disk until the cut is read), and
-        so are the shrink decays."""
+    def _cold_changed(self, since: int | None, keys: np.ndarray | None):
+        """The cold rows changed after ``since`` (all for None): those of ``keys`` (the
+        spill log's) or a scan. A snapshot reads them without the lock: the disk tier is
+        frozen as at its cut (spills, shrinks and loads wait at the gate; rows that move to
+        RAM stay on disk until the cut is read), and so are the shrink decays."""
         after = -1 if since is None else since
         if keys is not None:
             chunks = (self._cold_get(keys[lo : lo + _SCAN_CHUNK])
