@@ -34,6 +34,7 @@ from hoststore._bloom import KeyFilter
 _PREFIX = "hoststore-tier-"
 _SIGN = np.uint64(1 << 63)
 KEY_BYTES = 8
+_BATCH = 1 << 16  # rows per write batch (bounds the Python objects a write holds at once)
 _MAX_FILTER_LAYERS = 4
 # RocksDB memory, counted in the process's fixed overhead: the memtable that collects
 # writes (two of them: one flushing while the other fills) and the block cache.
@@ -180,11 +181,13 @@ class ColdRows:
         return np.frombuffer(b"".join(values), self.dtype).copy()
 
     def put(self, keys: np.ndarray, records: np.ndarray, new: bool = True) -> None:
-        """Writes records (one write batch); ``new``: keys not on disk before."""
-        wb = self._rd.WriteBatch(raw_mode=True)
-        for k, v in zip(encode_keys(keys), self._split(records), strict=True):
-            wb.put(k, v)
-        self._db.write(wb)
+        """Writes records (a write batch per chunk); ``new``: keys not on disk before."""
+        for lo in range(0, len(keys), _BATCH):
+            wb = self._rd.WriteBatch(raw_mode=True)
+            for k, v in zip(encode_keys(keys[lo : lo + _BATCH]),
+                            self._split(records[lo : lo + _BATCH]), strict=True):  # fmt: skip
+                wb.put(k, v)
+            self._db.write(wb)
         if new:
             self.count += len(keys)
             self.filter.add(keys)

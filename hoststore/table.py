@@ -184,9 +184,12 @@ class EmbeddingTable:
         live = self.live_rows()
         n = len(live) - self._low_water
         pick = live[np.argpartition(self._touch[live], n - 1)[:n]] if n < len(live) else live
-        keys = self._rows.keys[pick].copy()
-        self._cold.put(keys, self._records(pick))
-        self._log.spilled(keys[self._rows.gen[pick] > self._log.spill_base], self._spill_log_limit)
+        for lo in range(0, len(pick), _SCAN_CHUNK):  # a chunk at a time: bounded buffers
+            part = pick[lo : lo + _SCAN_CHUNK]
+            keys = self._rows.keys[part].copy()
+            self._cold.put(keys, self._records(part))
+            changed = self._rows.gen[part] > self._log.spill_base
+            self._log.spilled(keys[changed], self._spill_log_limit)
         self._rows.delete(pick)
         self._moves["spilled"] += len(pick)
         release_freed_memory()
