@@ -24,6 +24,8 @@ import hashlib
 import io
 import json
 import os
+import queue
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -131,17 +133,40 @@ class _NpyWriter:
 
 def _stream_rows(path: str, states: list[dict], layout: dict) -> dict[str, dict]:
     """Writes the cuts' rows, shard after shard and chunk after chunk, into one file per
-    column; returns the files' manifest entries."""
+    column; returns the files' manifest entries. A thread writes and hashes (both release
+    the GIL) while this one reads the next chunk (a disk-tier scan is Python-bound)."""
     counts = [st["rows"].count for st in states]
     total = None if None in counts else sum(counts)  # None: known once written
     writers = {c: _NpyWriter(os.path.join(path, f"rows.{c}.npy"), dt, shape, total)
                for c, (dt, shape) in layout.items()}  # fmt: skip
+    todo: queue.Queue = queue.Queue(maxsize=2)
+    failed: list[BaseException] = []
+
+    def write() -> None:
+        while (chunk := todo.get()) is not None:
+            if failed:
+                continue  # drain: the reader must never block on a full queue
+            try:
+                for c, w in writers.items():
+                    w.write(chunk[c])
+            except BaseException as e:  # noqa: BLE001 - re-raised by the reader
+                failed.append(e)
+
+    writer = threading.Thread(target=write, name="snapshot-writer", daemon=True)
+    writer.start()
     try:
-        for st in states:
-            with st["rows"] as chunks:
-                for chunk in chunks:
-                    for c, w in writers.items():
-                        w.write(chunk[c])
+        try:
+            for st in states:
+                with st["rows"] as chunks:
+                    for chunk in chunks:
+                        if failed:
+                            break
+                        todo.put(chunk)
+        finally:
+            todo.put(None)
+            writer.join()
+        if failed:
+            raise failed[0]
         return {f"rows.{c}.npy": w.commit() for c, w in writers.items()}
     except BaseException:
         for w in writers.values():

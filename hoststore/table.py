@@ -706,7 +706,7 @@ class EmbeddingTable:
             chunks = self._cold_scan()
         for k, rec in chunks:
             new = rec["gen"] > after
-            yield self._cold_columns(k[new], rec[new])
+            yield self._cold_columns(k, rec) if new.all() else self._cold_columns(k[new], rec[new])
 
     def apply_snapshot(
         self,
