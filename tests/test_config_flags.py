@@ -107,8 +107,10 @@ def test_help_shows_the_policies_on_by_default():
         ("--eviction=foo:3", "--eviction=foo:3: bad eviction part"),
         ("--store_shards=0", "--store_shards=0: must be >= 1"),
         ("--hidden=32,wide", "--hidden=32,wide: each item must be int"),
-        ("--store_memory_mb=64", "--store_disk_dir=: --store_memory_mb and --store_disk_dir "
-                                 "go together"),
+        (
+            "--store_memory_mb=64",
+            "--store_disk_dir=: --store_memory_mb and --store_disk_dir go together",
+        ),
         ("--store_memory_mb=-1", "--store_memory_mb=-1.0: must be >= 0"),
     ],
 )

@@ -292,8 +292,9 @@ def projection(c: TierBenchConfig, r: dict[str, float]) -> str:
         n = 10**e
         ram = n * hot
         tier_ram = n * (c.hot_fraction * hot + (1 - c.hot_fraction) * cold)
+        tier_disk = n * (1 - c.hot_fraction) * disk
         lines.append(f"| 10^{e} | {ram / 2**40:,.2f} TB | {-(-ram // host):,.0f} | "
-                     f"{tier_ram / 2**40:,.2f} TB | {n * disk / 2**40:,.1f} TB | "
+                     f"{tier_ram / 2**40:,.2f} TB | {tier_disk / 2**40:,.1f} TB | "
                      f"{-(-tier_ram // host):,.0f} |")  # fmt: skip
     return "\n".join(lines)
 
