@@ -798,7 +798,8 @@ class EmbeddingTable:
             return {}
         return {"ram_rows": len(self._rows), "disk_rows": len(self._cold),
                 "max_ram_rows": self.max_ram_rows,
-                "disk_bytes": self._cold.disk_bytes(), **self._moves}  # fmt: skip
+                "disk_bytes": self._cold.disk_bytes(),
+                "key_filter_bytes": self._cold.ram_bytes(), **self._moves}  # fmt: skip
 
     def row_stats(self, ids: np.ndarray) -> dict[str, np.ndarray]:
         """Statistics of ids at the current clock (decay applied); absent ids read NaN/-1."""

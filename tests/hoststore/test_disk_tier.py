@@ -196,7 +196,9 @@ def test_the_tier_is_scratch_and_its_directories_are_cleaned(tmp_path):
     t.pull(KEYS, train=True)
     assert not stale.exists() and keep.exists()
     mine = [p for p in os.listdir(tmp_path) if p.startswith("hoststore-tier-")]
-    assert len(mine) == 1 and t.stats()["disk_rows"] == len(KEYS) - 1
+    st = t.stats()
+    assert len(mine) == 1 and st["disk_rows"] == len(KEYS) - 1 and st["key_filter_bytes"] > 0
+    assert st["spilled"] >= len(KEYS) - 1 and st["ram_rows"] == 1
     t.close()
     assert not (tmp_path / mine[0]).exists()
 
