@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import socket
 import uuid
 import weakref
 from collections.abc import Iterator
@@ -121,13 +122,26 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def _owner() -> str:
+    """This process as tier directories name it: pid@host (a pid means nothing on another
+    host, or in another container sharing the directory)."""
+    return f"{os.getpid()}@{_safe(socket.gethostname())}"
+
+
 def _remove_stale(parent: str) -> None:
-    """Removes tier directories whose process is gone (a kill -9 leaves them behind)."""
+    """Removes tier directories of this host whose process is gone (a kill -9 leaves them
+    behind); another host's are left alone."""
+    host = _safe(socket.gethostname())
     for name in os.listdir(parent):
-        if not name.startswith(_PREFIX):
+        if not name.startswith(_PREFIX) or name.count("@") < 2:
             continue
-        pid = name[len(_PREFIX) :].split("-", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        pid, owner_host, _ = name[len(_PREFIX) :].split("@", 2)
+        if owner_host == host and pid.isdigit() and int(pid) != os.getpid() \
+                and not _alive(int(pid)):  # fmt: skip
             shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
 
 
@@ -142,8 +156,8 @@ class ColdRows:
         self.dtype = np.dtype(dtype)
         os.makedirs(parent, exist_ok=True)
         _remove_stale(parent)
-        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-        self.path = os.path.join(parent, f"{_PREFIX}{os.getpid()}-{safe}-{uuid.uuid4().hex[:8]}")
+        mine = f"{_PREFIX}{_owner()}@{_safe(name)}-{uuid.uuid4().hex[:8]}"
+        self.path = os.path.join(parent, mine)
         opts = rocksdict.Options(raw_mode=True)
         opts.create_if_missing(True)
         opts.set_write_buffer_size(WRITE_BUFFER_BYTES)

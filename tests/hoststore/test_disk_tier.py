@@ -186,16 +186,21 @@ def test_snapshots_of_a_tiered_table_under_concurrent_writers_lose_nothing(tmp_p
 
 
 def test_the_tier_is_scratch_and_its_directories_are_cleaned(tmp_path):
-    stale = tmp_path / "hoststore-tier-999999999-t-dead"  # a killed process's directory
+    import socket
+
+    host = "".join(c if c.isalnum() or c in "-_." else "_" for c in socket.gethostname())
+    stale = tmp_path / f"hoststore-tier-999999999@{host}@t-dead"  # a killed process's
     stale.mkdir()
     (stale / "000001.sst").write_bytes(b"x")
     keep = tmp_path / "someone-elses"
-    keep.mkdir()
+    elsewhere = tmp_path / "hoststore-tier-999999999@another-host@t-x"  # not ours to judge
+    for d in (keep, elsewhere):
+        d.mkdir()
     t = hs.EmbeddingTable(CONFIGS["always_adagrad_unseen"],
                           tier=DiskTier(str(tmp_path), max_rows=1))  # fmt: skip
     t.pull(KEYS, train=True)
-    assert not stale.exists() and keep.exists()
-    mine = [p for p in os.listdir(tmp_path) if p.startswith("hoststore-tier-")]
+    assert not stale.exists() and keep.exists() and elsewhere.exists()
+    mine = [p for p in os.listdir(tmp_path) if p.startswith(f"hoststore-tier-{os.getpid()}@")]
     st = t.stats()
     assert len(mine) == 1 and st["disk_rows"] == len(KEYS) - 1 and st["key_filter_bytes"] > 0
     assert st["spilled"] >= len(KEYS) - 1 and st["ram_rows"] == 1
