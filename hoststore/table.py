@@ -628,14 +628,6 @@ class EmbeddingTable:
         with self._lock:
             return {"clock": self._clock, "train_pulls": self._train_pulls, **self.totals}
 
-    def snapshot_state(self, since: int | None = None) -> dict[str, Any]:
-        """:meth:`snapshot_stream` with the rows gathered into columns."""
-        out = self.snapshot_stream(since)
-        with out["rows"] as chunks:
-            out["rows"] = _concat_columns(list(chunks))
-        out["lock_seconds"] = out.pop("held")["seconds"]
-        return out
-
     def snapshot_stream(self, since: int | None = None) -> dict[str, Any]:
         """A snapshot's cut: rows changed after generation ``since`` (all for None) as
         :class:`RowChunks` (their count, then column chunks: the table is never gathered
@@ -677,7 +669,6 @@ class EmbeddingTable:
             raise
 
         def chunks():
-            yield self._rows.copy_out(rows[:0])  # at least one chunk, even when empty
             yield from self._rows.iter_out(rows, self._lock, out["held"])
             if self._cold is not None:
                 yield from self._cold_changed(since, keys)

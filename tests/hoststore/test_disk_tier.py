@@ -13,7 +13,7 @@ import hoststore as hs
 from hoststore import optimizers as opt
 from hoststore import snapshot as snap
 from hoststore.disk_tier import DiskTier, decode_keys, encode_keys
-from tests.hoststore.test_snapshot import assert_same
+from tests.hoststore.test_snapshot import assert_same, chain_while_writing
 from tests.hoststore.test_table_model import CONFIGS
 
 KEYS = np.array([0, -1, 1, 2**63 - 1, -(2**63), *range(5, 60)], np.int64)
@@ -168,18 +168,7 @@ def test_snapshots_of_a_tiered_table_under_concurrent_writers_lose_nothing(tmp_p
     for th in threads:
         th.start()
     warm.wait()
-    paths = [str(tmp_path / "base")]
-    last = snap.save(live, paths[0], "base")
-    for i in range(6):
-        if i == 3:
-            live.shrink()
-        paths.append(str(tmp_path / f"d{i}"))
-        last = snap.save(live, paths[-1], "delta", last)
-    stop.set()
-    for th in threads:
-        th.join()
-    paths.append(str(tmp_path / "final"))
-    snap.save(live, paths[-1], "delta", last)
+    paths = chain_while_writing(live, tmp_path, stop, threads)
     assert live.stats()["disk_rows"] > live.stats()["ram_rows"]
     assert_same(snap.load(paths, cfg, shards=shards), live)
     live.close()

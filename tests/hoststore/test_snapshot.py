@@ -279,15 +279,23 @@ def test_snapshots_taken_while_another_thread_pushes_lose_nothing(tmp_path, shar
 
     th = threading.Thread(target=writer)
     th.start()
-    paths = [str(tmp_path / "base")]
+    paths = chain_while_writing(live, tmp_path, stop, [th])
+    assert_same(snap.load(paths, cfg, shards=shards), live)
+
+
+def chain_while_writing(live, root, stop, writers) -> list[str]:
+    """A base and six deltas of ``live`` (a shrink before the fourth) while ``writers``
+    run, then stops them and takes a last delta; returns the chain's paths."""
+    paths = [str(root / "base")]
     last = snap.save(live, paths[0], "base")
     for i in range(6):
         if i == 3:
             live.shrink()
-        paths.append(str(tmp_path / f"d{i}"))
+        paths.append(str(root / f"d{i}"))
         last = snap.save(live, paths[-1], "delta", last)
     stop.set()
-    th.join()
-    paths.append(str(tmp_path / "final"))
+    for th in writers:
+        th.join()
+    paths.append(str(root / "final"))
     snap.save(live, paths[-1], "delta", last)
-    assert_same(snap.load(paths, cfg, shards=shards), live)
+    return paths
