@@ -54,6 +54,20 @@ class Workers:
         )
         return jax.tree.map(lambda a: np.asarray(a.addressable_data(0)), self._sum(stacked))
 
+    def device_sum(self, tree):
+        """The sum of ``tree`` (arrays on this worker's device) over all workers, left on
+        the device: each worker's arrays become its shard of one global array and the
+        collective runs in a jitted sum; nothing goes through host memory."""
+        if self.count == 1:
+            return tree
+        sharding = NamedSharding(self._mesh, P("workers"))
+
+        def shard(x):
+            return jax.make_array_from_single_device_arrays(
+                (self.count, *x.shape), sharding, [x[None]])  # fmt: skip
+
+        return jax.tree.map(lambda a: a.addressable_data(0), self._sum(jax.tree.map(shard, tree)))
+
     def barrier(self) -> None:
         if self.count > 1:
             self.allreduce_sum(np.zeros(1, np.float32))
