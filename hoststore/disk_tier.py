@@ -35,6 +35,7 @@ from hoststore._bloom import KeyFilter
 _PREFIX = "hoststore-tier-"
 _SIGN = np.uint64(1 << 63)
 KEY_BYTES = 8
+_SCAN_PIECE = 4096
 _BATCH = 1 << 16  # rows per write batch (bounds the Python objects a write holds at once)
 _MAX_FILTER_LAYERS = 4
 # RocksDB memory, counted in the process's fixed overhead: the memtable that collects
@@ -266,18 +267,30 @@ class ColdRows:
         self._stale = 0
 
     def scan(self, chunk: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Every row in key order, ``chunk`` at a time: (keys, records), as of the start
-        (a RocksDB iterator reads an implicit snapshot). rocksdict's own snapshots do not
-        hold for iterators (measured: a scan of one shows later deletes), hence freeze."""
-        keys, values = [], []
+        """Every row in key order, ``chunk`` (up to a piece more) at a time: (keys,
+        records), as of the start (a RocksDB iterator reads an implicit snapshot).
+        rocksdict's own snapshots do not hold for iterators (measured: a scan of one shows
+        later deletes), hence freeze."""
+        # Rows are decoded _SCAN_PIECE at a time: a few thousand bytes objects stay in the
+        # CPU caches (measured: 2.2M rows/s against 1.35M when 65K are held at once).
+        keys, records, held = [], [], 0
+        piece_keys, piece_values = [], []
         for k, v in self._db.items():
-            keys.append(k)
-            values.append(v)
-            if len(keys) == chunk:
-                yield decode_keys(keys), self._decode(values)
-                keys, values = [], []
+            piece_keys.append(k)
+            piece_values.append(v)
+            if len(piece_keys) == _SCAN_PIECE:
+                keys.append(decode_keys(piece_keys))
+                records.append(self._decode(piece_values))
+                piece_keys, piece_values = [], []
+                held += _SCAN_PIECE
+                if held >= chunk:
+                    yield np.concatenate(keys), np.concatenate(records)
+                    keys, records, held = [], [], 0
+        if piece_keys:
+            keys.append(decode_keys(piece_keys))
+            records.append(self._decode(piece_values))
         if keys:
-            yield decode_keys(keys), self._decode(values)
+            yield np.concatenate(keys), np.concatenate(records)
 
     def ram_bytes(self) -> int:
         """RAM that grows with the cold rows: the key filter (RocksDB's own is in its
