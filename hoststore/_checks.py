@@ -5,11 +5,29 @@ from __future__ import annotations
 
 from typing import Any
 
+import numba as nb
 import numpy as np
 
 from hoststore.config import TableConfig
 
 MAX_GRAD = 1e15  # its square stays 1e8x below float32's largest value
+_OK, _NOT_FINITE, _NEGATIVE, _TOO_LARGE = 0, 1, 2, 3
+
+
+@nb.njit(nogil=True, cache=True)
+def _first_flaw(x, allow_negative, limit):
+    """One pass over float32 ``x`` without the GIL (a trainer's pusher checks every batch
+    while its other stages run): the first flaw found, or _OK."""
+    flat = x.reshape(-1)
+    for i in range(flat.size):
+        v = flat[i]
+        if not np.isfinite(v):
+            return _NOT_FINITE
+        if v < 0 and not allow_negative:
+            return _NEGATIVE
+        if abs(v) > limit:
+            return _TOO_LARGE
+    return _OK
 
 
 def check_ids(ids: Any, what: str = "ids") -> np.ndarray:
@@ -34,8 +52,8 @@ def check_per_id(x: Any, n: int, what: str, default: float = 0.0) -> np.ndarray:
         raise ValueError(f"{what} must have shape ({n},) like ids, got {x.shape}")
     if not np.issubdtype(x.dtype, np.number):
         raise ValueError(f"{what} must be numeric, got {x.dtype}")
-    x = x.astype(np.float32)
-    if not np.all(np.isfinite(x)) or np.any(x < 0):
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if _first_flaw(x, False, np.inf) != _OK:
         raise ValueError(f"{what} must be finite and non-negative")
     return x
 
@@ -53,9 +71,10 @@ def check_push(config: TableConfig, ids, grads, shows, clicks, counts=None):
             f"{config.name!r} (dim {config.dim}), got {grads.shape}"
         )
     grads = np.ascontiguousarray(grads, dtype=np.float32)
-    if not np.all(np.isfinite(grads)):
+    flaw = _first_flaw(grads, True, MAX_GRAD)
+    if flaw == _NOT_FINITE:
         raise ValueError(f"grads for table {config.name!r} contain NaN or Inf")
-    if len(grads) and np.abs(grads).max() > MAX_GRAD:
+    if flaw == _TOO_LARGE:
         raise ValueError(f"grads for table {config.name!r} exceed {MAX_GRAD:g} in magnitude "
                          "(squared, they would overflow an optimizer's float32 state)")  # fmt: skip
     return (ids, grads, check_per_id(shows, n, "shows"), check_per_id(clicks, n, "clicks"),
