@@ -15,7 +15,7 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -258,29 +258,34 @@ class EmbeddingTable:
         n = len(ids)
         shows = check_per_id(shows, n, "shows", 1.0)
         out = np.empty((n, COUNT_COLUMNS * with_counts + self._dim), np.float32)
-        emb_out = out[:, COUNT_COLUMNS:] if with_counts else out
-        rows = np.empty(n, np.int64)
         with self._lock:
-            if with_counts:
-                self._fault_in_missing(ids)
-                self._counts(ids, out[:, :COUNT_COLUMNS])
-            n_miss = self._pull_existing(ids, shows, emb_out, rows, train)
-            if n_miss and self._cold is not None:
-                n_miss = self._pull_cold(ids, shows, emb_out, rows, train)
-            if train:
-                self._train_pulls += 1
-                if n_miss:
-                    miss = np.flatnonzero(rows < 0)
-                    new_rows = self._admit(ids[miss], shows[miss])
-                    rows[miss] = new_rows
-                    got = new_rows >= 0
-                    emb_out[miss[got]] = self._rows.emb[new_rows[got]]
-                self._recent.append((ids, rows))
-            if self._cold is not None:
-                self._ticks += 1
-                self._mark(rows[rows >= 0])
-                self._maybe_spill()
+            self._pull_locked(ids, shows, out, with_counts, train)
         return out
+
+    def _pull_locked(self, ids, shows, out, with_counts: bool, train: bool) -> np.ndarray:
+        """``pull``'s work under the lock, into ``out``; returns each id's row or -1."""
+        emb_out = out[:, COUNT_COLUMNS:] if with_counts else out
+        rows = np.empty(len(ids), np.int64)
+        if with_counts:
+            self._fault_in_missing(ids)
+            self._counts(ids, out[:, :COUNT_COLUMNS])
+        n_miss = self._pull_existing(ids, shows, emb_out, rows, train)
+        if n_miss and self._cold is not None:
+            n_miss = self._pull_cold(ids, shows, emb_out, rows, train)
+        if train:
+            self._train_pulls += 1
+            if n_miss:
+                miss = np.flatnonzero(rows < 0)
+                new_rows = self._admit(ids[miss], shows[miss])
+                rows[miss] = new_rows
+                got = new_rows >= 0
+                emb_out[miss[got]] = self._rows.emb[new_rows[got]]
+            self._recent.append((ids, rows))
+        if self._cold is not None:
+            self._ticks += 1
+            self._mark(rows[rows >= 0])
+            self._maybe_spill()
+        return rows
 
     def _pull_cold(self, ids, shows, out, rows, train: bool) -> int:
         """The pull of ids that missed RAM, again after their cold rows came back (all
@@ -396,14 +401,8 @@ class EmbeddingTable:
                 hint = next((rows for i, rows in reversed(self._recent)
                              if i is ids or (len(i) == len(ids) and np.array_equal(i, ids))),
                             _NO_HINT)  # fmt: skip
-                rows, n_miss = self._touch_push_unique(ids, hint, shows, clicks)
-                if n_miss and self._cold is not None:
-                    miss = np.flatnonzero(rows < 0)
-                    if self._fault_in(ids[miss]):
-                        rows[miss], n_miss = self._touch_push_unique(
-                            ids[miss], _NO_HINT, shows[miss], clicks[miss])  # fmt: skip
-                missing = np.flatnonzero(rows < 0) if n_miss else _NO_HINT
-                if n_miss:
+                rows, missing = self._push_unique_stats(ids, hint, shows, clicks)
+                if len(missing):
                     found = rows >= 0
                     grads, rows, counts = grads[found], rows[found], counts[found]
             else:
@@ -418,12 +417,88 @@ class EmbeddingTable:
                 grads, counts = grads_u, counts_u
             hp = self._opt.hparams(self._clock)
             r.apply_optimizer(self._opt, rows, grads, counts, hp, self._bounds)
-            if len(missing) and self.config.admission.uses_counters:
-                self._pending.count(ids[missing], shows[missing], clicks[missing], self._clock)
-            if self._cold is not None:
-                self._ticks += 1
-                self._mark(rows)
-                self._maybe_spill()
+            self._count_pending(ids, shows, clicks, missing)
+            self._touched(rows)
+
+    def _push_unique_stats(self, ids, hint, shows, clicks) -> tuple[np.ndarray, np.ndarray]:
+        """The statistics part of a push of distinct ids: (each id's row or -1, the
+        positions of those without a row)."""
+        rows, n_miss = self._touch_push_unique(ids, hint, shows, clicks)
+        if n_miss and self._cold is not None:
+            miss = np.flatnonzero(rows < 0)
+            if self._fault_in(ids[miss]):
+                rows[miss], n_miss = self._touch_push_unique(
+                    ids[miss], _NO_HINT, shows[miss], clicks[miss])  # fmt: skip
+        return rows, (np.flatnonzero(rows < 0) if n_miss else _NO_HINT)
+
+    def _count_pending(self, ids, shows, clicks, missing) -> None:
+        """Shows and clicks pushed for keys without a row join their pending counters."""
+        if len(missing) and self.config.admission.uses_counters:
+            self._pending.count(ids[missing], shows[missing], clicks[missing], self._clock)
+
+    def _touched(self, rows: np.ndarray) -> None:
+        """With a disk tier: ``rows`` were just used; RAM spills down to its budget."""
+        if self._cold is not None:
+            self._ticks += 1
+            self._mark(rows)
+            self._maybe_spill()
+
+    # ------------------------------------------------------------------ a pass on a device
+
+    def begin_pass(self, batches, *, with_counts: bool = False) -> PassRows:
+        """A pass of training batches whose weights a device trains (see ``PassRows``).
+
+        ``batches``: (distinct ids, occurrences, clicks) of each batch, in training order.
+        Each batch's training pull and its push's statistics are applied in that order, as
+        a synchronous per-batch loop would (shows, clicks, admission, pending counters, row
+        creation); the optimizer is not: the pass's rows come back with their weights and
+        optimizer state for the device to update, and :meth:`end_pass` writes them back.
+        Nothing else may write these rows in between."""
+        found, counts = [], []
+        with self._lock:
+            for ids, shows, clicks in batches:
+                ids = check_ids(ids)
+                n = len(ids)
+                shows = check_per_id(shows, n, "shows", 1.0)
+                clicks = check_per_id(clicks, n, "clicks")
+                out = np.empty((n, COUNT_COLUMNS * with_counts + self._dim), np.float32)
+                rows = self._pull_locked(ids, shows, out, with_counts, train=True)
+                found.append(rows >= 0)
+                if with_counts:
+                    counts.append(out[:, :COUNT_COLUMNS].copy())
+                no_shows = np.zeros(n, np.float32)
+                rows, missing = self._push_unique_stats(ids, rows, no_shows, clicks)
+                self._count_pending(ids, no_shows, clicks, missing)
+                self._touched(rows[rows >= 0])
+            keys = np.unique(np.concatenate([ids for ids, _, _ in batches])
+                             if batches else np.empty(0, np.int64))  # fmt: skip
+            self._fault_in_missing(keys)
+            rows = self._rows.find(keys)
+            present = rows >= 0
+            r = rows[present]
+            weights = self._rows.emb[r]
+            state = tuple(s[r] for s in self._rows.state)
+        return PassRows(found, counts, keys, present, weights, state)
+
+    def end_pass(self, keys: np.ndarray, weights: np.ndarray, state) -> None:
+        """Writes the weights and optimizer state a device trained for ``keys`` (rows that
+        :meth:`begin_pass` returned); they count as changed for the next delta."""
+        keys = check_ids(keys)
+        weights = np.asarray(weights, np.float32)
+        if weights.shape != (len(keys), self._dim):
+            raise ValueError(f"weights must have shape ({len(keys)}, {self._dim}), "
+                             f"got {weights.shape}")  # fmt: skip
+        with self._lock:
+            self._fault_in_missing(keys)
+            rows = self._rows.find(keys)
+            if (rows < 0).any():
+                raise ValueError(f"{int((rows < 0).sum())} keys of the pass have no row in "
+                                 f"table {self.config.name!r}")  # fmt: skip
+            self._rows.emb[rows] = weights
+            for arr, new in zip(self._rows.state, state, strict=True):
+                arr[rows] = new
+            self._rows.gen[rows] = self._gen
+            self._touched(rows)
 
     def _touch_push_unique(self, ids, hint, shows, clicks) -> tuple[np.ndarray, int]:
         r = self._rows
@@ -805,6 +880,23 @@ class EmbeddingTable:
         ids = check_ids(ids)
         with self._lock:
             return self._pending.stats(ids)
+
+
+class PassRows(NamedTuple):
+    """What :meth:`EmbeddingTable.begin_pass` returns.
+
+    ``found[i]``: which ids of batch i had a row at its pull (the others read the default
+    value and their gradients are dropped); ``counts[i]``: with counts, each id's (show,
+    click) before that pull; ``keys``: the pass's distinct ids, sorted; ``present``: which
+    of them have a row now; ``weights`` and ``state``: those rows' embeddings and
+    optimizer state (the optimizer's state columns, in its order)."""
+
+    found: list[np.ndarray]
+    counts: list[np.ndarray]
+    keys: np.ndarray
+    present: np.ndarray
+    weights: np.ndarray
+    state: tuple[np.ndarray, ...]
 
 
 class RowChunks:
