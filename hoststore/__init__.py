@@ -4,7 +4,8 @@ Where things live: the store interface and the in-process store in :mod:`hoststo
 one table's storage in :mod:`hoststore.table` (split over threads by
 :mod:`hoststore.sharded`); who gets a row in :mod:`hoststore.admission`, who loses it in
 :mod:`hoststore.eviction`; cold rows on disk (tables bigger than RAM) in
-:mod:`hoststore.disk_tier`; update rules in :mod:`hoststore.optimizers`; base / delta /
+:mod:`hoststore.disk_tier`; a pass's rows lent to a device in
+:mod:`hoststore.device_pass`; update rules in :mod:`hoststore.optimizers`; base / delta /
 serving files in :mod:`hoststore.snapshot`; shard servers and their client in
 :mod:`hoststore.rpc` (imported on demand: an in-process store never loads gRPC).
 """
@@ -15,6 +16,7 @@ from hoststore._hashing import shard_of
 from hoststore.admission import Admission, always, count_filter, probability, show_click
 from hoststore.config import Initializer, TableConfig, normal, uniform, zeros
 from hoststore.dedup import Dedup, SlotDedup, dedup, dedup_slots
+from hoststore.device_pass import PassRows
 from hoststore.disk_tier import DiskTier
 from hoststore.eviction import Eviction
 from hoststore.initializers import initial_rows
@@ -30,6 +32,7 @@ __all__ = [
     "Eviction",
     "Initializer",
     "LocalStore",
+    "PassRows",
     "Saved",
     "ShardedTable",
     "SparseOptimizer",

@@ -16,6 +16,7 @@ from typing import Any
 import numba as nb
 import numpy as np
 
+from hoststore import device_pass
 from hoststore._checks import check_ids, check_per_id, check_push
 from hoststore._hashing import SHARD_SALT, mix64
 from hoststore.config import TableConfig
@@ -119,6 +120,24 @@ class ShardedTable:
 
     def shrink(self) -> int:
         return sum(self._map(lambda t: t.shrink(), self.shards))
+
+    def begin_pass(self, batches, *, with_counts: bool = False) -> device_pass.PassRows:
+        batches = device_pass.check_batches(batches)  # before any shard changes
+        positions = device_pass.split(batches, len(self.shards), split_by_shard)
+        parts = self._map(lambda s: self.shards[s].begin_pass(
+            device_pass.part_batches(batches, positions, s), with_counts=with_counts),
+            range(len(self.shards)))  # fmt: skip
+        return device_pass.merge(parts, positions, with_counts, [len(b[0]) for b in batches])
+
+    def end_pass(self, keys: np.ndarray, weights: np.ndarray, state) -> None:
+        keys, weights = device_pass.check_written(keys, weights, self.config.dim)
+        perm, off = split_by_shard(keys, len(self.shards))
+
+        def one(s):
+            p = perm[off[s] : off[s + 1]]
+            self.shards[s].end_pass(keys[p], weights[p], tuple(np.asarray(x)[p] for x in state))
+
+        self._map(one, range(len(self.shards)))
 
     def advance_clock(self, n: int = 1) -> None:
         if n < 0:

@@ -17,6 +17,7 @@ import numpy as np
 
 from hoststore import snapshot
 from hoststore.config import TableConfig, config_to_json
+from hoststore.device_pass import PassRows
 from hoststore.disk_tier import DiskTier
 from hoststore.sharded import ShardedTable
 from hoststore.table import EmbeddingTable
@@ -76,6 +77,14 @@ class Store(Protocol):
     ) -> None:
         """Gradients of ``ids``; ``clicks`` (and extra ``shows``) join the statistics,
         ``counts`` are the occurrences each gradient sums (show-scaled rules divide by it)."""
+
+    def begin_pass(self, table: str, batches, *, with_counts: bool = False) -> PassRows:
+        """Starts a pass a device trains (see :mod:`hoststore.device_pass`): applies the
+        statistics of ``batches`` ((distinct ids, occurrences, clicks) each) in order, as
+        a synchronous per-batch loop would, and hands out the pass's rows."""
+
+    def end_pass(self, table: str, keys: np.ndarray, weights: np.ndarray, state) -> None:
+        """Writes back the weights and optimizer state a device trained in a pass."""
 
     def shrink(self) -> dict[str, int]: ...
 
@@ -168,6 +177,12 @@ class LocalStore:
              assume_unique=False) -> None:  # fmt: skip
         self.table(table).push(ids, grads, shows=shows, clicks=clicks, counts=counts,
                                assume_unique=assume_unique)  # fmt: skip
+
+    def begin_pass(self, table: str, batches, *, with_counts: bool = False) -> PassRows:
+        return self.table(table).begin_pass(batches, with_counts=with_counts)
+
+    def end_pass(self, table: str, keys: np.ndarray, weights: np.ndarray, state) -> None:
+        self.table(table).end_pass(keys, weights, state)
 
     def shrink(self) -> dict[str, int]:
         return {n: t.shrink() for n, t in self._tables.items()}

@@ -15,13 +15,13 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
 from hoststore import _index as ix
 from hoststore import _kernels as K
-from hoststore import admission, eviction
+from hoststore import admission, device_pass, eviction
 from hoststore._changes import ChangeLog
 from hoststore._checks import check_ids, check_per_id, check_push
 from hoststore._hashing import ADMIT_SALT, seed_salt
@@ -445,49 +445,40 @@ class EmbeddingTable:
 
     # ------------------------------------------------------------------ a pass on a device
 
-    def begin_pass(self, batches, *, with_counts: bool = False) -> PassRows:
-        """A pass of training batches whose weights a device trains (see ``PassRows``).
-
-        ``batches``: (distinct ids, occurrences, clicks) of each batch, in training order.
-        Each batch's training pull and its push's statistics are applied in that order, as
-        a synchronous per-batch loop would (shows, clicks, admission, pending counters, row
-        creation); the optimizer is not: the pass's rows come back with their weights and
-        optimizer state for the device to update, and :meth:`end_pass` writes them back.
-        Nothing else may write these rows in between."""
+    def begin_pass(self, batches, *, with_counts: bool = False) -> device_pass.PassRows:
+        """A pass of training batches that a device trains: ``batches`` are (distinct ids,
+        occurrences, clicks) each, in training order. Each batch's training pull and its
+        push's statistics are applied in that order, as a synchronous per-batch loop would,
+        without the optimizer; the pass's rows come back with their weights and optimizer
+        state (see :mod:`hoststore.device_pass`). Nothing else may write these rows until
+        :meth:`end_pass` writes them back."""
+        batches = device_pass.check_batches(batches)
         found, counts = [], []
         with self._lock:
-            for ids, shows, clicks in batches:
-                ids = check_ids(ids)
+            for ids, occ, clicks in batches:
                 n = len(ids)
-                shows = check_per_id(shows, n, "shows", 1.0)
-                clicks = check_per_id(clicks, n, "clicks")
                 out = np.empty((n, COUNT_COLUMNS * with_counts + self._dim), np.float32)
-                rows = self._pull_locked(ids, shows, out, with_counts, train=True)
+                rows = self._pull_locked(ids, occ, out, with_counts, train=True)
                 found.append(rows >= 0)
-                if with_counts:
-                    counts.append(out[:, :COUNT_COLUMNS].copy())
+                counts.append(out[:, :COUNT_COLUMNS].copy() if with_counts
+                              else np.empty((0, COUNT_COLUMNS), np.float32))  # fmt: skip
                 no_shows = np.zeros(n, np.float32)
                 rows, missing = self._push_unique_stats(ids, rows, no_shows, clicks)
                 self._count_pending(ids, no_shows, clicks, missing)
                 self._touched(rows[rows >= 0])
-            keys = np.unique(np.concatenate([ids for ids, _, _ in batches])
-                             if batches else np.empty(0, np.int64))  # fmt: skip
+            keys = np.unique(np.concatenate([b[0] for b in batches] or [np.empty(0, np.int64)]))
             self._fault_in_missing(keys)
             rows = self._rows.find(keys)
             present = rows >= 0
             r = rows[present]
             weights = self._rows.emb[r]
             state = tuple(s[r] for s in self._rows.state)
-        return PassRows(found, counts, keys, present, weights, state)
+        return device_pass.PassRows(found, counts, keys, present, weights, state)
 
     def end_pass(self, keys: np.ndarray, weights: np.ndarray, state) -> None:
         """Writes the weights and optimizer state a device trained for ``keys`` (rows that
         :meth:`begin_pass` returned); they count as changed for the next delta."""
-        keys = check_ids(keys)
-        weights = np.asarray(weights, np.float32)
-        if weights.shape != (len(keys), self._dim):
-            raise ValueError(f"weights must have shape ({len(keys)}, {self._dim}), "
-                             f"got {weights.shape}")  # fmt: skip
+        keys, weights = device_pass.check_written(keys, weights, self._dim)
         with self._lock:
             self._fault_in_missing(keys)
             rows = self._rows.find(keys)
@@ -880,23 +871,6 @@ class EmbeddingTable:
         ids = check_ids(ids)
         with self._lock:
             return self._pending.stats(ids)
-
-
-class PassRows(NamedTuple):
-    """What :meth:`EmbeddingTable.begin_pass` returns.
-
-    ``found[i]``: which ids of batch i had a row at its pull (the others read the default
-    value and their gradients are dropped); ``counts[i]``: with counts, each id's (show,
-    click) before that pull; ``keys``: the pass's distinct ids, sorted; ``present``: which
-    of them have a row now; ``weights`` and ``state``: those rows' embeddings and
-    optimizer state (the optimizer's state columns, in its order)."""
-
-    found: list[np.ndarray]
-    counts: list[np.ndarray]
-    keys: np.ndarray
-    present: np.ndarray
-    weights: np.ndarray
-    state: tuple[np.ndarray, ...]
 
 
 class RowChunks:
