@@ -33,7 +33,7 @@ class PassRows(NamedTuple):
     click) before that pull, else empty; ``keys``: the pass's distinct ids, sorted;
     ``present``: which of them have a row now; ``weights`` and ``state``: those rows'
     embeddings and optimizer state columns (in the optimizer's order), one row per present
-    key."""
+    key; ``clock``: the table's clock, which a learning-rate schedule reads."""
 
     found: list[np.ndarray]
     counts: list[np.ndarray]
@@ -41,6 +41,7 @@ class PassRows(NamedTuple):
     present: np.ndarray
     weights: np.ndarray
     state: tuple[np.ndarray, ...]
+    clock: int
 
 
 def check_batches(batches: Sequence) -> list[Batch]:
@@ -107,4 +108,4 @@ def merge(parts: list[PassRows], positions: list[list[np.ndarray]], with_counts:
     row_order = np.argsort(present_keys, kind="stable")
     weights = np.concatenate([p.weights for p in parts])[row_order]
     state = tuple(np.concatenate(cols)[row_order] for cols in zip(*(p.state for p in parts)))
-    return PassRows(found, counts, keys[order], present[order], weights, state)
+    return PassRows(found, counts, keys[order], present[order], weights, state, parts[0].clock)

@@ -473,7 +473,7 @@ class EmbeddingTable:
             r = rows[present]
             weights = self._rows.emb[r]
             state = tuple(s[r] for s in self._rows.state)
-        return device_pass.PassRows(found, counts, keys, present, weights, state)
+        return device_pass.PassRows(found, counts, keys, present, weights, state, self._clock)
 
     def end_pass(self, keys: np.ndarray, weights: np.ndarray, state) -> None:
         """Writes the weights and optimizer state a device trained for ``keys`` (rows that

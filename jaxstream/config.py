@@ -101,6 +101,11 @@ class TrainConfig:
     keep_bases: int = _field(2, "Bases kept (with their deltas).")
     # --- pipeline, metrics, bookkeeping
     staleness: int = _field(1, "Pulls may run this many batches ahead of pushes.")
+    # Pass mode (jaxstream.device_pass, Paddle's GPU-PS BuildPass/EndPass): no pull, push
+    # or row transfer per batch; the results of staleness 0, to float tolerance.
+    pass_batches: int = _field(0, "0: pull and push every batch. N: train in passes of N "
+                               "batches whose rows stay on the device, the sparse "
+                               "optimizer inside the step (one trainer process).")  # fmt: skip
     batch_threads: int = _field(0, "Threads building (deduplicating) batches; 0: one per "
                                 "core this process may use, at most 4.")  # fmt: skip
     metrics_file: str | None = _field(None, "JSONL metrics path; unset: workdir/metrics.jsonl.")
@@ -124,8 +129,8 @@ FIELD_GROUPS: dict[str, tuple[str, ...]] = {
     "store": ("admission", "pending_ttl", "eviction", "shrink_every", "store_shards",
               "table_capacity", "store_memory_mb", "store_disk_dir"),
     "checkpoints": ("checkpoint", "keep_bases"),
-    "pipeline and outputs": ("staleness", "batch_threads", "metrics_file", "tensorboard",
-                             "dump_predictions", "progress"),
+    "pipeline and outputs": ("staleness", "pass_batches", "batch_threads", "metrics_file",
+                             "tensorboard", "dump_predictions", "progress"),
 }  # fmt: skip
 
 
@@ -186,6 +191,8 @@ def check(cfg: TrainConfig) -> None:
             bad(field, "must be >= 1")
     if cfg.staleness < 0:
         bad("staleness", "must be >= 0")
+    if cfg.pass_batches < 0:
+        bad("pass_batches", "must be >= 0 (0: pull and push every batch)")
     if cfg.batch_threads < 0:
         bad("batch_threads", "must be >= 0 (0: one per core, at most 4)")
     if cfg.devices < 0:

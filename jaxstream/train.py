@@ -37,6 +37,7 @@ from jaxstream.data import readers
 from jaxstream.data.examples import Examples, ReadReport
 from jaxstream.data.paddlerec import read_paddlerec
 from jaxstream.data.synthetic import generate
+from jaxstream.device_pass import make_pass_step, train_pass
 from jaxstream.distributed import Workers
 from jaxstream.features import FeatureSpec, single_table_spec
 from jaxstream.metrics import BinaryMetrics
@@ -225,12 +226,19 @@ def _train(cfg, workdir, model, features, dense_optimizer, store, on_partition_e
     train_fn, eval_fn = make_steps(graphdef, tx, spec)
     # One process: every local device, data parallel inside the jitted step. Several
     # processes: one device each, dense gradients summed across them.
-    mesh = local_mesh(cfg.devices, cfg.batch_size) if workers.count == 1 else None
+    if cfg.pass_batches and workers.count > 1:
+        raise ValueError(f"--pass_batches={cfg.pass_batches}: pass mode trains in one process "
+                         "(other workers would write a pass's rows between its begin and "
+                         "end); use --pass_batches=0 with several workers")  # fmt: skip
+    # Pass mode keeps a pass's rows on one device.
+    one_process = workers.count == 1 and not cfg.pass_batches
+    mesh = local_mesh(cfg.devices, cfg.batch_size) if one_process else None
     placement = batch_placement(mesh, spec) if mesh is not None else None
     devices = (1 if mesh is None else mesh.size) * workers.count  # that trained, in all
     threads = batch_threads(cfg.batch_threads)
     if workers.count > 1:
         train_fn = make_distributed_train_step(graphdef, tx, spec, workers)
+    pass_fn = make_pass_step(graphdef, tx, spec, store.tables()) if cfg.pass_batches else None
     metrics_path = cfg.metrics_file or os.path.join(workdir, "metrics.jsonl")
 
     # ------------------------------------------------------------------ restore
@@ -307,9 +315,13 @@ def _train(cfg, workdir, model, features, dense_optimizer, store, on_partition_e
         if ckpt is not None:  # the store moves past the checkpoint its tag names
             workers.on_first(lambda: _tag(store, spec, f"{run_id}/{state.partitions}+"))
         with progress(f"{part.key} train", len(mine)) as tick:
-            tr = run_pass(store, spec, made(), train=True,
-                          train_fn=train_fn, params=state.params, opt_state=state.opt_state,
-                          staleness=cfg.staleness, progress=tick, device=placement)  # fmt: skip
+            if cfg.pass_batches:
+                tr = train_pass(store, spec, made(), pass_fn, state.params, state.opt_state,
+                                pass_batches=cfg.pass_batches, progress=tick)  # fmt: skip
+            else:
+                tr = run_pass(store, spec, made(), train=True,
+                              train_fn=train_fn, params=state.params, opt_state=state.opt_state,
+                              staleness=cfg.staleness, progress=tick, device=placement)  # fmt: skip
         ev.metrics, tr.metrics = _merge(workers, ev.metrics), _merge(workers, tr.metrics)
         state.params, state.opt_state = tr.params, tr.opt_state
         state.cumulative = state.cumulative.merge(ev.metrics)

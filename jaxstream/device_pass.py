@@ -1,0 +1,175 @@
+"""Pass mode: batches trained as one pass whose rows live on the device.
+
+Paddle's GPU parameter server (BuildPass / EndPass) and HugeCTR's embedding training cache
+work this way; here:
+
+1. begin: each table's store applies the pass's statistics in batch order and lends its
+   rows (:meth:`hoststore.Store.begin_pass`): shows, clicks, admission and new rows come
+   out exactly as in a synchronous per-batch loop;
+2. train: the rows (weights and optimizer state) sit on the device; each batch's unique IDs
+   are slots into them, and the jitted step reads its rows, trains the dense model and
+   applies the sparse optimizer (:mod:`jaxstream.sparse_update`) to the rows it touched:
+   no pull, push or row transfer per batch;
+3. end: the rows go back to the store (:meth:`hoststore.Store.end_pass`).
+
+The result is that of staleness-0 per-batch training, to float tolerance (the store's
+optimizer keeps a few intermediates in float64). A pass holds its host batches and its
+rows on the device: ``pass_batches`` bounds both.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable, Iterable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hoststore import Store
+from jaxstream.batching import HostBatch
+from jaxstream.features import FeatureSpec
+from jaxstream.metrics import BinaryMetrics
+from jaxstream.pipeline import PassResult
+from jaxstream.sparse_update import rule_of
+from jaxstream.step import DeviceBatch, StepOutput, train_step
+
+
+class PassTables(NamedTuple):
+    """A pass's rows on the device, per table: weights [K + 1, dim] and optimizer state
+    (row K is a scratch row that padding slots point at)."""
+
+    weights: dict[str, jax.Array]
+    state: dict[str, tuple]
+
+
+class PassBatch(NamedTuple):
+    """Per table, for each of a batch's (padded) unique IDs: its slot in the pass's rows
+    (K for padding and IDs without a row), whether it had a row at its pull, the
+    occurrences its gradient sums, and (with counts) the (show, click) it read."""
+
+    slot: dict[str, np.ndarray]
+    found: dict[str, np.ndarray]
+    occurrences: dict[str, np.ndarray]
+    counts: dict[str, np.ndarray]
+
+
+def pass_step(graphdef, tx, spec: FeatureSpec, store_configs, params, opt_state,
+              tables: PassTables, batch: DeviceBatch, pb: PassBatch, hparams):  # fmt: skip
+    """One training step of a pass: rows read from ``tables``, the dense update as in
+    :func:`jaxstream.step.train_step`, then each table's sparse optimizer on the rows the
+    batch found. Returns (StepOutput without row gradients, new tables)."""
+    rows = {}
+    for t in spec.tables:
+        cfg = store_configs[t.name]
+        w = tables.weights[t.name][pb.slot[t.name]]
+        emb = jnp.where(pb.found[t.name][:, None], w, cfg.admission.default_value)
+        rows[t.name] = jnp.concatenate([pb.counts[t.name], emb], -1) if spec.counts else emb
+    out = train_step(graphdef, tx, spec, params, opt_state, batch._replace(rows=rows))
+    weights, state = dict(tables.weights), dict(tables.state)
+    for t in spec.tables:
+        cfg = store_configs[t.name]
+        slot, found = pb.slot[t.name], pb.found[t.name]
+        old_w = weights[t.name][slot]
+        old_s = tuple(s[slot] for s in state[t.name])
+        new_w, new_s = rule_of(cfg.optimizer.name)(
+            old_w, old_s, out.row_grads[t.name], pb.occurrences[t.name], hparams[t.name],
+            *cfg.weight_bounds)  # fmt: skip
+
+        def keep(new, old, found=found):  # rows the batch did not find stay as they were
+            return jnp.where(found.reshape(found.shape + (1,) * (new.ndim - 1)), new, old)
+
+        weights[t.name] = weights[t.name].at[slot].set(keep(new_w, old_w))
+        columns = zip(state[t.name], new_s, old_s, strict=True)
+        state[t.name] = tuple(s.at[slot].set(keep(n, o)) for s, n, o in columns)
+    step_out = StepOutput(out.params, out.opt_state, {}, out.predictions, out.loss_sum)
+    return step_out, PassTables(weights, state)
+
+
+def make_pass_step(graphdef, tx, spec: FeatureSpec, store_configs) -> Callable:
+    """The jitted :func:`pass_step` (parameters, optimizer state and rows donated)."""
+    return jax.jit(functools.partial(pass_step, graphdef, tx, spec, store_configs),
+                   donate_argnums=(0, 1, 2))  # fmt: skip
+
+
+def _pad(x: np.ndarray, n: int, fill=0) -> np.ndarray:
+    out = np.full((n, *x.shape[1:]), fill, x.dtype)
+    out[: len(x)] = x
+    return out
+
+
+def train_pass(
+    store: Store,
+    spec: FeatureSpec,
+    batches: Iterable[HostBatch],
+    step: Callable,
+    params,
+    opt_state,
+    *,
+    pass_batches: int,
+    progress: Callable[[int, int], None] | None = None,
+) -> PassResult:
+    """Trains ``batches`` in passes of up to ``pass_batches`` batches (see the module
+    docstring); returns the same record as a per-batch pass."""
+    configs = store.tables()
+    metrics = BinaryMetrics()
+    timers = {"build": 0.0, "begin": 0.0, "end": 0.0}
+    n_batches = 0
+    t_start = time.perf_counter()
+    made = iter(batches)
+    while True:
+        t0 = time.perf_counter()
+        group = [hb for _, hb in zip(range(pass_batches), made)]
+        timers["build"] += time.perf_counter() - t0
+        if not group:
+            break
+        t0 = time.perf_counter()
+        tables, pbs, keys, clocks = _begin(store, spec, group)
+        hparams = {t: jnp.asarray(configs[t].optimizer.hparams(clocks[t]), jnp.float32)
+                   for t in tables.weights}  # fmt: skip
+        timers["begin"] += time.perf_counter() - t0
+        preds = []
+        for hb, pb in zip(group, pbs, strict=True):
+            out, tables = step(params, opt_state, tables, hb.device_batch({}), pb, hparams)
+            params, opt_state = out.params, out.opt_state
+            preds.append(out.predictions)
+            n_batches += 1
+            if progress:
+                progress(n_batches, hb.size)
+        for hb, p in zip(group, preds, strict=True):
+            metrics.update(hb.labels[: hb.size], np.asarray(p)[: hb.size])
+        t0 = time.perf_counter()
+        for t, k in keys.items():
+            store.end_pass(t, k, np.asarray(tables.weights[t])[: len(k)],
+                           tuple(np.asarray(s)[: len(k)] for s in tables.state[t]))  # fmt: skip
+        timers["end"] += time.perf_counter() - t0
+    return PassResult(params, opt_state, metrics, n_batches, time.perf_counter() - t_start,
+                      timers["begin"], timers["end"], timers["build"], [])  # fmt: skip
+
+
+def _begin(store: Store, spec: FeatureSpec, group: list[HostBatch]):
+    """Each table's pass begun in the store: the rows on the device, every batch's
+    :class:`PassBatch`, each table's keys (what ``end_pass`` writes back) and clock."""
+    weights, state, keys, clocks = {}, {}, {}, {}
+    per_batch = [PassBatch({}, {}, {}, {}) for _ in group]
+    for t in spec.tables:
+        name = t.name
+        p = store.begin_pass(name, [(hb.unique_ids[name], hb.shows[name], hb.clicks[name])
+                                    for hb in group], with_counts=spec.counts)  # fmt: skip
+        k = p.keys[p.present]
+        scratch = len(k)
+        weights[name] = jax.device_put(_pad(p.weights, scratch + 1))
+        state[name] = tuple(jax.device_put(_pad(s, scratch + 1)) for s in p.state)
+        keys[name], clocks[name] = k, p.clock
+        for hb, pb, found, counts in zip(group, per_batch, p.found, p.counts, strict=True):
+            n = hb.padded_rows(name)
+            slot = np.full(n, scratch, np.int32)
+            slot[: len(found)][found] = np.searchsorted(k, hb.unique_ids[name][found])
+            pb.slot[name] = slot
+            pb.found[name] = _pad(found, n, False)
+            pb.occurrences[name] = _pad(hb.shows[name], n)
+            pb.counts[name] = (_pad(counts, n) if spec.counts
+                               else np.zeros((n, 0), np.float32))  # fmt: skip
+    return PassTables(weights, state), per_batch, keys, clocks
