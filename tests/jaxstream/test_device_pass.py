@@ -15,13 +15,19 @@ from tests.conftest import metric_lines, smoke_stream
 
 CASES = {
     # Paddle's setup: count admission, CVM features, show-scaled rowwise AdaGrad, 2 shards.
-    "paddle_cvm_sharded": dict(admission="count_filter:2", cvm=True,
-                               sparse_optimizer="paddle_adagrad", store_shards=2,
-                               pass_batches=3),  # fmt: skip
-    "adam_always_whole_partition": dict(admission="always", sparse_optimizer="adam",
-                                        pass_batches=1000),  # fmt: skip
-    "ftrl_show_click_lr": dict(admission="show_click:2", sparse_optimizer="ftrl", model="lr",
-                               pass_batches=2),  # fmt: skip
+    "paddle_cvm_sharded": dict(
+        admission="count_filter:2",
+        cvm=True,
+        sparse_optimizer="paddle_adagrad",
+        store_shards=2,
+        pass_batches=3,
+    ),  # fmt: skip
+    "adam_always_whole_partition": dict(
+        admission="always", sparse_optimizer="adam", pass_batches=1000
+    ),  # fmt: skip
+    "ftrl_show_click_lr": dict(
+        admission="show_click:2", sparse_optimizer="ftrl", model="lr", pass_batches=2
+    ),  # fmt: skip
 }
 
 
