@@ -10,7 +10,7 @@ serving files in :mod:`hoststore.snapshot`; shard servers and their client in
 :mod:`hoststore.rpc` (imported on demand: an in-process store never loads gRPC).
 """
 
-from hoststore import admission, eviction, optimizers, snapshot
+from hoststore import admission, device_pass, eviction, optimizers, snapshot
 from hoststore._hashing import mix64_np as hash64
 from hoststore._hashing import shard_of
 from hoststore.admission import Admission, always, count_filter, probability, show_click
@@ -40,6 +40,7 @@ __all__ = [
     "StoreError",
     "TableConfig",
     "admission",
+    "device_pass",
     "always",
     "count_filter",
     "Dedup",

@@ -46,7 +46,8 @@ class PassRows(NamedTuple):
 
 def check_batches(batches: Sequence) -> list[Batch]:
     """Each batch as (int64 ids, float32 occurrences (default 1), float32 clicks (default
-    0)), or a ValueError naming the flawed batch. A batch's ids must be distinct."""
+    0)), or a ValueError naming the flawed batch. A batch's ids are promised distinct (a
+    trainer's deduplicated batch), as with ``push(assume_unique=True)``: not checked."""
     out = []
     for i, batch in enumerate(batches):
         if len(batch) != 3:
@@ -55,20 +56,40 @@ def check_batches(batches: Sequence) -> list[Batch]:
         n = len(ids)
         occ = check_per_id(batch[1], n, f"pass batch {i} occurrences", 1.0)
         clicks = check_per_id(batch[2], n, f"pass batch {i} clicks")
-        if n > 1 and len(np.unique(ids)) != n:
-            raise ValueError(f"pass batch {i} repeats ids (a pass batch lists each id once)")
         out.append((ids, occ, clicks))
     return out
 
 
-def check_written(keys, weights, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """``end_pass``'s keys and weights, checked: (int64 keys, float32 [n, dim] weights)."""
+def state_layout(config) -> list[tuple[np.dtype, tuple[int, ...]]]:
+    """Each optimizer state column's little-endian dtype and per-row shape (what travels
+    between a client and a shard server)."""
+    return [(col.dtype.newbyteorder("<"), col.shape[1:])
+            for col in config.optimizer.init(0, config.dim)]  # fmt: skip
+
+
+def check_written(config, keys, weights, state) -> tuple[np.ndarray, np.ndarray, tuple]:
+    """``end_pass``'s arguments checked against the table's ``config``: int64 keys,
+    float32 [n, dim] finite weights, the optimizer's state columns [n, ...] (finite where
+    float); or a ValueError naming the flaw."""
     keys = check_ids(keys, "pass keys")
-    weights = np.asarray(weights, np.float32)
-    if weights.shape != (len(keys), dim):
-        raise ValueError(f"pass weights must have shape ({len(keys)}, {dim}), "
+    n = len(keys)
+    weights = np.ascontiguousarray(weights, np.float32)
+    if weights.shape != (n, config.dim):
+        raise ValueError(f"pass weights must have shape ({n}, {config.dim}), "
                          f"got {weights.shape}")  # fmt: skip
-    return keys, weights
+    layout = state_layout(config)
+    if len(state) != len(layout):
+        raise ValueError(f"pass state must have {len(layout)} columns "
+                         f"({config.optimizer.name}), got {len(state)}")  # fmt: skip
+    state = tuple(np.ascontiguousarray(x, dt) for x, (dt, _) in zip(state, layout, strict=True))
+    for x, (_, shape) in zip(state, layout, strict=True):
+        if x.shape != (n, *shape):
+            raise ValueError(f"a pass state column must have shape {(n, *shape)}, "
+                             f"got {x.shape}")  # fmt: skip
+    for what, x in [("weights", weights), *(("state", x) for x in state if x.dtype.kind == "f")]:
+        if not np.isfinite(x).all():
+            raise ValueError(f"pass {what} contain NaN or Inf")
+    return keys, weights, state
 
 
 def split(batches: list[Batch], parts: int, split_ids: Callable) -> list[list[np.ndarray]]:

@@ -130,7 +130,7 @@ class ShardedTable:
         return device_pass.merge(parts, positions, with_counts, [len(b[0]) for b in batches])
 
     def end_pass(self, keys: np.ndarray, weights: np.ndarray, state) -> None:
-        keys, weights = device_pass.check_written(keys, weights, self.config.dim)
+        keys, weights, state = device_pass.check_written(self.config, keys, weights, state)
         perm, off = split_by_shard(keys, len(self.shards))
 
         def one(s):

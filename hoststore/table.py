@@ -478,7 +478,7 @@ class EmbeddingTable:
     def end_pass(self, keys: np.ndarray, weights: np.ndarray, state) -> None:
         """Writes the weights and optimizer state a device trained for ``keys`` (rows that
         :meth:`begin_pass` returned); they count as changed for the next delta."""
-        keys, weights = device_pass.check_written(keys, weights, self._dim)
+        keys, weights, state = device_pass.check_written(self.config, keys, weights, state)
         with self._lock:
             self._fault_in_missing(keys)
             rows = self._rows.find(keys)

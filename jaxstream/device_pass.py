@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hoststore import Store
-from jaxstream.batching import HostBatch
+from jaxstream.batching import HostBatch, bucket
 from jaxstream.features import FeatureSpec
 from jaxstream.metrics import BinaryMetrics
 from jaxstream.pipeline import PassResult
@@ -38,8 +38,9 @@ from jaxstream.step import DeviceBatch, StepOutput, train_step
 
 
 class PassTables(NamedTuple):
-    """A pass's rows on the device, per table: weights [K + 1, dim] and optimizer state
-    (row K is a scratch row that padding slots point at)."""
+    """A pass's rows on the device, per table: weights and optimizer state of its K rows,
+    padded to a bucket of at least K + 1 rows (row K is a scratch row that padding slots
+    and IDs without a row point at)."""
 
     weights: dict[str, jax.Array]
     state: dict[str, tuple]
@@ -100,76 +101,82 @@ def _pad(x: np.ndarray, n: int, fill=0) -> np.ndarray:
     return out
 
 
-def train_pass(
-    store: Store,
-    spec: FeatureSpec,
-    batches: Iterable[HostBatch],
-    step: Callable,
-    params,
-    opt_state,
-    *,
-    pass_batches: int,
-    progress: Callable[[int, int], None] | None = None,
-) -> PassResult:
-    """Trains ``batches`` in passes of up to ``pass_batches`` batches (see the module
-    docstring); returns the same record as a per-batch pass."""
-    configs = store.tables()
-    metrics = BinaryMetrics()
-    timers = {"build": 0.0, "begin": 0.0, "end": 0.0}
-    n_batches = 0
-    t_start = time.perf_counter()
-    made = iter(batches)
-    while True:
-        t0 = time.perf_counter()
-        group = [hb for _, hb in zip(range(pass_batches), made)]
-        timers["build"] += time.perf_counter() - t0
-        if not group:
-            break
-        t0 = time.perf_counter()
-        tables, pbs, keys, clocks = _begin(store, spec, group)
-        hparams = {t: jnp.asarray(configs[t].optimizer.hparams(clocks[t]), jnp.float32)
-                   for t in tables.weights}  # fmt: skip
-        timers["begin"] += time.perf_counter() - t0
-        preds = []
-        for hb, pb in zip(group, pbs, strict=True):
-            out, tables = step(params, opt_state, tables, hb.device_batch({}), pb, hparams)
-            params, opt_state = out.params, out.opt_state
-            preds.append(out.predictions)
-            n_batches += 1
-            if progress:
-                progress(n_batches, hb.size)
-        for hb, p in zip(group, preds, strict=True):
-            metrics.update(hb.labels[: hb.size], np.asarray(p)[: hb.size])
-        t0 = time.perf_counter()
-        for t, k in keys.items():
-            store.end_pass(t, k, np.asarray(tables.weights[t])[: len(k)],
-                           tuple(np.asarray(s)[: len(k)] for s in tables.state[t]))  # fmt: skip
-        timers["end"] += time.perf_counter() - t0
-    return PassResult(params, opt_state, metrics, n_batches, time.perf_counter() - t_start,
-                      timers["begin"], timers["end"], timers["build"], [])  # fmt: skip
+class PassTrainer:
+    """Trains batches in passes of up to ``pass_batches`` batches (see the module
+    docstring), one :meth:`train` per partition. Row buckets only grow from pass to pass,
+    so the jitted step compiles once per new size, not once per pass."""
 
+    def __init__(self, store: Store, spec: FeatureSpec, step: Callable, pass_batches: int):
+        self.store, self.spec, self.step = store, spec, step
+        self.pass_batches = pass_batches
+        self._configs = store.tables()
+        self._rows = dict.fromkeys(self._configs, 0)  # per table: rows lent to the device
+        self._slots = dict.fromkeys(self._configs, 0)  # and a batch's padded unique IDs
 
-def _begin(store: Store, spec: FeatureSpec, group: list[HostBatch]):
-    """Each table's pass begun in the store: the rows on the device, every batch's
-    :class:`PassBatch`, each table's keys (what ``end_pass`` writes back) and clock."""
-    weights, state, keys, clocks = {}, {}, {}, {}
-    per_batch = [PassBatch({}, {}, {}, {}) for _ in group]
-    for t in spec.tables:
-        name = t.name
-        p = store.begin_pass(name, [(hb.unique_ids[name], hb.shows[name], hb.clicks[name])
-                                    for hb in group], with_counts=spec.counts)  # fmt: skip
-        k = p.keys[p.present]
-        scratch = len(k)
-        weights[name] = jax.device_put(_pad(p.weights, scratch + 1))
-        state[name] = tuple(jax.device_put(_pad(s, scratch + 1)) for s in p.state)
-        keys[name], clocks[name] = k, p.clock
-        for hb, pb, found, counts in zip(group, per_batch, p.found, p.counts, strict=True):
-            n = hb.padded_rows(name)
-            slot = np.full(n, scratch, np.int32)
-            slot[: len(found)][found] = np.searchsorted(k, hb.unique_ids[name][found])
-            pb.slot[name] = slot
-            pb.found[name] = _pad(found, n, False)
-            pb.occurrences[name] = _pad(hb.shows[name], n)
-            pb.counts[name] = (_pad(counts, n) if spec.counts
-                               else np.zeros((n, 0), np.float32))  # fmt: skip
-    return PassTables(weights, state), per_batch, keys, clocks
+    def train(self, batches: Iterable[HostBatch], params, opt_state,
+              progress: Callable[[int, int], None] | None = None) -> PassResult:  # fmt: skip
+        """Returns the same record as a per-batch pass (host seconds: beginning passes;
+        push seconds: ending them)."""
+        metrics = BinaryMetrics()
+        timers = {"build": 0.0, "begin": 0.0, "end": 0.0}
+        n_batches = 0
+        t_start = time.perf_counter()
+        made = iter(batches)
+        while True:
+            t0 = time.perf_counter()
+            group = [hb for _, hb in zip(range(self.pass_batches), made)]
+            timers["build"] += time.perf_counter() - t0
+            if not group:
+                break
+            t0 = time.perf_counter()
+            tables, pbs, keys, hparams = self._begin(group)
+            timers["begin"] += time.perf_counter() - t0
+            preds = []
+            for hb, pb in zip(group, pbs, strict=True):
+                out, tables = self.step(params, opt_state, tables, hb.device_batch({}), pb,
+                                        hparams)  # fmt: skip
+                params, opt_state = out.params, out.opt_state
+                preds.append(out.predictions)
+                n_batches += 1
+                if progress:
+                    progress(n_batches, hb.size)
+            for hb, p in zip(group, preds, strict=True):
+                metrics.update(hb.labels[: hb.size], np.asarray(p)[: hb.size])
+            t0 = time.perf_counter()
+            for t, k in keys.items():
+                state = tuple(np.asarray(s)[: len(k)] for s in tables.state[t])
+                self.store.end_pass(t, k, np.asarray(tables.weights[t])[: len(k)], state)
+            timers["end"] += time.perf_counter() - t0
+        return PassResult(params, opt_state, metrics, n_batches, time.perf_counter() - t_start,
+                          timers["begin"], timers["end"], timers["build"], [])  # fmt: skip
+
+    def _begin(self, group: list[HostBatch]):
+        """Each table's pass begun in the store: the rows on the device, every batch's
+        :class:`PassBatch`, each table's keys (what ``end_pass`` writes back) and its
+        optimizer's hyperparameters at the table's clock."""
+        weights, state, keys, hparams = {}, {}, {}, {}
+        per_batch = [PassBatch({}, {}, {}, {}) for _ in group]
+        for t in self.spec.tables:
+            name = t.name
+            p = self.store.begin_pass(
+                name, [(hb.unique_ids[name], hb.shows[name], hb.clicks[name]) for hb in group],
+                with_counts=self.spec.counts)  # fmt: skip
+            k = p.keys[p.present]
+            scratch = len(k)
+            self._rows[name] = rows = max(self._rows[name], bucket(scratch + 1))
+            weights[name] = jax.device_put(_pad(p.weights, rows))
+            state[name] = tuple(jax.device_put(_pad(s, rows)) for s in p.state)
+            keys[name] = k
+            opt = self._configs[name].optimizer
+            hparams[name] = jnp.asarray(opt.hparams(p.clock), jnp.float32)
+            n = max(self._slots[name], *(hb.padded_rows(name) for hb in group))
+            self._slots[name] = n
+            for hb, pb, found, counts in zip(group, per_batch, p.found, p.counts, strict=True):
+                slot = np.full(n, scratch, np.int32)
+                slot[: len(found)][found] = np.searchsorted(k, hb.unique_ids[name][found])
+                pb.slot[name] = slot
+                pb.found[name] = _pad(found, n, False)
+                pb.occurrences[name] = _pad(hb.shows[name], n)
+                pb.counts[name] = (_pad(counts, n) if self.spec.counts
+                                   else np.zeros((n, 0), np.float32))  # fmt: skip
+        return PassTables(weights, state), per_batch, keys, hparams

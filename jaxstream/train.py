@@ -37,7 +37,7 @@ from jaxstream.data import readers
 from jaxstream.data.examples import Examples, ReadReport
 from jaxstream.data.paddlerec import read_paddlerec
 from jaxstream.data.synthetic import generate
-from jaxstream.device_pass import make_pass_step, train_pass
+from jaxstream.device_pass import PassTrainer, make_pass_step
 from jaxstream.distributed import Workers
 from jaxstream.features import FeatureSpec, single_table_spec
 from jaxstream.metrics import BinaryMetrics
@@ -238,7 +238,10 @@ def _train(cfg, workdir, model, features, dense_optimizer, store, on_partition_e
     threads = batch_threads(cfg.batch_threads)
     if workers.count > 1:
         train_fn = make_distributed_train_step(graphdef, tx, spec, workers)
-    pass_fn = make_pass_step(graphdef, tx, spec, store.tables()) if cfg.pass_batches else None
+    passes = None
+    if cfg.pass_batches:
+        passes = PassTrainer(store, spec, make_pass_step(graphdef, tx, spec, store.tables()),
+                             cfg.pass_batches)  # fmt: skip
     metrics_path = cfg.metrics_file or os.path.join(workdir, "metrics.jsonl")
 
     # ------------------------------------------------------------------ restore
@@ -315,9 +318,8 @@ def _train(cfg, workdir, model, features, dense_optimizer, store, on_partition_e
         if ckpt is not None:  # the store moves past the checkpoint its tag names
             workers.on_first(lambda: _tag(store, spec, f"{run_id}/{state.partitions}+"))
         with progress(f"{part.key} train", len(mine)) as tick:
-            if cfg.pass_batches:
-                tr = train_pass(store, spec, made(), pass_fn, state.params, state.opt_state,
-                                pass_batches=cfg.pass_batches, progress=tick)  # fmt: skip
+            if passes is not None:
+                tr = passes.train(made(), state.params, state.opt_state, tick)
             else:
                 tr = run_pass(store, spec, made(), train=True,
                               train_fn=train_fn, params=state.params, opt_state=state.opt_state,

@@ -22,6 +22,7 @@ from typing import Any
 import grpc
 import numpy as np
 
+from hoststore import device_pass
 from hoststore._checks import check_ids, check_per_id, check_push
 from hoststore.config import TableConfig, config_from_json, config_to_json
 from hoststore.rpc import paths
@@ -170,6 +171,47 @@ class ShardedStore:
                 assume_unique=assume_unique,
             ))  # fmt: skip
         self._all("Push", reqs, idempotent=False)
+
+    def begin_pass(self, table: str, batches, *, with_counts: bool = False
+                   ) -> device_pass.PassRows:  # fmt: skip
+        cfg = self._config(table)
+        batches = device_pass.check_batches(batches)
+        positions = device_pass.split(batches, self.num_shards, split_by_shard)
+        reqs = [store_pb2.BeginPassRequest(table=table, with_counts=with_counts, batches=[
+            store_pb2.PassBatch(ids=ids.astype("<i8").tobytes(),
+                                occurrences=occ.astype("<f4").tobytes(),
+                                clicks=clicks.astype("<f4").tobytes())
+            for ids, occ, clicks in device_pass.part_batches(batches, positions, s)])
+            for s in range(self.num_shards)]  # fmt: skip
+        layout = device_pass.state_layout(cfg)
+        parts = []
+        for r in self._all("BeginPass", reqs, idempotent=False):
+            present = np.frombuffer(r.present, np.uint8).astype(bool)
+            n = int(present.sum())
+            parts.append(device_pass.PassRows(
+                [np.frombuffer(f, np.uint8).astype(bool) for f in r.found],
+                [np.frombuffer(c, "<f4").reshape(-1, COUNT_COLUMNS) for c in r.counts],
+                np.frombuffer(r.keys, "<i8"), present,
+                np.frombuffer(r.weights, "<f4").reshape(n, cfg.dim),
+                tuple(np.frombuffer(b, dt).reshape((n, *shape))
+                      for b, (dt, shape) in zip(r.state, layout, strict=True)),
+                r.clock))  # fmt: skip
+        return device_pass.merge(parts, positions, with_counts, [len(b[0]) for b in batches])
+
+    def end_pass(self, table: str, keys: np.ndarray, weights: np.ndarray, state) -> None:
+        cfg = self._config(table)
+        keys, weights, state = device_pass.check_written(cfg, keys, weights, state)
+        layout = device_pass.state_layout(cfg)
+        perm, off = split_by_shard(keys, self.num_shards)
+        reqs = []
+        for s in range(self.num_shards):
+            p = perm[off[s] : off[s + 1]]
+            reqs.append(store_pb2.EndPassRequest(
+                table=table, keys=keys[p].astype("<i8").tobytes(),
+                weights=weights[p].astype("<f4").tobytes(),
+                state=[np.ascontiguousarray(x[p], dt).tobytes()
+                       for x, (dt, _) in zip(state, layout, strict=True)]))  # fmt: skip
+        self._all("EndPass", reqs, idempotent=False)
 
     def shrink(self) -> dict[str, int]:
         out: dict[str, int] = {}

@@ -29,7 +29,7 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from hoststore import snapshot
+from hoststore import device_pass, snapshot
 from hoststore._hashing import shard_of
 from hoststore.config import config_from_json, config_to_json
 from hoststore.disk_tier import DiskTier
@@ -266,6 +266,63 @@ class StoreServicer(store_pb2_grpc.EmbeddingStoreServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "tag longer than 4096 characters")
         self._tags[request.table] = request.tag
         return store_pb2.SetTagResponse()
+
+    @_answered
+    def BeginPass(self, request, context):
+        t = self._table(request.table, context)
+        batches, total = [], 0
+        for i, b in enumerate(request.batches):
+            ids = self._ids(b.ids, context)
+            total += len(ids)
+            if total > self.limits.max_ids_per_call:
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                              f"more than {self.limits.max_ids_per_call:,} ids in one pass "
+                              "(--max_ids_per_call)")  # fmt: skip
+            occ = _array(b.occurrences, "<f4", f"pass batch {i} occurrences", context)
+            clicks = _array(b.clicks, "<f4", f"pass batch {i} clicks", context)
+            batches.append((ids, occ if len(b.occurrences) else None,
+                            clicks if len(b.clicks) else None))  # fmt: skip
+        if total > self.limits.max_new_rows_per_call:  # as for a training pull
+            uniq = np.unique(np.concatenate([b[0] for b in batches]))
+            new = int((~t.row_stats(uniq)["present"]).sum())
+            if new > self.limits.max_new_rows_per_call:
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                              f"{new:,} new ids in one pass; this shard takes at most "
+                              f"{self.limits.max_new_rows_per_call:,} "
+                              "(--max_new_rows_per_call)")  # fmt: skip
+        p = t.begin_pass(batches, with_counts=request.with_counts)
+        little = [np.ascontiguousarray(x, dt) for x, (dt, _) in
+                  zip(p.state, device_pass.state_layout(t.config), strict=True)]  # fmt: skip
+        return store_pb2.BeginPassResponse(
+            found=[f.astype(np.uint8).tobytes() for f in p.found],
+            counts=[c.astype("<f4").tobytes() for c in p.counts],
+            keys=p.keys.astype("<i8").tobytes(), present=p.present.astype(np.uint8).tobytes(),
+            weights=p.weights.astype("<f4").tobytes(), state=[x.tobytes() for x in little],
+            clock=p.clock,
+        )  # fmt: skip
+
+    @_answered
+    def EndPass(self, request, context):
+        t = self._table(request.table, context)
+        keys = self._ids(request.keys, context)
+        n, dim = len(keys), t.config.dim
+        weights = _array(request.weights, "<f4", "pass weights", context)
+        layout = device_pass.state_layout(t.config)
+        if weights.size != n * dim or len(request.state) != len(layout):
+            why = (
+                f"pass weights and state must hold {n} rows of table {request.table!r} "
+                f"(dim {dim}, {len(layout)} state columns)"
+            )
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, why)
+        state = []
+        for buf, (dt, shape) in zip(request.state, layout, strict=True):
+            col = _array(buf, dt.str, "pass state", context)
+            if col.size != n * int(np.prod(shape, dtype=np.int64)):
+                why = f"a pass state column must hold {n} rows of shape {shape}"
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, why)
+            state.append(col.reshape((n, *shape)))
+        t.end_pass(keys, weights.reshape(n, dim), tuple(state))
+        return store_pb2.EndPassResponse()
 
 
 class TokenInterceptor(grpc.ServerInterceptor):

@@ -73,6 +73,46 @@ def _check_tier_used(store, table):
     assert stats.get("disk_rows", 1) > 0, stats
 
 
+def test_a_pass_lent_by_every_store_equals_the_per_batch_loop(store):
+    """begin_pass / end_pass (statistics in batch order, rows lent and written back) give
+    what per-batch pulls and pushes give, on every kind of store."""
+    from tests.hoststore.test_pass import on_device, passes, per_batch
+
+    cfg = _cfg(f"p{uuid.uuid4().hex[:8]}", optimizer=hs.optimizers.adam(0.05))
+    store.create_table(cfg)
+    ref = LocalStore([cfg])
+    universe = np.array([0, -1, 1, 2**63 - 1, -(2**63), *range(5, 40)], np.int64)
+    bound = store.tables()[cfg.name]
+    for batches in passes(seed=3, n_passes=3):
+        read = on_device(lambda b, **kw: store.begin_pass(cfg.name, b, **kw),
+                         lambda *a: store.end_pass(cfg.name, *a), bound, batches)  # fmt: skip
+        want = [per_batch(_Bound(ref, cfg.name), b) for b in batches]
+        for a, b in zip(read, want, strict=True):
+            np.testing.assert_array_equal(a, b)
+        got, exp = (s.pull(cfg.name, universe, train=False, with_counts=True) for s in (store, ref))
+        np.testing.assert_array_equal(got, exp)
+        for s in (store, ref):
+            s.advance_clock()
+    assert store.stats()[cfg.name]["rows"] == ref.stats()[cfg.name]["rows"] > 0
+    with pytest.raises(ValueError, match="no row"):
+        store.end_pass(cfg.name, np.array([10**15], np.int64), np.zeros((1, DIM), np.float32),
+                       tuple(np.zeros((1, *shape), dt) for dt, shape in
+                             hs.device_pass.state_layout(cfg)))  # fmt: skip
+
+
+class _Bound:
+    """One table of a store, with a table's pull/push signature."""
+
+    def __init__(self, store, name):
+        self.store, self.name = store, name
+
+    def pull(self, ids, **kw):
+        return self.store.pull(self.name, ids, **kw)
+
+    def push(self, ids, grads, **kw):
+        return self.store.push(self.name, ids, grads, **kw)
+
+
 def test_interface_matches_an_in_process_reference(store):
     cfg = _cfg(f"t{uuid.uuid4().hex[:8]}")
     store.create_table(cfg)

@@ -41,11 +41,11 @@ def per_batch(table, batch) -> np.ndarray:
     return rows
 
 
-def on_device(table, batches) -> list[np.ndarray]:
+def on_device(begin, end, cfg, batches) -> list[np.ndarray]:
     """What the trainer's pass mode does, with the numpy form of the table's optimizer in
-    the device's place; returns the rows each batch read."""
-    cfg = table.config
-    p = table.begin_pass(batches, with_counts=True)
+    the device's place: ``begin(batches, with_counts=True)``, the updates, ``end(keys,
+    weights, state)``; returns the rows each batch read."""
+    p = begin(batches, with_counts=True)
     keys = p.keys[p.present]
     weights, state = p.weights.copy(), [s.copy() for s in p.state]
     named = type(cfg.optimizer.init(0, cfg.dim))
@@ -58,11 +58,11 @@ def on_device(table, batches) -> list[np.ndarray]:
         read.append(rows)
         w, s = cfg.optimizer.update(gradients(rows, occ)[found],
                                     named(*(x[slot] for x in state)), weights[slot],
-                                    table.clock, occ[found], cfg.weight_bounds)  # fmt: skip
+                                    p.clock, occ[found], cfg.weight_bounds)  # fmt: skip
         weights[slot] = w
         for x, new in zip(state, s, strict=True):
             x[slot] = new
-    table.end_pass(keys, weights, tuple(state))
+    end(keys, weights, tuple(state))
     return read
 
 
@@ -81,7 +81,7 @@ def test_a_pass_trained_elsewhere_equals_the_per_batch_loop(tmp_path, name, kind
     want, got = _tables(cfg, kind, tmp_path)
     for i, batches in enumerate(passes(seed=len(name))):
         read_want = [per_batch(want, b) for b in batches]
-        read_got = on_device(got, batches)
+        read_got = on_device(got.begin_pass, got.end_pass, cfg, batches)
         for b, (a, w) in enumerate(zip(read_got, read_want, strict=True)):
             np.testing.assert_array_equal(a, w, err_msg=f"pass {i} batch {b}: rows read")
         assert_same(want, got)

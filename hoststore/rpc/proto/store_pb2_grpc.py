@@ -79,6 +79,16 @@ class EmbeddingStoreStub:
                 request_serializer=hoststore_dot_rpc_dot_proto_dot_store__pb2.SetTagRequest.SerializeToString,
                 response_deserializer=hoststore_dot_rpc_dot_proto_dot_store__pb2.SetTagResponse.FromString,
                 _registered_method=True)
+        self.BeginPass = channel.unary_unary(
+                '/hoststore.EmbeddingStore/BeginPass',
+                request_serializer=hoststore_dot_rpc_dot_proto_dot_store__pb2.BeginPassRequest.SerializeToString,
+                response_deserializer=hoststore_dot_rpc_dot_proto_dot_store__pb2.BeginPassResponse.FromString,
+                _registered_method=True)
+        self.EndPass = channel.unary_unary(
+                '/hoststore.EmbeddingStore/EndPass',
+                request_serializer=hoststore_dot_rpc_dot_proto_dot_store__pb2.EndPassRequest.SerializeToString,
+                response_deserializer=hoststore_dot_rpc_dot_proto_dot_store__pb2.EndPassResponse.FromString,
+                _registered_method=True)
 
 
 class EmbeddingStoreServicer:
@@ -138,6 +148,18 @@ class EmbeddingStoreServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def BeginPass(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EndPass(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EmbeddingStoreServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -185,6 +207,16 @@ def add_EmbeddingStoreServicer_to_server(servicer, server):
                     servicer.SetTag,
                     request_deserializer=hoststore_dot_rpc_dot_proto_dot_store__pb2.SetTagRequest.FromString,
                     response_serializer=hoststore_dot_rpc_dot_proto_dot_store__pb2.SetTagResponse.SerializeToString,
+            ),
+            'BeginPass': grpc.unary_unary_rpc_method_handler(
+                    servicer.BeginPass,
+                    request_deserializer=hoststore_dot_rpc_dot_proto_dot_store__pb2.BeginPassRequest.FromString,
+                    response_serializer=hoststore_dot_rpc_dot_proto_dot_store__pb2.BeginPassResponse.SerializeToString,
+            ),
+            'EndPass': grpc.unary_unary_rpc_method_handler(
+                    servicer.EndPass,
+                    request_deserializer=hoststore_dot_rpc_dot_proto_dot_store__pb2.EndPassRequest.FromString,
+                    response_serializer=hoststore_dot_rpc_dot_proto_dot_store__pb2.EndPassResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -430,6 +462,60 @@ class EmbeddingStore:
             '/hoststore.EmbeddingStore/SetTag',
             hoststore_dot_rpc_dot_proto_dot_store__pb2.SetTagRequest.SerializeToString,
             hoststore_dot_rpc_dot_proto_dot_store__pb2.SetTagResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BeginPass(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hoststore.EmbeddingStore/BeginPass',
+            hoststore_dot_rpc_dot_proto_dot_store__pb2.BeginPassRequest.SerializeToString,
+            hoststore_dot_rpc_dot_proto_dot_store__pb2.BeginPassResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EndPass(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hoststore.EmbeddingStore/EndPass',
+            hoststore_dot_rpc_dot_proto_dot_store__pb2.EndPassRequest.SerializeToString,
+            hoststore_dot_rpc_dot_proto_dot_store__pb2.EndPassResponse.FromString,
             options,
             channel_credentials,
             insecure,
