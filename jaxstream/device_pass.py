@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import jax
@@ -95,6 +96,14 @@ def make_pass_step(graphdef, tx, spec: FeatureSpec, store_configs) -> Callable:
                    donate_argnums=(0, 1, 2))  # fmt: skip
 
 
+@functools.partial(jax.jit, donate_argnums=(0, 1))
+def _carry_rows(weights, state, src_weights, src_state, src, dst):
+    """Rows ``src`` of the source pass copied to rows ``dst`` of the destination."""
+    weights = weights.at[dst].set(src_weights[src])
+    state = tuple(d.at[dst].set(s[src]) for d, s in zip(state, src_state, strict=True))
+    return weights, state
+
+
 def _pad(x: np.ndarray, n: int, fill=0) -> np.ndarray:
     out = np.full((n, *x.shape[1:]), fill, x.dtype)
     out[: len(x)] = x
@@ -115,40 +124,81 @@ class PassTrainer:
 
     def train(self, batches: Iterable[HostBatch], params, opt_state,
               progress: Callable[[int, int], None] | None = None) -> PassResult:  # fmt: skip
-        """Returns the same record as a per-batch pass (host seconds: beginning passes;
-        push seconds: ending them)."""
+        """Returns the same record as a per-batch pass (batch seconds: building batches;
+        host seconds: beginning passes; push seconds: ending them).
+
+        The next pass is built and begun in a thread while this one trains: its statistics
+        do not depend on the weights, and the rows it shares with this pass are carried
+        over on the device when this one ends (they were lent before this pass wrote them
+        back); what it shares with earlier passes was written back before it began."""
         metrics = BinaryMetrics()
-        timers = {"build": 0.0, "begin": 0.0, "end": 0.0}
+        self._timers = {"build": 0.0, "begin": 0.0, "end": 0.0}
         n_batches = 0
         t_start = time.perf_counter()
         made = iter(batches)
-        while True:
-            t0 = time.perf_counter()
-            group = [hb for _, hb in zip(range(self.pass_batches), made)]
-            timers["build"] += time.perf_counter() - t0
-            if not group:
-                break
-            t0 = time.perf_counter()
-            tables, pbs, keys, hparams = self._begin(group)
-            timers["begin"] += time.perf_counter() - t0
-            preds = []
-            for hb, pb in zip(group, pbs, strict=True):
-                out, tables = self.step(params, opt_state, tables, hb.device_batch({}), pb,
-                                        hparams)  # fmt: skip
-                params, opt_state = out.params, out.opt_state
-                preds.append(out.predictions)
-                n_batches += 1
-                if progress:
-                    progress(n_batches, hb.size)
-            for hb, p in zip(group, preds, strict=True):
-                metrics.update(hb.labels[: hb.size], np.asarray(p)[: hb.size])
-            t0 = time.perf_counter()
-            for t, k in keys.items():
-                state = tuple(np.asarray(s)[: len(k)] for s in tables.state[t])
-                self.store.end_pass(t, k, np.asarray(tables.weights[t])[: len(k)], state)
-            timers["end"] += time.perf_counter() - t0
+        with ThreadPoolExecutor(1, thread_name_prefix="pass-begin") as ahead:
+            current = self._prepare(made)
+            previous = None  # the pass just trained: (its keys, its rows on the device)
+            while current is not None:
+                group, tables, pbs, keys, hparams = current
+                if previous is not None:
+                    tables = self._carry(previous, keys, tables)
+                    self._end(*previous)
+                upcoming = ahead.submit(self._prepare, made)
+                preds = []
+                for hb, pb in zip(group, pbs, strict=True):
+                    out, tables = self.step(params, opt_state, tables, hb.device_batch({}), pb,
+                                            hparams)  # fmt: skip
+                    params, opt_state = out.params, out.opt_state
+                    preds.append(out.predictions)
+                    n_batches += 1
+                    if progress:
+                        progress(n_batches, hb.size)
+                for hb, p in zip(group, preds, strict=True):
+                    metrics.update(hb.labels[: hb.size], np.asarray(p)[: hb.size])
+                previous = (keys, tables)
+                current = upcoming.result()
+            if previous is not None:
+                self._end(*previous)
+        t = self._timers
         return PassResult(params, opt_state, metrics, n_batches, time.perf_counter() - t_start,
-                          timers["begin"], timers["end"], timers["build"], [])  # fmt: skip
+                          t["begin"], t["end"], t["build"], [])  # fmt: skip
+
+    def _prepare(self, made):
+        """The next pass's batches, begun in the store; None when there are no more."""
+        t0 = time.perf_counter()
+        group = [hb for _, hb in zip(range(self.pass_batches), made)]
+        self._timers["build"] += time.perf_counter() - t0
+        if not group:
+            return None
+        t0 = time.perf_counter()
+        out = self._begin(group)
+        self._timers["begin"] += time.perf_counter() - t0
+        return (group, *out)
+
+    def _carry(self, previous, keys, tables: PassTables) -> PassTables:
+        """``tables`` with the rows it shares with the previous pass taken from that pass's
+        final rows on the device."""
+        old_keys, old = previous
+        weights, state = dict(tables.weights), dict(tables.state)
+        for t, k in keys.items():
+            _, src, dst = np.intersect1d(old_keys[t], k, assume_unique=True,
+                                         return_indices=True)  # fmt: skip
+            if not len(src):
+                continue
+            n = bucket(len(src))  # a few shapes; padding copies scratch row to scratch row
+            src = _pad(src.astype(np.int32), n, len(old_keys[t]))
+            dst = _pad(dst.astype(np.int32), n, len(k))
+            weights[t], state[t] = _carry_rows(weights[t], state[t], old.weights[t],
+                                               old.state[t], src, dst)  # fmt: skip
+        return PassTables(weights, state)
+
+    def _end(self, keys, tables: PassTables) -> None:
+        t0 = time.perf_counter()
+        for t, k in keys.items():
+            state = tuple(np.asarray(s)[: len(k)] for s in tables.state[t])
+            self.store.end_pass(t, k, np.asarray(tables.weights[t])[: len(k)], state)
+        self._timers["end"] += time.perf_counter() - t0
 
     def _begin(self, group: list[HostBatch]):
         """Each table's pass begun in the store: the rows on the device, every batch's
