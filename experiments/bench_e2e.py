@@ -21,6 +21,7 @@ _ROWS = flags.DEFINE_integer("rows_per_hour", 50_000, "Rows per hour.")
 _BATCH = flags.DEFINE_integer("batch_size", 1024, "Examples per step.")
 _SHARDS = flags.DEFINE_integer("store_shards", 1, "In-process store shards per table.")
 _GRPC = flags.DEFINE_integer("grpc_shards", 0, "Also train through N local gRPC shards.")
+_PASS = flags.DEFINE_integer("pass_batches", 0, "Train ours in pass mode, N batches a pass.")
 _BASELINE = flags.DEFINE_boolean("baseline", True, "Also run the hashed baseline.")
 _COMPARE = flags.DEFINE_boolean("compare_admission", True, "Also train with --admission.")
 _ADMISSION = flags.DEFINE_string("admission", "count_filter:3", "Admission policy to compare.")
@@ -42,7 +43,7 @@ def main(argv):
         hours=_HOURS.value, rows_per_hour=_ROWS.value, batch_size=_BATCH.value,
         store_shards=_SHARDS.value, run_baseline=_BASELINE.value, admission=_ADMISSION.value,
         run_admission=_COMPARE.value, grpc_shards=_GRPC.value, run_cvm=_CVM.value,
-        baseline_rows_sweep=tuple(int(x) for x in _SWEEP.value),
+        baseline_rows_sweep=tuple(int(x) for x in _SWEEP.value), pass_batches=_PASS.value,
     )  # fmt: skip
     if _SMOKE.value:
         cfg = dataclasses.replace(cfg, hours=4, rows_per_hour=5_000, skip_hours=1,

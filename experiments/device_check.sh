@@ -2,7 +2,7 @@
 # The accelerator check, for a session lent a device machine (the `device` tool), as one
 # call from the repository root, e.g.  run(command="bash experiments/device_check.sh").
 # Writes BENCHMARKS-style sections and raw JSON under $OUT (the tool fetches $OUT); copy
-# the sections into BENCHMARKS.md here. About 7-10 minutes on an H100/H200.
+# the sections into BENCHMARKS.md here. About 8-12 minutes on an H100/H200.
 set -euo pipefail
 OUT=${OUT:-/tmp/device_check}
 mkdir -p "$OUT"
@@ -19,3 +19,8 @@ for shards in 8 1; do
     --section="End to end on the lent GPU, $shards store shard(s)" \
     --out="$OUT/BENCHMARKS.md" --json="$OUT/e2e_${shards}_shards.json"
 done
+# Pass mode: a pass's rows on the GPU, the sparse optimizer inside the step.
+python3 experiments/bench_e2e.py --hours=5 --rows_per_hour=50000 --batch_size=4096 \
+  --store_shards=8 --pass_batches=16 --nobaseline --nocompare_admission --nocvm \
+  --baseline_rows_sweep= --section="End to end on the lent GPU, pass mode (16 batches a pass)" \
+  --out="$OUT/BENCHMARKS.md" --json="$OUT/e2e_pass.json"

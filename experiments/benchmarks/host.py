@@ -7,6 +7,8 @@ numba's, JAX's and the pipeline's threads all share exactly those cores:
   that returns zero gradients at once: the host's ceiling.
 - ``lr``: ``train_and_evaluate`` with the LR model (its device step is negligible), no
   checkpoints: what training reaches when the host is the limit.
+- ``lr_pass``: the same in pass mode (``pass_batches``): rows lent to the device for a pass
+  of batches, the sparse optimizer inside the jitted step, no pull or push per batch.
 
 Hours after the first are timed (the first compiles the kernels).
 """
@@ -32,7 +34,8 @@ class HostBenchConfig:
     admission: str = "count_filter:2"
     staleness: int = 1
     cores: tuple[int, ...] = (1, 2)
-    modes: tuple[str, ...] = ("null", "lr")
+    modes: tuple[str, ...] = ("null", "lr", "lr_pass")
+    pass_batches: int = 8
 
 
 def _train_config(cfg: HostBenchConfig, root: str):
@@ -67,7 +70,9 @@ def measure(cfg: HostBenchConfig, root: str, mode: str) -> dict[str, float]:
     from jaxstream.stream import PartitionSource, SourceConfig
 
     tc = _train_config(cfg, root)
-    if mode == "lr":
+    if mode == "lr_pass":
+        tc = dataclasses.replace(tc, pass_batches=cfg.pass_batches)
+    if mode in ("lr", "lr_pass"):
         import tempfile
 
         work = tempfile.mkdtemp(prefix="bench_host_")
@@ -125,13 +130,18 @@ def markdown(cfg: HostBenchConfig, r: dict[str, dict[int, dict]]) -> str:
         f"{cfg.batch_size}, admission {cfg.admission}, AdaGrad, staleness {cfg.staleness}; "
         "hours 2+ timed; each run pinned to the first N cores with `taskset`. Stage columns: "
         "milliseconds each host stage was busy per 1,000 examples (they overlap each other "
-        "and the device step).",
+        "and the device step); in pass mode: building batches, beginning passes (statistics "
+        "in batch order, rows lent), ending them (rows written back).",
         "",
         "| device step | cores | train examples/s | vs 1 core | batch+dedup | pull+transfer "
         "| push+metrics |",
         "|---|---|---|---|---|---|---|",
     ]
-    names = {"null": "none (zero gradients)", "lr": "LR model (`train_and_evaluate`)"}
+    names = {
+        "null": "none (zero gradients)",
+        "lr": "LR model (`train_and_evaluate`)",
+        "lr_pass": f"LR model, pass mode ({cfg.pass_batches} batches a pass)",
+    }
     for mode, per in r.items():
         one = per[min(per)]["examples_per_sec"]
         for n, m in sorted(per.items()):
