@@ -104,7 +104,7 @@ class TrainConfig:
     # Pass mode (jaxstream.device_pass, Paddle's GPU-PS BuildPass/EndPass): no pull, push
     # or row transfer per batch; the results of staleness 0, to float tolerance.
     pass_batches: int = _field(0, "0: pull and push every batch. N: train in passes of N "
-                               "batches whose rows stay on the device, the sparse "
+                               "batches whose rows stay on the devices, the sparse "
                                "optimizer inside the step (one trainer process).")  # fmt: skip
     batch_threads: int = _field(0, "Threads building (deduplicating) batches; 0: one per "
                                 "core this process may use, at most 4.")  # fmt: skip

@@ -14,7 +14,9 @@ work this way; here:
 
 The result is that of staleness-0 per-batch training, to float tolerance (the store's
 optimizer keeps a few intermediates in float64). A pass holds its host batches and its
-rows on the device: ``pass_batches`` bounds both.
+rows on the device: ``pass_batches`` bounds both. Over several local devices the batch is
+split and the pass's rows sit on every device; XLA sums their row gradients inside the
+step, so every copy takes the same update.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from hoststore import Store
 from jaxstream.batching import HostBatch, bucket
@@ -35,7 +39,7 @@ from jaxstream.features import FeatureSpec
 from jaxstream.metrics import BinaryMetrics
 from jaxstream.pipeline import PassResult
 from jaxstream.sparse_update import rule_of
-from jaxstream.step import DeviceBatch, StepOutput, train_step
+from jaxstream.step import DeviceBatch, StepOutput, batch_placement, train_step
 
 
 class PassTables(NamedTuple):
@@ -115,9 +119,15 @@ class PassTrainer:
     docstring), one :meth:`train` per partition. Row buckets only grow from pass to pass,
     so the jitted step compiles once per new size, not once per pass."""
 
-    def __init__(self, store: Store, spec: FeatureSpec, step: Callable, pass_batches: int):
+    def __init__(self, store: Store, spec: FeatureSpec, step: Callable, pass_batches: int,
+                 mesh: Mesh | None = None):  # fmt: skip
+        """``mesh``: local devices to train on, data parallel (each batch split over them,
+        the pass's rows on every one, their updates identical everywhere); None: the
+        default device."""
         self.store, self.spec, self.step = store, spec, step
         self.pass_batches = pass_batches
+        self._every = None if mesh is None else NamedSharding(mesh, P())
+        self._split = None if mesh is None else batch_placement(mesh, spec)._replace(rows={})
         self._configs = store.tables()
         self._rows = dict.fromkeys(self._configs, 0)  # per table: rows lent to the device
         self._slots = dict.fromkeys(self._configs, 0)  # and a batch's padded unique IDs
@@ -147,8 +157,9 @@ class PassTrainer:
                 upcoming = ahead.submit(self._prepare, made)
                 preds = []
                 for hb, pb in zip(group, pbs, strict=True):
-                    out, tables = self.step(params, opt_state, tables, hb.device_batch({}), pb,
-                                            hparams)  # fmt: skip
+                    batch = jax.device_put(hb.device_batch({}), self._split)
+                    out, tables = self.step(params, opt_state, tables, batch,
+                                            jax.device_put(pb, self._every), hparams)  # fmt: skip
                     params, opt_state = out.params, out.opt_state
                     preds.append(out.predictions)
                     n_batches += 1
@@ -214,11 +225,11 @@ class PassTrainer:
             k = p.keys[p.present]
             scratch = len(k)
             self._rows[name] = rows = max(self._rows[name], bucket(scratch + 1))
-            weights[name] = jax.device_put(_pad(p.weights, rows))
-            state[name] = tuple(jax.device_put(_pad(s, rows)) for s in p.state)
+            weights[name] = jax.device_put(_pad(p.weights, rows), self._every)
+            state[name] = tuple(jax.device_put(_pad(s, rows), self._every) for s in p.state)
             keys[name] = k
             opt = self._configs[name].optimizer
-            hparams[name] = jnp.asarray(opt.hparams(p.clock), jnp.float32)
+            hparams[name] = jax.device_put(np.float32(opt.hparams(p.clock)), self._every)
             n = max(self._slots[name], *(hb.padded_rows(name) for hb in group))
             self._slots[name] = n
             for hb, pb, found, counts in zip(group, per_batch, p.found, p.counts, strict=True):

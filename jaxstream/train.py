@@ -230,9 +230,7 @@ def _train(cfg, workdir, model, features, dense_optimizer, store, on_partition_e
         raise ValueError(f"--pass_batches={cfg.pass_batches}: pass mode trains in one process "
                          "(other workers would write a pass's rows between its begin and "
                          "end); use --pass_batches=0 with several workers")  # fmt: skip
-    # Pass mode keeps a pass's rows on one device.
-    one_process = workers.count == 1 and not cfg.pass_batches
-    mesh = local_mesh(cfg.devices, cfg.batch_size) if one_process else None
+    mesh = local_mesh(cfg.devices, cfg.batch_size) if workers.count == 1 else None
     placement = batch_placement(mesh, spec) if mesh is not None else None
     devices = (1 if mesh is None else mesh.size) * workers.count  # that trained, in all
     threads = batch_threads(cfg.batch_threads)
@@ -241,7 +239,7 @@ def _train(cfg, workdir, model, features, dense_optimizer, store, on_partition_e
     passes = None
     if cfg.pass_batches:
         passes = PassTrainer(store, spec, make_pass_step(graphdef, tx, spec, store.tables()),
-                             cfg.pass_batches)  # fmt: skip
+                             cfg.pass_batches, mesh)  # fmt: skip
     metrics_path = cfg.metrics_file or os.path.join(workdir, "metrics.jsonl")
 
     # ------------------------------------------------------------------ restore

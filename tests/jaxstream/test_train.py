@@ -196,9 +196,11 @@ from jaxstream import train
 from tests.conftest import metric_lines, smoke_stream
 cfg = smoke_stream(sys.argv[1] + "/data", hours=3, checkpoint=False)  # the same stream
 out = {}
-for n in (2, 0):  # two of the four devices, then all of them
-    s = train.train_and_evaluate(dataclasses.replace(cfg, devices=n), f"{sys.argv[2]}/{n}")
-    out[n] = {"devices": s["devices"], "lines": metric_lines(s["metrics_file"])}
+# two of the four devices, then all of them, then pass mode on two
+for name, n, passes in (("2", 2, 0), ("0", 0, 0), ("pass", 2, 3)):
+    run = dataclasses.replace(cfg, devices=n, pass_batches=passes)
+    s = train.train_and_evaluate(run, f"{sys.argv[2]}/{name}")
+    out[name] = {"devices": s["devices"], "lines": metric_lines(s["metrics_file"])}
 print(json.dumps(out))
 """
 
@@ -206,7 +208,7 @@ print(json.dumps(out))
 def test_every_local_device_trains_data_parallel_with_the_same_results(tmp_path):
     """4 forced CPU devices: the run reports how many trained, and its metrics match the
     one-device run (the batch is split over the devices inside the jitted step; XLA sums
-    the gradients)."""
+    the gradients); so does pass mode on 2 of them (the pass's rows on each)."""
     data = str(tmp_path / "data")
     cfg = smoke_stream(data, hours=3, checkpoint=False)
     one = train.train_and_evaluate(cfg, str(tmp_path / "one"))
@@ -220,7 +222,7 @@ def test_every_local_device_trains_data_parallel_with_the_same_results(tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = json.loads(proc.stdout.splitlines()[-1])
     want = metric_lines(one["metrics_file"])
-    for n, devices in (("2", 2), ("0", 4)):
+    for n, devices in (("2", 2), ("0", 4), ("pass", 2)):
         assert runs[n]["devices"] == devices
         for a, b in zip(runs[n]["lines"], want, strict=True):
             assert a["partition"] == b["partition"] and a["table_rows"] == b["table_rows"]
