@@ -21,6 +21,14 @@ _SMOKE = flags.DEFINE_boolean("smoke", False, "Tiny stream; does not write BENCH
 _ROOT = flags.DEFINE_string("root", None, "The stream (generated there when missing).")
 _OUT = flags.DEFINE_string("out", "BENCHMARKS.md", "Where to record the table.")
 _CORES = flags.DEFINE_list("cores", ["1", "2"], "Core counts to pin each run to.")
+_MODES = flags.DEFINE_list("modes", ["null", "lr", "lr_pass"], "null, lr and/or lr_pass.")
+_ZIPF = flags.DEFINE_float("zipf", 1.1, "The stream's Zipf exponent (lower: heavier tail).")
+_VOCAB = flags.DEFINE_integer("max_vocab", 200_000, "The stream's vocabulary per slot.")
+_SECTION = flags.DEFINE_string(
+    "section",
+    "Host pipeline alone (experiments/bench_host.py)",
+    "The BENCHMARKS.md section to write.",
+)
 _CHILD = flags.DEFINE_boolean("child", False, "(internal) measure in this process.")
 _MODE = flags.DEFINE_string("mode", "null", "(internal) null or lr.")
 _CONFIG = flags.DEFINE_string("config", None, "(internal) the config as JSON.")
@@ -35,15 +43,18 @@ def main(argv):
         print(json.dumps(bench.measure(cfg, _ROOT.value, _MODE.value)))
         return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    cfg = bench.HostBenchConfig(cores=tuple(int(c) for c in _CORES.value))
+    cfg = bench.HostBenchConfig(cores=tuple(int(c) for c in _CORES.value),
+                                modes=tuple(_MODES.value), zipf=_ZIPF.value,
+                                max_vocab=_VOCAB.value)  # fmt: skip
     if _SMOKE.value:
         cfg = dataclasses.replace(cfg, hours=2, rows_per_hour=3000, batch_size=512)
     root = _ROOT.value or os.path.join(tempfile.gettempdir(),
-                                       f"bench_host_{cfg.hours}x{cfg.rows_per_hour}")  # fmt: skip
+                                       f"bench_host_{cfg.hours}x{cfg.rows_per_hour}_z{cfg.zipf}"
+                                       f"_v{cfg.max_vocab}")  # fmt: skip
     table = bench.markdown(cfg, bench.run(cfg, root, os.path.abspath(__file__)))
     print(table)
     if not _SMOKE.value:
-        write_section("Host pipeline alone (experiments/bench_host.py)", table, _OUT.value)
+        write_section(_SECTION.value, table, _OUT.value)
 
 
 if __name__ == "__main__":

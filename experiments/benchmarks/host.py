@@ -36,13 +36,16 @@ class HostBenchConfig:
     cores: tuple[int, ...] = (1, 2)
     modes: tuple[str, ...] = ("null", "lr", "lr_pass")
     pass_batches: int = 8
+    zipf: float = 1.1  # the generator's defaults; lower and wider: a heavier tail
+    max_vocab: int = 200_000
 
 
 def _train_config(cfg: HostBenchConfig, root: str):
     from jaxstream import config
     from jaxstream.data.synthetic import StreamConfig
 
-    stream = StreamConfig(hours=cfg.hours, rows_per_hour=cfg.rows_per_hour)
+    stream = StreamConfig(hours=cfg.hours, rows_per_hour=cfg.rows_per_hour, zipf=cfg.zipf,
+                          max_vocab=cfg.max_vocab)  # fmt: skip
     return dataclasses.replace(config.get_config(), data_root=root, synthetic=stream,
                                model="lr", batch_size=cfg.batch_size, admission=cfg.admission,
                                eviction="", staleness=cfg.staleness, checkpoint=False,
@@ -126,7 +129,8 @@ def run(cfg: HostBenchConfig, root: str, script: str) -> dict[str, dict[int, dic
 
 def markdown(cfg: HostBenchConfig, r: dict[str, dict[int, dict]]) -> str:
     lines = [
-        f"{cfg.hours} h x {cfg.rows_per_hour:,} rows (Criteo format, generated), batch "
+        f"{cfg.hours} h x {cfg.rows_per_hour:,} rows (Criteo format, generated; Zipf "
+        f"{cfg.zipf}, vocabulary up to {cfg.max_vocab:,} per slot), batch "
         f"{cfg.batch_size}, admission {cfg.admission}, AdaGrad, staleness {cfg.staleness}; "
         "hours 2+ timed; each run pinned to the first N cores with `taskset`. Stage columns: "
         "milliseconds each host stage was busy per 1,000 examples (they overlap each other "
