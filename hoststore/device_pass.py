@@ -30,13 +30,16 @@ class PassRows(NamedTuple):
 
     ``found[i]``: which ids of batch i had a row at its pull (the others read the default
     value and their gradients are dropped); ``counts[i]``: with counts, each id's (show,
-    click) before that pull, else empty; ``keys``: the pass's distinct ids, sorted;
-    ``present``: which of them have a row now; ``weights`` and ``state``: those rows'
-    embeddings and optimizer state columns (in the optimizer's order), one row per present
-    key; ``clock``: the table's clock, which a learning-rate schedule reads."""
+    click) before that pull, else empty; ``slots[i]``: each id's row among ``weights``
+    (-1: no row by the end of the pass); ``keys``: the pass's distinct ids, in the order
+    the store lends them; ``present``: which of them have a row now; ``weights`` and
+    ``state``: those rows' embeddings and optimizer state columns (in the optimizer's
+    order), one row per present key, in key order; ``clock``: the table's clock, which a
+    learning-rate schedule reads."""
 
     found: list[np.ndarray]
     counts: list[np.ndarray]
+    slots: list[np.ndarray]
     keys: np.ndarray
     present: np.ndarray
     weights: np.ndarray
@@ -110,23 +113,25 @@ def part_batches(batches: list[Batch], positions: list[list[np.ndarray]], s: int
 
 def merge(parts: list[PassRows], positions: list[list[np.ndarray]], with_counts: bool,
           sizes: list[int]) -> PassRows:  # fmt: skip
-    """The parts' results as one: per-batch arrays back in each batch's order, keys sorted."""
-    found, counts = [], []
+    """The parts' results as one: per-batch arrays back in each batch's order, the parts'
+    rows one after the other (slots shifted to match)."""
+    offsets = np.cumsum([0] + [int(p.present.sum()) for p in parts])
+    found, counts, slots = [], [], []
     for i, n in enumerate(sizes):
         f = np.zeros(n, bool)
         c = np.zeros((n, 2), np.float32) if with_counts else np.empty((0, 2), np.float32)
+        sl = np.empty(n, np.int32)
         for s, p in enumerate(parts):
             pos = positions[i][s]
             f[pos] = p.found[i]
+            sl[pos] = np.where(p.slots[i] >= 0, p.slots[i] + offsets[s], -1)
             if with_counts:
                 c[pos] = p.counts[i]
         found.append(f)
         counts.append(c)
+        slots.append(sl)
     keys = np.concatenate([p.keys for p in parts])
-    order = np.argsort(keys, kind="stable")
     present = np.concatenate([p.present for p in parts])
-    present_keys = np.concatenate([p.keys[p.present] for p in parts])
-    row_order = np.argsort(present_keys, kind="stable")
-    weights = np.concatenate([p.weights for p in parts])[row_order]
-    state = tuple(np.concatenate(cols)[row_order] for cols in zip(*(p.state for p in parts)))
-    return PassRows(found, counts, keys[order], present[order], weights, state, parts[0].clock)
+    weights = np.concatenate([p.weights for p in parts])
+    state = tuple(np.concatenate(cols) for cols in zip(*(p.state for p in parts)))
+    return PassRows(found, counts, slots, keys, present, weights, state, parts[0].clock)

@@ -466,14 +466,20 @@ class EmbeddingTable:
                 rows, missing = self._push_unique_stats(ids, rows, no_shows, clicks)
                 self._count_pending(ids, no_shows, clicks, missing)
                 self._touched(rows[rows >= 0])
-            keys = np.unique(np.concatenate([b[0] for b in batches] or [np.empty(0, np.int64)]))
+            every = np.concatenate([b[0] for b in batches] or [np.empty(0, np.int64)])
+            keys, inverse, _ = ix.unique_with_inverse(every)
             self._fault_in_missing(keys)
             rows = self._rows.find(keys)
             present = rows >= 0
             r = rows[present]
             weights = self._rows.emb[r]
             state = tuple(s[r] for s in self._rows.state)
-        return device_pass.PassRows(found, counts, keys, present, weights, state, self._clock)
+        lent = np.where(present, np.cumsum(present) - 1, -1).astype(np.int32)
+        ends = np.cumsum([len(b[0]) for b in batches], dtype=np.int64)
+        slots = np.split(lent[inverse], ends[:-1]) if batches else []
+        return device_pass.PassRows(
+            found, counts, slots, keys, present, weights, state, self._clock
+        )
 
     def end_pass(self, keys: np.ndarray, weights: np.ndarray, state) -> None:
         """Writes the weights and optimizer state a device trained for ``keys`` (rows that

@@ -232,9 +232,10 @@ class PassTrainer:
             hparams[name] = jax.device_put(np.float32(opt.hparams(p.clock)), self._every)
             n = max(self._slots[name], *(hb.padded_rows(name) for hb in group))
             self._slots[name] = n
-            for hb, pb, found, counts in zip(group, per_batch, p.found, p.counts, strict=True):
+            batches = zip(group, per_batch, p.found, p.counts, p.slots, strict=True)
+            for hb, pb, found, counts, lent in batches:
                 slot = np.full(n, scratch, np.int32)
-                slot[: len(found)][found] = np.searchsorted(k, hb.unique_ids[name][found])
+                slot[: len(lent)] = np.where(lent >= 0, lent, scratch)
                 pb.slot[name] = slot
                 pb.found[name] = _pad(found, n, False)
                 pb.occurrences[name] = _pad(hb.shows[name], n)

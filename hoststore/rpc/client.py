@@ -191,7 +191,7 @@ class ShardedStore:
             parts.append(device_pass.PassRows(
                 [np.frombuffer(f, np.uint8).astype(bool) for f in r.found],
                 [np.frombuffer(c, "<f4").reshape(-1, COUNT_COLUMNS) for c in r.counts],
-                np.frombuffer(r.keys, "<i8"), present,
+                [np.frombuffer(x, "<i4") for x in r.slots], np.frombuffer(r.keys, "<i8"), present,
                 np.frombuffer(r.weights, "<f4").reshape(n, cfg.dim),
                 tuple(np.frombuffer(b, dt).reshape((n, *shape))
                       for b, (dt, shape) in zip(r.state, layout, strict=True)),

@@ -296,6 +296,7 @@ class StoreServicer(store_pb2_grpc.EmbeddingStoreServicer):
         return store_pb2.BeginPassResponse(
             found=[f.astype(np.uint8).tobytes() for f in p.found],
             counts=[c.astype("<f4").tobytes() for c in p.counts],
+            slots=[x.astype("<i4").tobytes() for x in p.slots],
             keys=p.keys.astype("<i8").tobytes(), present=p.present.astype(np.uint8).tobytes(),
             weights=p.weights.astype("<f4").tobytes(), state=[x.tobytes() for x in little],
             clock=p.clock,

@@ -50,8 +50,12 @@ def on_device(begin, end, cfg, batches) -> list[np.ndarray]:
     weights, state = p.weights.copy(), [s.copy() for s in p.state]
     named = type(cfg.optimizer.init(0, cfg.dim))
     read = []
-    for (ids, occ, _), found, counts in zip(batches, p.found, p.counts, strict=True):
-        slot = np.searchsorted(keys, ids[found])
+    for (ids, occ, _), found, counts, lent in zip(batches, p.found, p.counts, p.slots,
+                                                  strict=True):  # fmt: skip
+        has = lent >= 0  # each id's row among those lent; found ids all have one
+        assert has[found].all() and (keys[lent[has]] == ids[has]).all()
+        assert not np.isin(ids[~has], keys).any()
+        slot = lent[found]
         rows = np.full((len(ids), 2 + cfg.dim), cfg.admission.default_value, np.float32)
         rows[:, :2] = counts
         rows[found, 2:] = weights[slot]
