@@ -224,7 +224,9 @@ class PassTrainer:
                 with_counts=self.spec.counts)  # fmt: skip
             k = p.keys[p.present]
             scratch = len(k)
-            self._rows[name] = rows = max(self._rows[name], bucket(scratch + 1))
+            if bucket(scratch + 1) > self._rows[name]:  # grows with room: fewer compiles
+                self._rows[name] = bucket(2 * (scratch + 1))
+            rows = self._rows[name]
             weights[name] = jax.device_put(_pad(p.weights, rows), self._every)
             state[name] = tuple(jax.device_put(_pad(s, rows), self._every) for s in p.state)
             keys[name] = k
