@@ -30,6 +30,11 @@ def _first_flaw(x, allow_negative, limit):
     return _OK
 
 
+def all_finite(x: np.ndarray) -> bool:
+    """Whether every value of a float array is finite (one GIL-free pass)."""
+    return _first_flaw(np.ascontiguousarray(x), True, np.inf) != _NOT_FINITE
+
+
 def check_ids(ids: Any, what: str = "ids") -> np.ndarray:
     """A contiguous int64 view of a 1-D int64/uint64 array, or a ValueError naming the flaw."""
     if not isinstance(ids, np.ndarray):

@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from hoststore._checks import check_ids, check_per_id
+from hoststore._checks import all_finite, check_ids, check_per_id
 
 Batch = tuple[np.ndarray, np.ndarray, np.ndarray]  # distinct ids, occurrences, clicks
 
@@ -90,7 +90,7 @@ def check_written(config, keys, weights, state) -> tuple[np.ndarray, np.ndarray,
             raise ValueError(f"a pass state column must have shape {(n, *shape)}, "
                              f"got {x.shape}")  # fmt: skip
     for what, x in [("weights", weights), *(("state", x) for x in state if x.dtype.kind == "f")]:
-        if not np.isfinite(x).all():
+        if not all_finite(x):
             raise ValueError(f"pass {what} contain NaN or Inf")
     return keys, weights, state
 

@@ -124,8 +124,8 @@ class ShardedTable:
     def begin_pass(self, batches, *, with_counts: bool = False) -> device_pass.PassRows:
         batches = device_pass.check_batches(batches)  # before any shard changes
         positions = device_pass.split(batches, len(self.shards), split_by_shard)
-        parts = self._map(lambda s: self.shards[s].begin_pass(
-            device_pass.part_batches(batches, positions, s), with_counts=with_counts),
+        parts = self._map(lambda s: self.shards[s].begin_pass_checked(
+            device_pass.part_batches(batches, positions, s), with_counts),
             range(len(self.shards)))  # fmt: skip
         return device_pass.merge(parts, positions, with_counts, [len(b[0]) for b in batches])
 
@@ -135,7 +135,7 @@ class ShardedTable:
 
         def one(s):
             p = perm[off[s] : off[s + 1]]
-            self.shards[s].end_pass(keys[p], weights[p], tuple(np.asarray(x)[p] for x in state))
+            self.shards[s].end_pass_checked(keys[p], weights[p], tuple(x[p] for x in state))
 
         self._map(one, range(len(self.shards)))
 

@@ -452,7 +452,10 @@ class EmbeddingTable:
         without the optimizer; the pass's rows come back with their weights and optimizer
         state (see :mod:`hoststore.device_pass`). Nothing else may write these rows until
         :meth:`end_pass` writes them back."""
-        batches = device_pass.check_batches(batches)
+        return self.begin_pass_checked(device_pass.check_batches(batches), with_counts)
+
+    def begin_pass_checked(self, batches, with_counts: bool) -> device_pass.PassRows:
+        """``begin_pass`` for batches already normalized by ``check_batches``."""
         found, counts = [], []
         with self._lock:
             for ids, occ, clicks in batches:
@@ -484,7 +487,10 @@ class EmbeddingTable:
     def end_pass(self, keys: np.ndarray, weights: np.ndarray, state) -> None:
         """Writes the weights and optimizer state a device trained for ``keys`` (rows that
         :meth:`begin_pass` returned); they count as changed for the next delta."""
-        keys, weights, state = device_pass.check_written(self.config, keys, weights, state)
+        self.end_pass_checked(*device_pass.check_written(self.config, keys, weights, state))
+
+    def end_pass_checked(self, keys: np.ndarray, weights: np.ndarray, state) -> None:
+        """``end_pass`` for arguments already normalized by ``check_written``."""
         with self._lock:
             self._fault_in_missing(keys)
             rows = self._rows.find(keys)

@@ -81,8 +81,7 @@ def train_step(graphdef, tx, spec, params, opt_state, batch: DeviceBatch):
     per-example gradients added up), the scale parameter-server optimizers expect.
     """
     g_params, row_grads, preds, loss, n = grad_step(graphdef, spec, params, batch)
-    mean_g = jax.tree.map(lambda g: g / jnp.maximum(n, 1.0), g_params)
-    params, opt_state = apply_step(tx, params, opt_state, mean_g)
+    params, opt_state = apply_step(tx, params, opt_state, g_params, n)
     return StepOutput(params, opt_state, row_grads, preds, loss)
 
 
@@ -117,8 +116,10 @@ def grad_step(graphdef, spec, params, batch: DeviceBatch):
     return g_params, g_rows, jax.nn.sigmoid(logits), loss, batch.weights.sum()
 
 
-def apply_step(tx, params, opt_state, g_params):
-    updates, opt_state = tx.update(g_params, opt_state, params)
+def apply_step(tx, params, opt_state, g_params, n):
+    """The dense update with the gradients of the summed loss over ``n`` examples, averaged."""
+    mean_g = jax.tree.map(lambda g: g / jnp.maximum(n, 1.0), g_params)
+    updates, opt_state = tx.update(mean_g, opt_state, params)
     return optax.apply_updates(params, updates), opt_state
 
 
@@ -128,12 +129,9 @@ def make_distributed_train_step(graphdef, tx, spec: FeatureSpec, workers):
     workers, then the same optimizer update everywhere. Same return values as
     :func:`train_step`."""
     grad = jax.jit(functools.partial(grad_step, graphdef, spec))
-
-    def apply_mean(params, opt_state, total):
-        mean_g = jax.tree.map(lambda g: g / jnp.maximum(total["n"], 1.0), total["g"])
-        return apply_step(tx, params, opt_state, mean_g)
-
-    apply = jax.jit(apply_mean, donate_argnums=(0, 1))
+    apply = jax.jit(lambda params, opt_state, total: apply_step(tx, params, opt_state,
+                                                                total["g"], total["n"]),
+                    donate_argnums=(0, 1))  # fmt: skip
 
     def step(params, opt_state, batch: DeviceBatch):
         g, row_grads, preds, loss, n = grad(params, batch)
