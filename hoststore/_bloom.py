@@ -1,10 +1,10 @@
 """Which keys may be on disk: an in-RAM bloom filter over a table's cold keys.
 
-Most keys a training pull misses in RAM are new, not cold. RocksDB's own bloom filters
-answer those without a disk read, but each question still costs a Python call into the
-engine (~1 us a key); this filter answers a batch in compiled code at ~10 bits (1.25
-bytes) per cold key, up to twice that while a layer fills, so only the keys that may be on
-disk go to the engine. It grows by layers (each twice the last: no rescan as the tier
+Most keys a training pull misses in RAM are new, not cold. Each run file of the tier has a
+filter of its own (one layer, sized to its keys), but a new key would probe every run's;
+one filter over all cold keys answers a batch in compiled code at ~10 bits (1.25 bytes) per
+cold key, up to twice that while a layer fills, so only the keys that may be on disk go to
+the runs. It grows by layers (each twice the last: no rescan as the tier
 fills) and never forgets a key (a bloom filter cannot delete): keys gone from disk cost a
 wasted read until the owner rebuilds it from a key scan
 (:class:`hoststore.disk_tier.ColdRows` does when most of it is stale, or when it has grown

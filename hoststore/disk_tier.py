@@ -1,21 +1,17 @@
-"""The disk tier: cold rows of a table in RocksDB, so a table can outgrow its RAM budget.
+"""The disk tier: cold rows of a table on local disk, so a table can outgrow its RAM budget.
 
 :class:`DiskTier` is the setting (where, and how much RAM the table's rows may use);
 :class:`ColdRows` is the storage of one table's (or shard's) cold rows: whole row records
-keyed by the row's key, read back in one multi-get when a pull or push needs them. The
-table decides what moves (:mod:`hoststore.table`); this module only stores and scans.
-
-Why RocksDB (through ``rocksdict``): measured against LMDB for this access pattern
-(``experiments/bench_disk.py``), it writes batches 1.5x faster, its memory is a memtable and
-a block cache of sizes we set (LMDB maps the file, so every page read counts in the
-process's RSS, which is what the tier must bound), and its bloom filters answer most
-absent keys without a disk read. A file format of our own would have to redo all of that.
+keyed by the row's key, in sorted run files (:mod:`hoststore._sorted_runs`, where the
+format and why it is ours are described), read back a batch of keys at a time when a pull
+or push needs them. The table decides what moves (:mod:`hoststore.table`); this module only
+stores and scans.
 
 Crash model: the tier is scratch. Each table opens a fresh directory under
 ``DiskTier.path`` and removes it at close; directories left by a killed process are removed
 by the next one to open there. The durable state is the checkpoint (base + deltas), written
 from both tiers, as it is for RAM rows: a kill -9 loses what it loses without the tier.
-The write-ahead log is off for the same reason (nothing reads it back).
+Nothing is synced to disk for the same reason (nothing reads it back after a crash).
 """
 
 from __future__ import annotations
@@ -30,18 +26,12 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from hoststore import _sorted_runs as runs
 from hoststore._bloom import KeyFilter
 
 _PREFIX = "hoststore-tier-"
-_SIGN = np.uint64(1 << 63)
-KEY_BYTES = 8
-_SCAN_PIECE = 4096
-_BATCH = 1 << 16  # rows per write batch (bounds the Python objects a write holds at once)
+_BATCH = 1 << 16  # records per write and per scan read (bounds the buffers a move holds)
 _MAX_FILTER_LAYERS = 4
-# RocksDB memory, counted in the process's fixed overhead: the memtable that collects
-# writes (two of them: one flushing while the other fills) and the block cache.
-WRITE_BUFFER_BYTES = 8 << 20
-BLOCK_CACHE_BYTES = 16 << 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,18 +68,6 @@ class DiskTier:
         if self.max_rows is not None:
             return dataclasses.replace(self, max_rows=max(1, -(-self.max_rows // parts)))
         return dataclasses.replace(self, memory_mb=self.memory_mb / parts)
-
-
-def encode_keys(keys: np.ndarray) -> list[bytes]:
-    """int64 keys as 8-byte big-endian strings that sort like the integers (sign bit
-    flipped), so a scan walks keys in order."""
-    raw = (keys.view(np.uint64) ^ _SIGN).astype(">u8").tobytes()
-    return [raw[i : i + KEY_BYTES] for i in range(0, len(raw), KEY_BYTES)]
-
-
-def decode_keys(raw: list[bytes]) -> np.ndarray:
-    flat = np.frombuffer(b"".join(raw), ">u8").astype(np.uint64)
-    return (flat ^ _SIGN).view(np.int64)
 
 
 def _load_malloc_trim():
@@ -147,155 +125,185 @@ def _remove_stale(parent: str) -> None:
 
 
 class ColdRows:
-    """One table's cold rows: key -> a fixed-size record of ``dtype``. Not thread-safe:
-    the owning table holds its lock around every call (RocksDB itself releases the GIL)."""
+    """One table's cold rows: key -> a fixed-size record of ``dtype``, in sorted runs
+    (:mod:`hoststore._sorted_runs`): each put writes a run, runs of similar size merge. At
+    most one live record per key. Not thread-safe: the owning table holds its lock around
+    every call, except a snapshot's scan of a frozen tier (see :meth:`freeze`)."""
 
     def __init__(self, parent: str, name: str, dtype: np.dtype):
-        import rocksdict  # only a tiered table loads RocksDB
-
-        self._rd = rocksdict
         self.dtype = np.dtype(dtype)
+        self._fdtype = runs.file_dtype(self.dtype)
         os.makedirs(parent, exist_ok=True)
         _remove_stale(parent)
         mine = f"{_PREFIX}{_owner()}@{_safe(name)}-{uuid.uuid4().hex[:8]}"
         self.path = os.path.join(parent, mine)
-        opts = rocksdict.Options(raw_mode=True)
-        opts.create_if_missing(True)
-        opts.set_write_buffer_size(WRITE_BUFFER_BYTES)
-        opts.set_max_write_buffer_number(2)
-        # Rows are float embeddings and optimizer state: compression saves little disk and
-        # costs every read a decompression (measured: 1.3x slower point reads with snappy).
-        opts.set_compression_type(rocksdict.DBCompressionType.none())
-        table = rocksdict.BlockBasedOptions()
-        table.set_bloom_filter(10, False)  # ~1.25 bytes per key: absent keys skip the disk
-        table.set_block_cache(rocksdict.Cache(BLOCK_CACHE_BYTES))
-        opts.set_block_based_table_factory(table)
-        self._db = rocksdict.Rdict(self.path, opts)
-        wo = rocksdict.WriteOptions()
-        wo.disable_wal = True  # scratch: see the module's crash model
-        self._db.set_write_options(wo)
+        os.makedirs(self.path)
+        self._runs: list[runs.SortedRun] = []  # oldest first
+        self._next_run = 0
         self.count = 0
-        # Keys that may be on disk, in RAM: a new key skips the engine (see _bloom.py).
+        # Keys that may be on disk, in one filter: a new key (most keys a pull misses in
+        # RAM) costs one probe, not one per run (see _bloom.py).
         self.filter = KeyFilter()
         self._stale = 0  # keys deleted since the filter was built (it still says "maybe")
-        # While a snapshot reads the rows of its cut, the rows on disk stay as they were:
-        # keys that move to RAM meanwhile leave the disk when it ends (thaw).
-        self._frozen = False
-        self._deferred: list[np.ndarray] = []
+        # While a snapshot reads the rows of its cut, the runs stay as they were: records
+        # that die meanwhile die when it ends (thaw), and no run is merged or removed.
+        self._frozen: list[runs.SortedRun] | None = None
+        self._deferred: list[tuple[runs.SortedRun, np.ndarray]] = []
+        self._scans = 0  # scans in progress (merges wait: they would remove what they read)
         # Closed and removed at close(), or when the table is dropped or the process exits.
-        self._finalizer = weakref.finalize(self, _close, self._db, self.path)
+        self._finalizer = weakref.finalize(self, _close, self._runs, self.path)
 
     def __len__(self) -> int:
         return self.count
 
-    def _split(self, records: np.ndarray) -> list[bytes]:
-        raw, size = np.ascontiguousarray(records).tobytes(), self.dtype.itemsize
-        return [raw[i : i + size] for i in range(0, len(raw), size)]
-
-    def _decode(self, values: list[bytes]) -> np.ndarray:
-        return np.frombuffer(b"".join(values), self.dtype).copy()
+    def _writer(self, capacity: int) -> runs.RunWriter:
+        self._next_run += 1
+        path = os.path.join(self.path, f"run-{self._next_run:08d}.dat")
+        return runs.RunWriter(path, self._fdtype, capacity)
 
     def put(self, keys: np.ndarray, records: np.ndarray, new: bool = True) -> None:
-        """Writes records (a write batch per chunk); ``new``: keys not on disk before."""
-        for lo in range(0, len(keys), _BATCH):
-            wb = self._rd.WriteBatch(raw_mode=True)
-            for k, v in zip(encode_keys(keys[lo : lo + _BATCH]),
-                            self._split(records[lo : lo + _BATCH]), strict=True):  # fmt: skip
-                wb.put(k, v)
-            self._db.write(wb)
+        """Writes records as one run; ``new``: keys not on disk before (else their old
+        records die)."""
+        if not len(keys):
+            return
+        if not new:
+            self._find_and_kill(keys)
+        recs = np.empty(len(keys), self._fdtype)
+        recs["key"], recs["rec"] = keys, records
+        recs = recs[np.argsort(recs["key"], kind="stable")]
+        w = self._writer(len(recs))
+        for lo in range(0, len(recs), _BATCH):
+            w.add(recs[lo : lo + _BATCH])
+        self._runs.append(w.finish())
         if new:
             self.count += len(keys)
             self.filter.add(keys)
             if self.filter.layers > _MAX_FILTER_LAYERS:
                 self._rebuild_filter()
+        self._compact()
+
+    def _find(self, keys: np.ndarray):
+        """(found mask, each found key's run, its record's index, records as words), for
+        ``keys`` in any order; newest run first (a record dies in its old run when a newer
+        one is written, but while frozen both are alive)."""
+        n = len(keys)
+        words = self._fdtype.itemsize // 8
+        found, pos = np.zeros(n, np.bool_), np.zeros(n, np.int64)
+        run_of = np.full(n, -1, np.int64)
+        out = np.empty((n, words), np.int64)
+        if not n or not self._runs:
+            return found, run_of, pos, out
+        keys = np.ascontiguousarray(keys, np.int64)
+        order = np.argsort(keys, kind="stable")
+        todo = order[self.filter.may_contain(keys[order])]  # the runs see only these
+        for r in range(len(self._runs) - 1, -1, -1):
+            if not len(todo):
+                break
+            self._runs[r].lookup(keys, todo, found, pos, out)
+            hit = found[todo]
+            run_of[todo[hit]] = r
+            todo = todo[~hit]
+        return found, run_of, pos, out
+
+    def _records(self, words: np.ndarray) -> np.ndarray:
+        return words.view(self._fdtype).reshape(-1)["rec"].copy()
+
+    def _kill(self, found, run_of, pos) -> int:
+        """Records found die (while frozen, when it thaws); returns how many."""
+        hit = np.flatnonzero(found)
+        for r in np.unique(run_of[hit]):
+            at = pos[hit[run_of[hit] == r]]
+            if self._frozen is not None:
+                self._deferred.append((self._runs[r], at))
+            else:
+                self._runs[r].kill(at)
+        return len(hit)
+
+    def _find_and_kill(self, keys: np.ndarray) -> int:
+        found, run_of, pos, _ = self._find(keys)
+        return self._kill(found, run_of, pos)
 
     def get(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(mask of the keys on disk, their records)."""
-        maybe = np.flatnonzero(self.filter.may_contain(keys))  # the engine sees only these
-        values = self._db[encode_keys(keys[maybe])] if len(maybe) else []  # one multi-get
-        found = np.zeros(len(keys), bool)
-        found[maybe] = np.fromiter((v is not None for v in values), bool, len(values))
-        return found, self._decode([v for v in values if v is not None])
+        found, _, _, out = self._find(keys)
+        return found, self._records(out[found])
 
     def take(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``get``, then the keys found leave the disk (they move to RAM; while frozen,
-        when it thaws)."""
-        found, records = self.get(keys)
-        if self._frozen:
-            self._deferred.append(keys[found])
-            self.count -= int(found.sum())
-        else:
-            self.delete(keys[found])
-        return found, records
+        their records stay readable until it thaws)."""
+        found, run_of, pos, out = self._find(keys)
+        self.count -= self._kill(found, run_of, pos)
+        return found, self._records(out[found])
 
     def freeze(self) -> None:
-        """The rows on disk stay as they are (a snapshot reads them) until :meth:`thaw`;
-        the owner puts nothing new meanwhile."""
-        self._frozen = True
+        """The records on disk stay as they are (a snapshot reads them) until :meth:`thaw`."""
+        self._frozen = list(self._runs)
 
     def thaw(self) -> None:
-        self._frozen = False
+        self._frozen = None
         moved, self._deferred = self._deferred, []
-        if moved:
-            self.count += sum(map(len, moved))
-            self.delete(np.concatenate(moved))
+        for run, pos in moved:
+            run.kill(pos)
+        self._compact()
 
     def delete(self, keys: np.ndarray) -> None:
         """Deletes keys that are on disk (the caller knows they are)."""
         if not len(keys):
             return
-        wb = self._rd.WriteBatch(raw_mode=True)
-        for k in encode_keys(keys):
-            wb.delete(k)
-        self._db.write(wb)
-        self.count -= len(keys)
-        self._stale += len(keys)
+        n = self._find_and_kill(keys)
+        self.count -= n
+        self._stale += n
         if self._stale > self.count + (1 << 16):  # mostly stale: rebuild from a key scan
             self._rebuild_filter()
 
     def _rebuild_filter(self) -> None:
         """One layer for every key on disk, with a quarter more room."""
         self.filter = KeyFilter(self.count + self.count // 4)
-        chunk: list[bytes] = []
-        for k in self._db.keys():
-            chunk.append(k)
-            if len(chunk) == 1 << 16:
-                self.filter.add(decode_keys(chunk))
-                chunk = []
-        if chunk:
-            self.filter.add(decode_keys(chunk))
+        for keys, _ in self.scan(_BATCH, keys_only=True):
+            self.filter.add(keys)
         self._stale = 0
 
-    def scan(self, chunk: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Every row in key order, ``chunk`` (up to a piece more) at a time: (keys,
-        records), as of the start (a RocksDB iterator reads an implicit snapshot).
-        rocksdict's own snapshots do not hold for iterators (measured: a scan of one shows
-        later deletes), hence freeze."""
-        # Rows are decoded _SCAN_PIECE at a time: a few thousand bytes objects stay in the
-        # CPU caches (measured: 2.2M rows/s against 1.35M when 65K are held at once).
-        keys, records, held = [], [], 0
-        piece_keys, piece_values = [], []
-        for k, v in self._db.items():
-            piece_keys.append(k)
-            piece_values.append(v)
-            if len(piece_keys) == _SCAN_PIECE:
-                keys.append(decode_keys(piece_keys))
-                records.append(self._decode(piece_values))
-                piece_keys, piece_values = [], []
-                held += _SCAN_PIECE
-                if held >= chunk:
-                    yield np.concatenate(keys), np.concatenate(records)
-                    keys, records, held = [], [], 0
-        if piece_keys:
-            keys.append(decode_keys(piece_keys))
-            records.append(self._decode(piece_values))
-        if keys:
-            yield np.concatenate(keys), np.concatenate(records)
+    def _compact(self) -> None:
+        """Merges the newest run into the one before it while that one is less than twice
+        its size (runs shrink geometrically: O(log n) of them, each record rewritten
+        O(log n) times), rewrites runs mostly dead, drops runs all dead. Not while frozen
+        or scanned."""
+        if self._frozen is not None or self._scans:
+            return
+        rs = self._runs
+        while True:
+            gone = [r for r in rs if not r.live]
+            for r in gone:
+                rs.remove(r)
+                r.close(remove=True)
+            if len(rs) >= 2 and rs[-2].live < 2 * rs[-1].live:
+                pick = rs[-2:]
+            else:
+                pick = [r for r in rs if 2 * r.live < r.n][:1]
+                if not pick:
+                    return
+            at = rs.index(pick[0])
+            merged = runs.merge(pick, self._writer(sum(r.live for r in pick)), _BATCH)
+            rs[at : at + len(pick)] = [merged]
+            for r in pick:
+                r.close(remove=True)
+
+    def scan(self, chunk: int, keys_only: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Every row, ``chunk`` (up to 8 more) at a time: (keys, records; None with
+        ``keys_only``), as of the start: while frozen, the runs of the freeze. Run by run,
+        each in key order."""
+        self._scans += 1
+        try:
+            for run in list(self._runs if self._frozen is None else self._frozen):
+                for recs in run.chunks(chunk):
+                    yield recs["key"].copy(), None if keys_only else recs["rec"].copy()
+        finally:
+            self._scans -= 1
 
     def ram_bytes(self) -> int:
-        """RAM that grows with the cold rows: the key filter (RocksDB's own is in its
-        block cache and table readers, see ``rocksdb.estimate-table-readers-mem``)."""
-        return self.filter.nbytes
+        """RAM that grows with the cold rows: the key filter and each run's bloom filter,
+        fence keys and dead bits."""
+        return self.filter.nbytes + sum(r.ram_bytes() for r in self._runs)
 
     def disk_bytes(self) -> int:
         total = 0
@@ -308,10 +316,11 @@ class ColdRows:
         return total
 
     def close(self) -> None:
-        """Closes the database and removes its directory (the tier is scratch)."""
+        """Closes the runs and removes their directory (the tier is scratch)."""
         self._finalizer()
 
 
-def _close(db, path: str) -> None:
-    db.close()
+def _close(open_runs: list, path: str) -> None:
+    for r in open_runs:
+        r.close()
     shutil.rmtree(path, ignore_errors=True)

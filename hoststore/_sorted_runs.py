@@ -1,0 +1,197 @@
+"""Sorted runs: the file format of the disk tier's cold rows.
+
+A run is one immutable file of fixed-size records sorted by key; each record is the key
+(int64) then the row's record, padded to whole 8-byte words. What a run keeps in RAM, per
+record: its share of a bloom filter over the run's keys (~1.25 bytes), of a fence key per
+block of ``BLOCK`` records (8 / ``BLOCK`` bytes), and a bit that says the record is dead
+(its row went back to RAM, was deleted, or has a newer version in a newer run). A batch of
+keys is looked up in one compiled call that does not hold the GIL: the bloom filter, a
+binary search of the fences, one ``pread`` of the block (libc's, called from compiled code:
+no Python object per key), a search in the block.
+
+:class:`~hoststore.disk_tier.ColdRows` keeps a table's runs: each spill writes one, runs of
+similar size are merged (so a table holds O(log n) runs and a record is rewritten O(log n)
+times), and a run mostly dead is rewritten without its dead records.
+
+Why a format of our own and not RocksDB (the engine the tier used first, through
+``rocksdict``): the tier needs records of one size, batched lookups, whole-run writes,
+full scans, and nothing durable (the tier is scratch: see the crash model in
+:mod:`hoststore.disk_tier`). RocksDB's point reads and iteration went through a Python
+object per key and value (measured in ``experiments/bench_disk.py``: these runs read keys
+several times faster and scan at the disk's rate); its write-ahead log, memtables and
+variable-size values bought the tier nothing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+import numba as nb
+import numpy as np
+
+from hoststore._bloom import KeyFilter
+
+BLOCK = 16  # records per block: one pread (1.4 KB at 88-byte records) and one fence key
+
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_pread = _LIBC.pread
+_pread.restype = ctypes.c_ssize_t
+_pread.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int64]
+
+
+def file_dtype(record: np.dtype) -> np.dtype:
+    """A run's record: ``key`` then ``rec`` (of ``record``), padded to 8-byte words."""
+    width = -(-(8 + record.itemsize) // 8) * 8
+    return np.dtype({"names": ["key", "rec"], "formats": ["<i8", record],
+                     "offsets": [0, 8], "itemsize": width})  # fmt: skip
+
+
+# A function that calls a ctypes pointer cannot be cached on disk by numba: it compiles once
+# per process (well under a second).
+@nb.njit(nogil=True)
+def _lookup(fd, fence, dead, n, keys, todo, found, pos, out, buf):
+    """For each i in ``todo`` (ascending keys): when the run holds ``keys[i]`` alive,
+    found[i] = True, pos[i] = its record's index, out[i] = its words. Returns -1 when a
+    read fails (errno says why), else 0."""
+    words = buf.shape[1]
+    cur = -1
+    for t in range(todo.shape[0]):
+        i = todo[t]
+        k = keys[i]
+        b = np.searchsorted(fence, k, side="right") - 1
+        if b < 0:
+            continue
+        lo = b * BLOCK
+        cnt = min(BLOCK, n - lo)
+        if b != cur:
+            want, got = cnt * words * 8, 0
+            while got < want:  # a read may come back in parts
+                r = _pread(fd, buf.ctypes.data + got, want - got, lo * words * 8 + got)
+                if r <= 0:
+                    return -1
+                got += r
+            cur = b
+        for j in range(cnt):
+            kj = buf[j, 0]
+            if kj == k:
+                p = lo + j
+                if not (dead[p >> 3] >> (p & 7)) & 1:
+                    found[i] = True
+                    pos[i] = p
+                    for w in range(words):
+                        out[i, w] = buf[j, w]
+                break
+            if kj > k:
+                break
+    return 0
+
+
+@nb.njit(nogil=True, cache=True)
+def _kill(dead, pos):
+    """Sets the dead bits of ``pos``; returns how many were alive."""
+    n = 0
+    for p in pos:
+        bit = np.uint8(1 << (p & 7))
+        if not dead[p >> 3] & bit:
+            dead[p >> 3] |= bit
+            n += 1
+    return n
+
+
+class SortedRun:
+    """One run file, open for reads; dead bits in RAM."""
+
+    def __init__(self, path: str, dtype: np.dtype, fence: np.ndarray, n: int,
+                 bloom: KeyFilter):  # fmt: skip
+        self.path, self.dtype, self.fence, self.n, self.bloom = path, dtype, fence, n, bloom
+        self.dead = np.zeros((n + 7) // 8, np.uint8)
+        self.live = n
+        self._fd = os.open(path, os.O_RDONLY)
+
+    def lookup(self, keys: np.ndarray, todo: np.ndarray, found, pos, out) -> None:
+        """Fills found/pos/out (see :func:`_lookup`) for ``keys[todo]``, ascending."""
+        todo = todo[self.bloom.may_contain(keys[todo])]
+        if not len(todo):
+            return
+        buf = np.empty((BLOCK, self.dtype.itemsize // 8), np.int64)
+        if _lookup(self._fd, self.fence, self.dead, self.n, keys, todo, found, pos, out, buf):
+            err = ctypes.get_errno()
+            raise OSError(err, f"reading {self.path}: {os.strerror(err) if err else 'short'}")
+
+    def kill(self, pos: np.ndarray) -> None:
+        self.live -= _kill(self.dead, np.ascontiguousarray(pos, np.int64))
+
+    def chunks(self, size: int):
+        """The live records in key order, in chunks of up to ``size`` (rounded up to 8),
+        none empty."""
+        size = -(-size // 8) * 8
+        for lo in range(0, self.n, size):
+            cnt = min(size, self.n - lo)
+            buf = np.empty(cnt, self.dtype)
+            raw = buf.view(np.uint8)
+            if os.preadv(self._fd, [raw], lo * self.dtype.itemsize) != raw.nbytes:
+                raise OSError(f"short read from {self.path}")
+            dead = np.unpackbits(self.dead[lo // 8 : (lo + cnt + 7) // 8], count=cnt,
+                                 bitorder="little")  # fmt: skip
+            if not dead.any():
+                yield buf
+            elif not dead.all():
+                yield buf[dead == 0]
+
+    def ram_bytes(self) -> int:
+        return self.fence.nbytes + self.dead.nbytes + self.bloom.nbytes
+
+    def close(self, remove: bool = False) -> None:
+        os.close(self._fd)
+        if remove:
+            os.unlink(self.path)
+
+
+class RunWriter:
+    """Writes a run: records arrive in key order, ``capacity`` of them at most."""
+
+    def __init__(self, path: str, dtype: np.dtype, capacity: int):
+        self.path, self.dtype = path, dtype
+        self._f = open(path, "wb")  # noqa: SIM115 (closed by finish)
+        self._n = 0
+        self._fences: list[np.ndarray] = []
+        self._bloom = KeyFilter(capacity)
+
+    def add(self, recs: np.ndarray) -> None:
+        if not len(recs):
+            return
+        keys = recs["key"]
+        self._fences.append(keys[(-self._n) % BLOCK :: BLOCK].copy())
+        self._bloom.add(keys)
+        # (numpy's concatenation packs a structured dtype: the padding comes back here)
+        self._f.write(np.ascontiguousarray(recs, self.dtype).view(np.uint8))
+        self._n += len(recs)
+
+    def finish(self) -> SortedRun:
+        self._f.close()
+        fence = np.concatenate(self._fences) if self._fences else np.zeros(0, np.int64)
+        return SortedRun(self.path, self.dtype, fence, self._n, self._bloom)
+
+
+def merge(runs: list[SortedRun], writer: RunWriter, chunk: int) -> SortedRun:
+    """The live records of ``runs`` (no key alive in two) in one run, read and written
+    ``chunk`` records a run at a time."""
+    its = [r.chunks(chunk) for r in runs]
+    bufs = [next(it, None) for it in its]
+    while True:
+        ready = [i for i, b in enumerate(bufs) if b is not None]
+        if not ready:
+            break
+        # Every key up to the smallest of the buffers' last keys is in the buffers.
+        limit = min(bufs[i]["key"][-1] for i in ready)
+        parts = []
+        for i in ready:
+            j = int(np.searchsorted(bufs[i]["key"], limit, side="right"))
+            parts.append(bufs[i][:j])
+            bufs[i] = bufs[i][j:] if j < len(bufs[i]) else next(its[i], None)
+            while bufs[i] is not None and not len(bufs[i]):
+                bufs[i] = next(its[i], None)
+        out = np.concatenate(parts, dtype=writer.dtype)
+        writer.add(out[np.argsort(out["key"], kind="stable")])
+    return writer.finish()
