@@ -10,8 +10,9 @@ binary search of the fences, one ``pread`` of the block (libc's, called from com
 no Python object per key), a search in the block.
 
 :class:`~hoststore.disk_tier.ColdRows` keeps a table's runs: each spill writes one, runs of
-similar size are merged (so a table holds O(log n) runs and a record is rewritten O(log n)
-times), and a run mostly dead is rewritten without its dead records.
+similar size are merged four at a time (so a table holds O(log n) runs and a record is
+rewritten log4(n / spill) times: the merges' writes, not their reads, are what a merge
+costs), and a run mostly dead is rewritten without its dead records.
 
 Why a format of our own and not RocksDB (the engine the tier used first, through
 ``rocksdict``): the tier needs records of one size, batched lookups, whole-run writes,
@@ -97,6 +98,27 @@ def _kill(dead, pos):
             dead[p >> 3] |= bit
             n += 1
     return n
+
+
+@nb.njit(nogil=True, cache=True)
+def _merge2(a, b, out):
+    """Merges two arrays of records (rows of 8-byte words, the key first) sorted by key."""
+    words = a.shape[1]
+    i = j = 0
+    for k in range(out.shape[0]):
+        if j == b.shape[0] or (i < a.shape[0] and a[i, 0] <= b[j, 0]):
+            for w in range(words):
+                out[k, w] = a[i, w]
+            i += 1
+        else:
+            for w in range(words):
+                out[k, w] = b[j, w]
+            j += 1
+
+
+def _words(recs: np.ndarray) -> np.ndarray:
+    recs = np.ascontiguousarray(recs)
+    return recs.view(np.int64).reshape(len(recs), recs.dtype.itemsize // 8)
 
 
 class SortedRun:
@@ -192,6 +214,11 @@ def merge(runs: list[SortedRun], writer: RunWriter, chunk: int) -> SortedRun:
             bufs[i] = bufs[i][j:] if j < len(bufs[i]) else next(its[i], None)
             while bufs[i] is not None and not len(bufs[i]):
                 bufs[i] = next(its[i], None)
-        out = np.concatenate(parts, dtype=writer.dtype)
-        writer.add(out[np.argsort(out["key"], kind="stable")])
+        merged = _words(parts[0])
+        for p in parts[1:]:  # pairwise, in memory: what costs is the disk's writes
+            b = _words(p)
+            out = np.empty((len(merged) + len(b), b.shape[1]), np.int64)
+            _merge2(merged, b, out)
+            merged = out
+        writer.add(merged.view(writer.dtype).reshape(-1))
     return writer.finish()

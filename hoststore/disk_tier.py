@@ -23,6 +23,7 @@ import socket
 import uuid
 import weakref
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -32,6 +33,17 @@ from hoststore._bloom import KeyFilter
 _PREFIX = "hoststore-tier-"
 _BATCH = 1 << 16  # records per write and per scan read (bounds the buffers a move holds)
 _MAX_FILTER_LAYERS = 4
+_FANIN = 4  # runs merged at once (see ColdRows._compact)
+_MIN_KEYS_PER_READER = 512  # below, handing keys to another thread costs more than it saves
+
+
+def _size_class(rows: int) -> int:
+    """0 below _FANIN x _BATCH rows, then one more each factor _FANIN."""
+    c = 0
+    while rows >= _FANIN * _BATCH:
+        rows //= _FANIN
+        c += 1
+    return c
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,13 +51,15 @@ class DiskTier:
     """Cold rows go to ``path`` (a local directory; each table or shard opens its own
     directory under it) once RAM holds more rows than the budget: ``memory_mb`` of row
     storage (record, embedding, optimizer state and index slot per row) or, exactly,
-    ``max_rows`` rows. Not a :class:`~hoststore.TableConfig` field: it changes where rows
-    live, not what the table computes, so snapshots load into tiered and all-RAM tables
-    alike."""
+    ``max_rows`` rows. ``read_threads``: threads that read a batch's cold keys (a read
+    waits on the disk, or on the page cache's copy: several keep reads in flight). Not a
+    :class:`~hoststore.TableConfig` field: it changes where rows live, not what the table
+    computes, so snapshots load into tiered and all-RAM tables alike."""
 
     path: str
     memory_mb: float | None = None
     max_rows: int | None = None
+    read_threads: int = dataclasses.field(default_factory=lambda: min(4, os.cpu_count() or 1))
 
     def __post_init__(self):
         if not self.path:
@@ -56,6 +70,8 @@ class DiskTier:
             raise ValueError(f"memory_mb must be > 0, got {self.memory_mb}")
         if self.max_rows is not None and self.max_rows < 1:
             raise ValueError(f"max_rows must be >= 1, got {self.max_rows}")
+        if not isinstance(self.read_threads, int) or self.read_threads < 1:
+            raise ValueError(f"read_threads must be an int >= 1, got {self.read_threads!r}")
 
     def rows_for(self, bytes_per_row: float) -> int:
         """The RAM budget in rows for rows of ``bytes_per_row``."""
@@ -130,7 +146,7 @@ class ColdRows:
     most one live record per key. Not thread-safe: the owning table holds its lock around
     every call, except a snapshot's scan of a frozen tier (see :meth:`freeze`)."""
 
-    def __init__(self, parent: str, name: str, dtype: np.dtype):
+    def __init__(self, parent: str, name: str, dtype: np.dtype, read_threads: int = 1):
         self.dtype = np.dtype(dtype)
         self._fdtype = runs.file_dtype(self.dtype)
         os.makedirs(parent, exist_ok=True)
@@ -150,8 +166,11 @@ class ColdRows:
         self._frozen: list[runs.SortedRun] | None = None
         self._deferred: list[tuple[runs.SortedRun, np.ndarray]] = []
         self._scans = 0  # scans in progress (merges wait: they would remove what they read)
+        self._read_threads = read_threads
+        self._readers = (ThreadPoolExecutor(read_threads - 1, "hoststore-tier-read")
+                         if read_threads > 1 else None)  # fmt: skip
         # Closed and removed at close(), or when the table is dropped or the process exits.
-        self._finalizer = weakref.finalize(self, _close, self._runs, self.path)
+        self._finalizer = weakref.finalize(self, _close, self._runs, self.path, self._readers)
 
     def __len__(self) -> int:
         return self.count
@@ -196,6 +215,21 @@ class ColdRows:
         keys = np.ascontiguousarray(keys, np.int64)
         order = np.argsort(keys, kind="stable")
         todo = order[self.filter.may_contain(keys[order])]  # the runs see only these
+        parts = min(self._read_threads, len(todo) // _MIN_KEYS_PER_READER)
+        if parts < 2:
+            self._find_in_runs(keys, todo, found, run_of, pos, out)
+            return found, run_of, pos, out
+        # Ranges of keys in parallel (the kernels release the GIL; each writes its own rows).
+        pieces = np.array_split(todo, parts)
+        futures = [self._readers.submit(self._find_in_runs, keys, p, found, run_of, pos, out)
+                   for p in pieces[1:]]  # fmt: skip
+        self._find_in_runs(keys, pieces[0], found, run_of, pos, out)
+        for f in futures:
+            f.result()
+        return found, run_of, pos, out
+
+    def _find_in_runs(self, keys, todo, found, run_of, pos, out) -> None:
+        """Looks ``keys[todo]`` (ascending) up in the runs, newest first."""
         for r in range(len(self._runs) - 1, -1, -1):
             if not len(todo):
                 break
@@ -203,7 +237,6 @@ class ColdRows:
             hit = found[todo]
             run_of[todo[hit]] = r
             todo = todo[~hit]
-        return found, run_of, pos, out
 
     def _records(self, words: np.ndarray) -> np.ndarray:
         return words.view(self._fdtype).reshape(-1)["rec"].copy()
@@ -264,20 +297,19 @@ class ColdRows:
         self._stale = 0
 
     def _compact(self) -> None:
-        """Merges the newest run into the one before it while that one is less than twice
-        its size (runs shrink geometrically: O(log n) of them, each record rewritten
-        O(log n) times), rewrites runs mostly dead, drops runs all dead. Not while frozen
-        or scanned."""
+        """Merges the newest ``_FANIN`` runs when they are of one size class (a size class
+        is a factor ``_FANIN``: a record is rewritten once a class, log(n / spill) times,
+        and a table holds fewer than ``_FANIN`` runs a class), rewrites runs mostly dead,
+        drops runs all dead. Not while frozen or scanned."""
         if self._frozen is not None or self._scans:
             return
         rs = self._runs
         while True:
-            gone = [r for r in rs if not r.live]
-            for r in gone:
+            for r in [r for r in rs if not r.live]:
                 rs.remove(r)
                 r.close(remove=True)
-            if len(rs) >= 2 and rs[-2].live < 2 * rs[-1].live:
-                pick = rs[-2:]
+            if len(rs) >= _FANIN and _size_class(rs[-_FANIN].live) <= _size_class(rs[-1].live):
+                pick = rs[-_FANIN:]
             else:
                 pick = [r for r in rs if 2 * r.live < r.n][:1]
                 if not pick:
@@ -320,7 +352,9 @@ class ColdRows:
         self._finalizer()
 
 
-def _close(open_runs: list, path: str) -> None:
+def _close(open_runs: list, path: str, readers: ThreadPoolExecutor | None) -> None:
+    if readers is not None:
+        readers.shutdown(wait=False)
     for r in open_runs:
         r.close()
     shutil.rmtree(path, ignore_errors=True)

@@ -107,7 +107,7 @@ class EmbeddingTable:
         self._cold_cols = self.row_columns()[1:]
         fields = [(c, self._rows.column(c).dtype, self._rows.column(c).shape[1:])
                   for c in self._cold_cols] + [("gen", "<u4"), ("epoch", "<u4")]  # fmt: skip
-        self._cold = ColdRows(tier.path, self.config.name, np.dtype(fields))
+        self._cold = ColdRows(tier.path, self.config.name, np.dtype(fields), tier.read_threads)
         self._moves = {"faulted_in": 0, "spilled": 0}  # rows moved between the tiers
 
     def _mark(self, rows: np.ndarray) -> None:

@@ -198,7 +198,8 @@ def test_the_tier_is_scratch_and_its_directories_are_cleaned(tmp_path):
 
 
 def test_bad_settings_are_refused(tmp_path):
-    for bad in ({}, {"memory_mb": 1, "max_rows": 2}, {"memory_mb": 0}, {"max_rows": 0}):
+    for bad in ({}, {"memory_mb": 1, "max_rows": 2}, {"memory_mb": 0}, {"max_rows": 0},
+                {"max_rows": 1, "read_threads": 0}):  # fmt: skip
         with pytest.raises(ValueError):
             DiskTier(str(tmp_path), **bad)
     with pytest.raises(ValueError):
@@ -302,4 +303,31 @@ def test_cold_rows_equal_a_dict_model_through_merges_freezes_and_scans(tmp_path)
     got = {int(k): r.tobytes() for ks, rs in cold.scan(64) for k, r in zip(ks, rs, strict=True)}
     assert got == model
     assert 1 < max_runs < 20 and sum(r.n for r in cold._runs) < 2 * len(model) + 400
+    cold.close()
+
+
+@pytest.mark.parametrize("read_threads", [1, 3])
+def test_cold_rows_read_a_large_batch_in_parallel_ranges(tmp_path, read_threads):
+    """A batch of thousands of keys (split over the reading threads) across several runs,
+    present, absent and moved out, against the records written."""
+    from hoststore.disk_tier import ColdRows
+
+    rng = np.random.default_rng(3)
+    keys = np.unique(rng.integers(-(2**63), 2**63 - 1, 40_000))
+    dtype = np.dtype([("v", "<i8"), ("w", "<f4", (2,))])
+    rec = np.zeros(len(keys), dtype)
+    rec["v"] = keys * 3
+    rec["w"] = rng.normal(size=(len(keys), 2))
+    cold = ColdRows(str(tmp_path), "t", dtype, read_threads=read_threads)
+    for lo in range(0, len(keys), 7_000):
+        cold.put(keys[lo : lo + 7_000], rec[lo : lo + 7_000])
+    assert len(cold._runs) > 1
+    gone = keys[::5]
+    found, _ = cold.take(gone)
+    assert found.all()
+    want = rng.permutation(np.concatenate([keys[:12_000], rng.integers(0, 2**40, 3_000)]))
+    found, got = cold.get(want)
+    expect = np.isin(want, keys) & ~np.isin(want, gone)
+    np.testing.assert_array_equal(found, expect)
+    np.testing.assert_array_equal(got, rec[np.searchsorted(keys, want[found])])
     cold.close()
