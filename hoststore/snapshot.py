@@ -419,21 +419,37 @@ def load_chains(
         raise ValueError("load needs at least one snapshot chain")
     if len(chains) == 1 and keep is None and totals:
         return load(chains[0], config, shards, tier)
-    rows, pending, scalars = [], [], []
+    table = new_table(config, shards, tier)
+    pending, scalars = [], []
     for chain in chains:
-        full = load(chain, config)
-        r, p = full.export_rows(), full.export_pending()
-        if keep is not None:
-            r = {k: v[keep(r["key"])] for k, v in r.items()}
-            p = {k: v[keep(p["key"])] for k, v in p.items()}
-        rows.append(r)
-        pending.append(p)
-        scalars.append(full.export_scalars())
+        # Each chain is rebuilt in a table of its own (with the tier, within its budget),
+        # and its rows stream into the new table a chunk at a time: a table bigger than RAM
+        # is never gathered whole. Until the last call, every call gets this chain's scalars
+        # in the place of each chain's (the last call sets them all): the rows' generations
+        # and the shard routing are what the final scalars give.
+        full = load(chain, config, tier=tier)
+        try:
+            p = full.export_pending()
+            pending.append(p if keep is None else {k: v[keep(p["key"])] for k, v in p.items()})
+            scalars.append(full.export_scalars())
+            with full.snapshot_stream()["rows"] as chunks:
+                for r in chunks:
+                    if keep is not None:
+                        r = {k: v[keep(r["key"])] for k, v in r.items()}
+                    _apply(table, r, _NO_KEYS, _no_pending(p), [scalars[-1]] * len(chains))
+        finally:
+            full.close()
     if not totals:
         scalars = [{**s, **dict.fromkeys(_TOTALS, 0)} for s in scalars]
-    table = new_table(config, shards, tier)
-    _apply(table, _concat(rows), np.empty(0, np.int64), _concat(pending), scalars)
+    _apply(table, {"key": _NO_KEYS}, _NO_KEYS, _concat(pending), scalars)
     return table
+
+
+_NO_KEYS = np.empty(0, np.int64)
+
+
+def _no_pending(like: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {k: v[:0] for k, v in like.items()}
 
 
 _TOTALS = ("admitted", "evicted", "rejected", "expired_pending", "displaced_pending",

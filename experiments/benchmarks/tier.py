@@ -343,9 +343,10 @@ def markdown(c: TierBenchConfig, rss: dict[str, float], tp: dict[str, float]) ->
         f"| disk | {rss['disk_bytes'] / 2**20:,.0f} |",
         "",
         f"RAM per cold feature: **{rss['ram_bytes_per_cold_row']:.1f} bytes** (RSS growth "
-        f"from RAM at budget to the end, over the rows on disk; RocksDB's memtables and block "
-        f"cache, 32 MB configured, included). Fill: {rss['fill_rows_per_s']:,.0f} rows/s "
-        "(admission, pushes and spills).",
+        f"from RAM at budget to the end, over the rows on disk: the key filter, each run's "
+        f"bloom filter, fence keys and dead bits, and what the allocator holds). Fill: "
+        f"{rss['fill_rows_per_s']:,.0f} rows/s (admission, pushes, spills and the runs' "
+        "merges).",
         "",
         f"**Over the disk tier.** Base snapshot of the whole table: "
         f"{rss['snapshot_mb_per_s']:,.0f} MB/s ({rss['snapshot_seconds']:.1f} s; the "

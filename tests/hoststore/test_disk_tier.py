@@ -13,7 +13,7 @@ import hoststore as hs
 from hoststore import optimizers as opt
 from hoststore import snapshot as snap
 from hoststore.disk_tier import DiskTier
-from tests.hoststore.test_snapshot import assert_same, chain_while_writing
+from tests.hoststore.test_snapshot import assert_same, chain_while_writing, full_state
 from tests.hoststore.test_table_model import CONFIGS
 
 KEYS = np.array([0, -1, 1, 2**63 - 1, -(2**63), *range(5, 60)], np.int64)
@@ -331,3 +331,45 @@ def test_cold_rows_read_a_large_batch_in_parallel_ranges(tmp_path, read_threads)
     np.testing.assert_array_equal(found, expect)
     np.testing.assert_array_equal(got, rec[np.searchsorted(keys, want[found])])
     cold.close()
+
+
+@pytest.mark.parametrize("keep_even", [False, True])
+def test_chains_of_two_shards_load_through_tiered_tables_only(tmp_path, monkeypatch, keep_even):
+    """Two parts' chains (base + delta each, written from tiered tables) load into 3 tiered
+    shards, each chain rebuilt in a tiered table of its own (no all-RAM table on the way),
+    and equal the same load into all-RAM tables."""
+    parts = [hs.EmbeddingTable(MAX_ROWS_CFG, tier=DiskTier(str(tmp_path / f"p{i}"), max_rows=4))
+             for i in range(2)]  # fmt: skip
+    chains = [[str(tmp_path / f"base{i}")] for i in range(2)]
+    bases = [snap.save(p, c[0], "base") for p, c in zip(parts, chains, strict=True)]
+    for i, (p, c, b) in enumerate(zip(parts, chains, bases, strict=True)):
+        for op in _history(seed=20 + i, steps=40):  # the parts' keys differ (bit 40)
+            _apply(p, op if len(op) == 1 else (op[0], op[1] ^ (i << 40), *op[2:]))
+        c.append(str(tmp_path / f"delta{i}"))
+        snap.save(p, c[1], "delta", b)
+    assert all(p.stats()["disk_rows"] > 0 for p in parts)
+    keep = (lambda k: k % 2 == 0) if keep_even else None
+    made = []
+    init = hs.EmbeddingTable.__init__
+
+    def record(self, config, **kw):
+        made.append(kw.get("tier"))
+        init(self, config, **kw)
+
+    monkeypatch.setattr(hs.EmbeddingTable, "__init__", record)
+    got = snap.load_chains(chains, MAX_ROWS_CFG, shards=3, keep=keep,
+                           tier=DiskTier(str(tmp_path / "load"), max_rows=6))  # fmt: skip
+    assert len(made) == 3 + 2 and None not in made  # 3 shards, a table per chain
+    assert got.stats()["disk_rows"] > 0
+    # the reference: the parts' own rows and pending counters, together
+    states = [full_state(p) for p in parts]
+    sb = full_state(got)
+    for part in ("rows", "pending"):
+        want = {k: np.concatenate([st[part][k] for st in states]) for k in states[0][part]}
+        mask = want["key"] % 2 == 0 if keep_even else np.ones(len(want["key"]), bool)
+        order = np.argsort(want["key"][mask])
+        assert len(order) > (5 if part == "rows" else 0)
+        for k in want:
+            np.testing.assert_array_equal(want[k][mask][order], sb[part][k], err_msg=f"{part} {k}")
+    assert sb["clock"] == states[0]["clock"]
+    assert sb["totals"] == {k: sum(st["totals"][k] for st in states) for k in sb["totals"]}
