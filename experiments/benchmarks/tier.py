@@ -49,6 +49,9 @@ class TierBenchConfig:
     e2e_memory_mb: float = 32.0
 
 
+_READ_THREADS = hs.DiskTier(".", max_rows=1).read_threads  # the default on this machine
+
+
 def _cfg(c: TierBenchConfig, name: str = "bench") -> hs.TableConfig:
     # A shrink deletes the rows scored below 0.15: those shown once (a tenth, see _shows).
     return hs.TableConfig(name, c.dim, optimizer=hs.optimizers.adagrad(0.05),
@@ -360,8 +363,8 @@ def markdown(c: TierBenchConfig, rss: dict[str, float], tp: dict[str, float]) ->
         f"{c.zipf_batch:,} Zipf draws over them, training pull + push of the same batches on "
         "each table; the all-RAM figure is the mean of a run before and one after the tiered "
         "tables of the same exponent. \"From disk\": the share of the keys pulled that were "
-        f"faulted in. The tiered tables read cold keys with {hs.DiskTier('.', max_rows=1).read_threads} "
-        "threads (`DiskTier.read_threads`' default here), the all-RAM table pulls with one.",
+        f"faulted in. The tiered tables read cold keys with {_READ_THREADS} threads "
+        "(`DiskTier.read_threads`' default here), the all-RAM table pulls with one.",
         "",
         "| Zipf exponent | distinct keys per batch | RAM budget | from disk | keys/s "
         "| all-RAM keys/s | tiered vs all-RAM |",
