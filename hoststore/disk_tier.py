@@ -290,10 +290,12 @@ class ColdRows:
             self._rebuild_filter()
 
     def _rebuild_filter(self) -> None:
-        """One layer for every key on disk, with a quarter more room."""
+        """One layer for every key on disk, with a quarter more room: the keys of every run,
+        frozen or not (a key dead but readable until a thaw stays in: "maybe" is safe)."""
         self.filter = KeyFilter(self.count + self.count // 4)
-        for keys, _ in self.scan(_BATCH, keys_only=True):
-            self.filter.add(keys)
+        for run in self._runs:
+            for recs in run.chunks(_BATCH):
+                self.filter.add(recs["key"])
         self._stale = 0
 
     def _compact(self) -> None:
@@ -320,15 +322,14 @@ class ColdRows:
             for r in pick:
                 r.close(remove=True)
 
-    def scan(self, chunk: int, keys_only: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Every row, ``chunk`` (up to 8 more) at a time: (keys, records; None with
-        ``keys_only``), as of the start: while frozen, the runs of the freeze. Run by run,
-        each in key order."""
+    def scan(self, chunk: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Every row, up to ``chunk`` (rounded up to 8) at a time: (keys, records), as of
+        the start (while frozen, as of the freeze). Run by run, each in key order."""
         self._scans += 1
         try:
             for run in list(self._runs if self._frozen is None else self._frozen):
                 for recs in run.chunks(chunk):
-                    yield recs["key"].copy(), None if keys_only else recs["rec"].copy()
+                    yield recs["key"].copy(), recs["rec"].copy()
         finally:
             self._scans -= 1
 
