@@ -238,10 +238,16 @@ def save(
     shards = _shards(table)
     cols: dict[str, np.ndarray] = {}
     cut_seconds = 0.0  # the longest a shard's lock was held (writes wait that long)
-    if kind == "serving":
-        rows = _concat([s.export_serving(min_score, max_unseen, delta_threshold) for s in shards])
-        cols["rows.key"] = rows["key"]
-        cols["rows.emb"] = rows["emb"].astype(np.float16 if float16 else np.float32)
+    if kind == "serving":  # streamed: a shard's rows are read under its lock, a chunk at a time
+        states = [{"rows": s.serving_rows(min_score, max_unseen, delta_threshold)}
+                  for s in shards]  # fmt: skip
+        layout = {"key": (np.int64, ()),
+                  "emb": (np.float16 if float16 else np.float32, (table.config.dim,))}  # fmt: skip
+        try:
+            streamed = _stream_rows(path, states, layout)
+        finally:
+            for st in states:
+                st["rows"].close()
     elif kind == "cache":
         if not 0.0 <= cache_fraction <= 1.0:
             raise ValueError(f"cache_fraction must be in [0, 1], got {cache_fraction}")
@@ -270,7 +276,7 @@ def save(
         if kind == "delta":
             cols["deleted.key"] = np.concatenate([st["deleted"] for st in states])
         scalars = [st["scalars"] for st in states]
-    files = {} if kind in ("serving", "cache") else streamed
+    files = {} if kind == "cache" else streamed
     for name, arr in cols.items():
         data = _npy_bytes(arr)
         fname = f"{name}.npy"

@@ -650,11 +650,24 @@ class EmbeddingTable:
         max_unseen: int | None = None,
         delta_threshold: float | None = None,
     ) -> dict[str, np.ndarray]:
+        """:meth:`serving_rows`, gathered."""
+        with self.serving_rows(min_score, max_unseen, delta_threshold) as chunks:
+            return _concat_columns(list(chunks))
+
+    def serving_rows(
+        self,
+        min_score: float | None = None,
+        max_unseen: int | None = None,
+        delta_threshold: float | None = None,
+    ) -> RowChunks:
         """Keys and weights of the rows a serving export keeps, as Paddle's xbox save does:
         score >= ``min_score`` (``base_threshold``), unseen for at most ``max_unseen`` ticks
         (``delta_keep_days``) and delta score >= ``delta_threshold`` (``delta_threshold``).
         With a delta threshold the emitted rows' delta scores restart at 0 (Paddle's
-        ``UpdateStatAfterSave``): the next serving delta holds the rows pushed to since."""
+        ``UpdateStatAfterSave``): the next serving delta holds the rows pushed to since.
+        Column chunks (the RAM rows, then the cold rows a scan chunk at a time: a table
+        bigger than RAM is never gathered), read under one hold of the lock from the first
+        chunk to the last: read them all or close them."""
         r = self._rows
 
         def keep(show, click, last_seen, delta_score) -> np.ndarray:
@@ -669,22 +682,26 @@ class EmbeddingTable:
                 ok &= delta_score >= delta_threshold
             return ok
 
-        with self._lock:
-            rows = self.live_rows()
-            rows = rows[keep(r.show[rows], r.click[rows], r.last_seen[rows], r.delta_score[rows])]
-            if delta_threshold is not None:
-                r.delta_score[rows] = 0.0
-                r.gen[rows] = self._gen  # a change: the checkpoint chain's next delta has it
-            parts = [{"key": r.keys[rows], "emb": r.emb[rows]}]
-            for keys, rec in self._cold_scan():
-                ok = keep(rec["show"], rec["click"], rec["last_seen"], rec["delta_score"])
-                keys, rec = keys[ok], rec[ok]
-                parts.append({"key": keys, "emb": rec["emb"]})
-                if delta_threshold is not None and len(keys):
-                    rec["delta_score"], rec["gen"] = 0.0, self._gen
-                    self._cold.put(keys, rec, new=False)
-                    self._log.spilled(keys, self._spill_log_limit)
-            return _concat_columns(parts)
+        def chunks():
+            with self._lock:
+                rows = self.live_rows()
+                rows = rows[keep(r.show[rows], r.click[rows], r.last_seen[rows],
+                                 r.delta_score[rows])]  # fmt: skip
+                if delta_threshold is not None:
+                    r.delta_score[rows] = 0.0
+                    r.gen[rows] = self._gen  # a change: the checkpoint chain's next delta has it
+                yield {"key": r.keys[rows], "emb": r.emb[rows]}
+                for keys, rec in self._cold_scan():
+                    ok = keep(rec["show"], rec["click"], rec["last_seen"], rec["delta_score"])
+                    keys, rec = keys[ok], rec[ok]
+                    if delta_threshold is not None and len(keys):
+                        rec["delta_score"], rec["gen"] = 0.0, self._gen
+                        self._cold.put(keys, rec, new=False)
+                        self._log.spilled(keys, self._spill_log_limit)
+                    yield {"key": keys, "emb": rec["emb"]}
+
+        gen = chunks()
+        return RowChunks(None, gen, gen.close)
 
     def export_shows(self) -> dict[str, np.ndarray]:
         """Every live row's key, weights and show brought to the clock (a cache export

@@ -373,3 +373,39 @@ def test_chains_of_two_shards_load_through_tiered_tables_only(tmp_path, monkeypa
             np.testing.assert_array_equal(want[k][mask][order], sb[part][k], err_msg=f"{part} {k}")
     assert sb["clock"] == states[0]["clock"]
     assert sb["totals"] == {k: sum(st["totals"][k] for st in states) for k in sb["totals"]}
+
+
+def test_a_serving_export_streams_the_cold_rows_and_holds_the_lock_only_while_read(tmp_path):
+    """A tiered table's serving rows come a scan chunk at a time; closing them halfway
+    lets writers in again; the serving snapshot (streamed to its files) equals the export
+    of an all-RAM table with the same history."""
+    cfg = hs.TableConfig("t", 4, initializer=hs.uniform(0.5))
+    ram = hs.EmbeddingTable(cfg)
+    tiered = hs.EmbeddingTable(cfg, tier=DiskTier(str(tmp_path / "tier"), max_rows=1_000))
+    keys = np.arange(150_000, dtype=np.int64) * 7
+    for t in (ram, tiered):
+        for lo in range(0, len(keys), 30_000):
+            t.pull(keys[lo : lo + 30_000], train=True)
+        t.pull(keys[::3], train=True)  # a second show: these pass min_score
+    assert tiered.stats()["disk_rows"] > 2 * 65_536
+    assert len(list(tiered.serving_rows(min_score=0.2))) > 2  # RAM, then cold scan chunks
+    rows = tiered.serving_rows(min_score=0.2)
+    it = iter(rows)
+    assert len(next(it)["key"]) <= 1_000 and set(next(it)) == {"key", "emb"}
+    done = threading.Event()
+    writer = threading.Thread(target=lambda: (tiered.pull(keys[:10], train=True), done.set()))
+    writer.start()
+    assert not done.wait(0.5)  # the export holds the lock
+    rows.close()
+    assert done.wait(30)  # and closing it lets the pull in
+    writer.join()
+    ram.pull(keys[:10], train=True)
+    counts = [snap.save(t, str(tmp_path / name), "serving", min_score=0.2, float16=True)["rows"]
+              for name, t in (("ram", ram), ("tiered", tiered))]  # fmt: skip
+    assert counts[0] == counts[1] == len(keys[::3]) + 6  # keys[:10] have two shows now
+    (ka, wa), (kb, wb) = (snap.load_serving(str(tmp_path / n)) for n in ("ram", "tiered"))
+    oa, ob = np.argsort(ka), np.argsort(kb)
+    np.testing.assert_array_equal(ka[oa], kb[ob])
+    np.testing.assert_array_equal(wa[oa], wb[ob])
+    assert wb.dtype == np.float16
+    tiered.close()
