@@ -25,6 +25,7 @@ variable-size values bought the tier nothing.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 
@@ -189,6 +190,17 @@ class RunWriter:
         # (numpy's concatenation packs a structured dtype: the padding comes back here)
         self._f.write(np.ascontiguousarray(recs, self.dtype).view(np.uint8))
         self._n += len(recs)
+
+    @contextlib.contextmanager
+    def aborted_on_error(self):
+        """On an error inside, the file is closed and removed, and the error goes on."""
+        try:
+            yield
+        except BaseException:
+            self._f.close()
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+            raise
 
     def finish(self) -> SortedRun:
         self._f.close()

@@ -33,7 +33,7 @@ from hoststore._bloom import KeyFilter
 _PREFIX = "hoststore-tier-"
 _BATCH = 1 << 16  # records per write and per scan read (bounds the buffers a move holds)
 _MAX_FILTER_LAYERS = 4
-_FANIN = 4  # runs merged at once (see ColdRows._compact)
+_FANIN = 4  # runs merged at once (see ColdRows.compact)
 _MIN_KEYS_PER_READER = 512  # below, handing keys to another thread costs more than it saves
 
 
@@ -182,24 +182,26 @@ class ColdRows:
 
     def put(self, keys: np.ndarray, records: np.ndarray, new: bool = True) -> None:
         """Writes records as one run; ``new``: keys not on disk before (else their old
-        records die)."""
+        records die). Runs merge at :meth:`compact`, which the owner calls once what it
+        moved is consistent: a merge that fails then loses nothing."""
         if not len(keys):
             return
-        if not new:
-            self._find_and_kill(keys)
+        old = None if new else self._find(keys)
         recs = np.empty(len(keys), self._fdtype)
         recs["key"], recs["rec"] = keys, records
         recs = recs[np.argsort(recs["key"], kind="stable")]
         w = self._writer(len(recs))
-        for lo in range(0, len(recs), _BATCH):
-            w.add(recs[lo : lo + _BATCH])
-        self._runs.append(w.finish())
+        with w.aborted_on_error():  # a failed write (a full disk) leaves the runs as they were
+            for lo in range(0, len(recs), _BATCH):
+                w.add(recs[lo : lo + _BATCH])
+            self._runs.append(w.finish())
+        if old is not None:  # the old records die once the new ones are written
+            self._kill(*old[:3])
         if new:
             self.count += len(keys)
             self.filter.add(keys)
             if self.filter.layers > _MAX_FILTER_LAYERS:
                 self._rebuild_filter()
-        self._compact()
 
     def _find(self, keys: np.ndarray):
         """(found mask, each found key's run, its record's index, records as words), for
@@ -277,7 +279,6 @@ class ColdRows:
         moved, self._deferred = self._deferred, []
         for run, pos in moved:
             run.kill(pos)
-        self._compact()
 
     def delete(self, keys: np.ndarray) -> None:
         """Deletes keys that are on disk (the caller knows they are)."""
@@ -298,7 +299,7 @@ class ColdRows:
                 self.filter.add(recs["key"])
         self._stale = 0
 
-    def _compact(self) -> None:
+    def compact(self) -> None:
         """Merges the newest ``_FANIN`` runs when they are of one size class (a size class
         is a factor ``_FANIN``: a record is rewritten once a class, log(n / spill) times,
         and a table holds fewer than ``_FANIN`` runs a class), rewrites runs mostly dead,
@@ -317,7 +318,9 @@ class ColdRows:
                 if not pick:
                     return
             at = rs.index(pick[0])
-            merged = runs.merge(pick, self._writer(sum(r.live for r in pick)), _BATCH)
+            w = self._writer(sum(r.live for r in pick))
+            with w.aborted_on_error():  # a failed merge leaves the runs as they were
+                merged = runs.merge(pick, w, _BATCH)
             rs[at : at + len(pick)] = [merged]
             for r in pick:
                 r.close(remove=True)

@@ -184,15 +184,18 @@ class EmbeddingTable:
         live = self.live_rows()
         n = len(live) - self._low_water
         pick = live[np.argpartition(self._touch[live], n - 1)[:n]] if n < len(live) else live
-        for lo in range(0, len(pick), _SCAN_CHUNK):  # a chunk at a time: bounded buffers
+        # A chunk at a time (bounded buffers), each leaving RAM once it is on disk: a write
+        # that fails (a full disk) leaves every row in exactly one tier.
+        for lo in range(0, len(pick), _SCAN_CHUNK):
             part = pick[lo : lo + _SCAN_CHUNK]
             keys = self._rows.keys[part].copy()
             self._cold.put(keys, self._records(part))
             changed = self._rows.gen[part] > self._log.spill_base
             self._log.spilled(keys[changed], self._spill_log_limit)
-        self._rows.delete(pick)
-        self._moves["spilled"] += len(pick)
+            self._rows.delete(part)
+            self._moves["spilled"] += len(part)
         release_freed_memory()
+        self._cold.compact()
 
     def _drop_cold(self, keys: np.ndarray) -> np.ndarray:
         """Deletes those of ``keys`` that are on disk; returns them."""

@@ -267,6 +267,7 @@ def test_cold_rows_equal_a_dict_model_through_merges_freezes_and_scans(tmp_path)
             rec = record(new)
             cold.put(new, rec)
             model.update({int(k): r.tobytes() for k, r in zip(new, rec, strict=True)})
+            cold.compact()
         elif op < 0.45:  # rewrite of keys on disk
             old = keys[on_disk]
             rec = record(old)
@@ -284,6 +285,7 @@ def test_cold_rows_equal_a_dict_model_through_merges_freezes_and_scans(tmp_path)
             check(keys, *cold.get(keys))
         else:  # a snapshot: the scan sees the tier as frozen, whatever moves meanwhile
             cold.freeze()
+            n_frozen = len(cold._runs)
             frozen = dict(model)
             check(keys, *cold.take(keys))  # faulted in while the snapshot reads
             for k in keys:
@@ -297,7 +299,10 @@ def test_cold_rows_equal_a_dict_model_through_merges_freezes_and_scans(tmp_path)
             for k, rec in cold.scan(50):
                 seen.update({int(a): b.tobytes() for a, b in zip(k, rec, strict=True)})
             assert seen == frozen
+            cold.compact()  # waits for the thaw
+            assert len(cold._runs) >= n_frozen
             cold.thaw()
+            cold.compact()
         assert len(cold) == len(model), step
         max_runs = max(max_runs, len(cold._runs))
     got = {int(k): r.tobytes() for ks, rs in cold.scan(64) for k, r in zip(ks, rs, strict=True)}
@@ -408,4 +413,46 @@ def test_a_serving_export_streams_the_cold_rows_and_holds_the_lock_only_while_re
     np.testing.assert_array_equal(ka[oa], kb[ob])
     np.testing.assert_array_equal(wa[oa], wb[ob])
     assert wb.dtype == np.float16
+    tiered.close()
+
+
+@pytest.mark.parametrize("where", ["write", "merge"])
+def test_a_full_disk_fails_the_call_and_loses_nothing(tmp_path, monkeypatch, where):
+    """Run writes (spills) or merges fail for a while with ENOSPC: the calls that spill
+    raise it, and the table still equals an all-RAM table with the same history, then and
+    after the disk has room again; no partial file is left behind."""
+    import errno
+
+    from hoststore import _sorted_runs
+
+    cfg = CONFIGS["always_adagrad_unseen"]
+    ram = hs.EmbeddingTable(cfg)
+    tiered = hs.EmbeddingTable(cfg, tier=DiskTier(str(tmp_path), max_rows=2))
+    full, failures = [False], [0]
+    real = _sorted_runs.RunWriter.add if where == "write" else _sorted_runs.merge
+
+    def failing(*args, **kwargs):
+        if full[0]:
+            failures[0] += 1
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(*args, **kwargs)
+
+    if where == "write":
+        monkeypatch.setattr(_sorted_runs.RunWriter, "add", failing)
+    else:
+        monkeypatch.setattr(_sorted_runs, "merge", failing)
+    for step, op in enumerate(_history(seed=3, steps=90)):
+        full[0] = 25 <= step < 50
+        _apply(ram, op)
+        try:
+            _apply(tiered, op)
+        except OSError as e:
+            assert e.errno == errno.ENOSPC
+        if step in (49, 89):  # (its reads spill too: they get room)
+            full[0] = False
+            assert_same(ram, tiered)
+    assert failures[0] > 0 and tiered.stats()["disk_rows"] > 0
+    cold = tiered._cold
+    on_disk = sorted(os.listdir(cold.path))
+    assert on_disk == sorted(os.path.basename(r.path) for r in cold._runs)
     tiered.close()
