@@ -132,6 +132,16 @@ class SortedRun:
         self.live = n
         self._fd = os.open(path, os.O_RDONLY)
 
+    def _read(self, raw: np.ndarray, offset: int) -> None:
+        """Fills ``raw`` (bytes) from ``offset`` of the file (libc's pread: no GIL held)."""
+        got = 0
+        while got < raw.nbytes:  # a read may come back in parts
+            r = _pread(self._fd, raw.ctypes.data + got, raw.nbytes - got, offset + got)
+            if r <= 0:
+                err = ctypes.get_errno()
+                raise OSError(err, f"reading {self.path}: {os.strerror(err) if err else 'short'}")
+            got += r
+
     def lookup(self, keys: np.ndarray, todo: np.ndarray, found, pos, out) -> None:
         """Fills found/pos/out (see :func:`_lookup`) for ``keys[todo]``, ascending."""
         todo = todo[self.bloom.may_contain(keys[todo])]
@@ -152,9 +162,7 @@ class SortedRun:
         for lo in range(0, self.n, size):
             cnt = min(size, self.n - lo)
             buf = np.empty(cnt, self.dtype)
-            raw = buf.view(np.uint8)
-            if os.preadv(self._fd, [raw], lo * self.dtype.itemsize) != raw.nbytes:
-                raise OSError(f"short read from {self.path}")
+            self._read(buf.view(np.uint8), lo * self.dtype.itemsize)
             dead = np.unpackbits(self.dead[lo // 8 : (lo + cnt + 7) // 8], count=cnt,
                                  bitorder="little")  # fmt: skip
             if not dead.any():

@@ -194,8 +194,8 @@ class EmbeddingTable:
             self._log.spilled(keys[changed], self._spill_log_limit)
             self._rows.delete(part)
             self._moves["spilled"] += len(part)
-        release_freed_memory()
         self._cold.compact()
+        release_freed_memory()  # after the merges too: their buffers are the largest
 
     def _drop_cold(self, keys: np.ndarray) -> np.ndarray:
         """Deletes those of ``keys`` that are on disk; returns them."""
