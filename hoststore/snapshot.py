@@ -438,11 +438,12 @@ def load_chains(
             p = full.export_pending()
             pending.append(p if keep is None else {k: v[keep(p["key"])] for k, v in p.items()})
             scalars.append(full.export_scalars())
+            no_pending, placeholder = {k: v[:0] for k, v in p.items()}, [scalars[-1]] * len(chains)
             with full.snapshot_stream()["rows"] as chunks:
                 for r in chunks:
                     if keep is not None:
                         r = {k: v[keep(r["key"])] for k, v in r.items()}
-                    _apply(table, r, _NO_KEYS, _no_pending(p), [scalars[-1]] * len(chains))
+                    _apply(table, r, _NO_KEYS, no_pending, placeholder)
         finally:
             full.close()
     if not totals:
@@ -452,10 +453,6 @@ def load_chains(
 
 
 _NO_KEYS = np.empty(0, np.int64)
-
-
-def _no_pending(like: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {k: v[:0] for k, v in like.items()}
 
 
 _TOTALS = ("admitted", "evicted", "rejected", "expired_pending", "displaced_pending",
