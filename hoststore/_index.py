@@ -224,8 +224,16 @@ def find_or_append(scratch, uniq, key, n):
 
 @nb.njit(nogil=True, cache=True)
 def delete_many(index, entry_keys, keys) -> None:
-    for i in range(keys.shape[0]):
-        delete(index, entry_keys, keys[i])
+    """Deletes ``keys``, a group at a time: the group's home slots are prefetched first,
+    so their cache misses overlap (each delete then walks its chain in cache)."""
+    size = index.shape[0]
+    n = keys.shape[0]
+    for base in range(0, n, GROUP):
+        m = min(GROUP, n - base)
+        for k in range(m):
+            prefetch(index, _home_of(_hash(keys[base + k]), size))
+        for k in range(m):
+            delete(index, entry_keys, keys[base + k])
 
 
 @nb.njit(nogil=True, cache=True)

@@ -42,11 +42,28 @@ _pread.restype = ctypes.c_ssize_t
 _pread.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int64]
 
 
+def padded(record: np.dtype) -> np.dtype:
+    """``record`` padded to whole 8-byte words."""
+    width = -(-record.itemsize // 8) * 8
+    if width == record.itemsize:
+        return record
+    names = list(record.names)
+    return np.dtype({"names": names, "formats": [record.fields[n][0] for n in names],
+                     "offsets": [record.fields[n][1] for n in names], "itemsize": width})  # fmt: skip
+
+
 def file_dtype(record: np.dtype) -> np.dtype:
     """A run's record: ``key`` then ``rec`` (of ``record``), padded to 8-byte words."""
-    width = -(-(8 + record.itemsize) // 8) * 8
+    record = padded(record)
     return np.dtype({"names": ["key", "rec"], "formats": ["<i8", record],
-                     "offsets": [0, 8], "itemsize": width})  # fmt: skip
+                     "offsets": [0, 8], "itemsize": 8 + record.itemsize})  # fmt: skip
+
+
+def split_records(words: np.ndarray, record: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """(keys, records of ``record``, a padded dtype) of file records as rows of words,
+    both copies. Sliced as words: numpy copies a structured field element by element,
+    ~10x slower."""
+    return words[:, 0].copy(), words[:, 1:].copy().view(record).reshape(-1)
 
 
 # A function that calls a ctypes pointer cannot be cached on disk by numba: it compiles once
@@ -102,22 +119,45 @@ def _kill(dead, pos):
 
 
 @nb.njit(nogil=True, cache=True)
-def _merge2(a, b, out):
-    """Merges two arrays of records (rows of 8-byte words, the key first) sorted by key."""
-    words = a.shape[1]
-    i = j = 0
+def _merge(src, starts, out):
+    """Merges the parts ``src[starts[p]:starts[p + 1]]`` (rows of 8-byte words, the key
+    first, each sorted by key) into ``out``, in one pass (a few parts: a linear scan of
+    their heads picks the smallest)."""
+    parts = starts.shape[0] - 1
+    head = starts[:-1].copy()
+    words = src.shape[1]
     for k in range(out.shape[0]):
-        if j == b.shape[0] or (i < a.shape[0] and a[i, 0] <= b[j, 0]):
-            for w in range(words):
-                out[k, w] = a[i, w]
-            i += 1
-        else:
-            for w in range(words):
-                out[k, w] = b[j, w]
-            j += 1
+        best = -1
+        for p in range(parts):
+            if head[p] < starts[p + 1] and (best < 0 or src[head[p], 0] < src[head[best], 0]):
+                best = p
+        h = head[best]
+        for w in range(words):
+            out[k, w] = src[h, w]
+        head[best] = h + 1
 
 
-def _words(recs: np.ndarray) -> np.ndarray:
+@nb.njit(nogil=True, cache=True)
+def _pack(keys, order, rec, out):
+    width = rec.shape[1]
+    for i in range(order.shape[0]):
+        j = order[i]
+        for b in range(8):
+            out[i, b] = keys[j, b]
+        for b in range(width):
+            out[i, 8 + b] = rec[j, b]
+
+
+def pack(keys: np.ndarray, order: np.ndarray, records: np.ndarray, out: np.ndarray) -> None:
+    """out[i] = (keys[order[i]], records[order[i]]) for ``out`` of :func:`file_dtype`
+    (records). Compiled, as rows of bytes: numpy assigns a structured field element by
+    element (~10x slower at a spill's sizes)."""
+    n = len(order)
+    _pack(keys.view(np.uint8).reshape(n, 8), order, records.view(np.uint8).reshape(n, -1),
+          out.view(np.uint8).reshape(n, out.dtype.itemsize))  # fmt: skip
+
+
+def words(recs: np.ndarray) -> np.ndarray:
     recs = np.ascontiguousarray(recs)
     return recs.view(np.int64).reshape(len(recs), recs.dtype.itemsize // 8)
 
@@ -234,11 +274,8 @@ def merge(runs: list[SortedRun], writer: RunWriter, chunk: int) -> SortedRun:
             bufs[i] = bufs[i][j:] if j < len(bufs[i]) else next(its[i], None)
             while bufs[i] is not None and not len(bufs[i]):
                 bufs[i] = next(its[i], None)
-        merged = _words(parts[0])
-        for p in parts[1:]:  # pairwise, in memory: what costs is the disk's writes
-            b = _words(p)
-            out = np.empty((len(merged) + len(b), b.shape[1]), np.int64)
-            _merge2(merged, b, out)
-            merged = out
+        src = np.concatenate([words(p) for p in parts])
+        merged = np.empty_like(src)
+        _merge(src, np.cumsum([0] + [len(p) for p in parts]), merged)
         writer.add(merged.view(writer.dtype).reshape(-1))
     return writer.finish()

@@ -34,7 +34,7 @@ _PREFIX = "hoststore-tier-"
 _BATCH = 1 << 16  # records per write and per scan read (bounds the buffers a move holds)
 _MAX_FILTER_LAYERS = 4
 _FANIN = 4  # runs merged at once (see ColdRows.compact)
-_MIN_KEYS_PER_READER = 512  # below, handing keys to another thread costs more than it saves
+_MIN_KEYS_PER_READER = 128  # below, handing keys to another thread costs more than it saves
 
 
 def _size_class(rows: int) -> int:
@@ -147,7 +147,7 @@ class ColdRows:
     every call, except a snapshot's scan of a frozen tier (see :meth:`freeze`)."""
 
     def __init__(self, parent: str, name: str, dtype: np.dtype, read_threads: int = 1):
-        self.dtype = np.dtype(dtype)
+        self.dtype = runs.padded(np.dtype(dtype))  # whole words: records copy as words
         self._fdtype = runs.file_dtype(self.dtype)
         os.makedirs(parent, exist_ok=True)
         _remove_stale(parent)
@@ -187,9 +187,7 @@ class ColdRows:
         if not len(keys):
             return
         old = None if new else self._find(keys)
-        recs = np.empty(len(keys), self._fdtype)
-        recs["key"], recs["rec"] = keys, records
-        recs = recs[np.argsort(recs["key"], kind="stable")]
+        recs = self._sorted_records(keys, records)
         w = self._writer(len(recs))
         with w.aborted_on_error():  # a failed write (a full disk) leaves the runs as they were
             for lo in range(0, len(recs), _BATCH):
@@ -203,6 +201,13 @@ class ColdRows:
             if self.filter.layers > _MAX_FILTER_LAYERS:
                 self._rebuild_filter()
 
+    def _sorted_records(self, keys: np.ndarray, records: np.ndarray) -> np.ndarray:
+        """File records of ``keys`` and their ``records``, in key order."""
+        keys = np.ascontiguousarray(keys, np.int64)
+        recs = np.zeros(len(keys), self._fdtype)
+        runs.pack(keys, np.argsort(keys), np.ascontiguousarray(records, self.dtype), recs)
+        return recs
+
     def _find(self, keys: np.ndarray):
         """(found mask, each found key's run, its record's index, records as words), for
         ``keys`` in any order; newest run first (a record dies in its old run when a newer
@@ -215,7 +220,8 @@ class ColdRows:
         if not n or not self._runs:
             return found, run_of, pos, out
         keys = np.ascontiguousarray(keys, np.int64)
-        order = np.argsort(keys, kind="stable")
+        ascending = n < 2 or bool((keys[1:] > keys[:-1]).all())  # (a fault-in's keys are)
+        order = np.arange(n) if ascending else np.argsort(keys, kind="stable")
         todo = order[self.filter.may_contain(keys[order])]  # the runs see only these
         parts = min(self._read_threads, len(todo) // _MIN_KEYS_PER_READER)
         if parts < 2:
@@ -241,7 +247,7 @@ class ColdRows:
             todo = todo[~hit]
 
     def _records(self, words: np.ndarray) -> np.ndarray:
-        return words.view(self._fdtype).reshape(-1)["rec"].copy()
+        return runs.split_records(words, self.dtype)[1]
 
     def _kill(self, found, run_of, pos) -> int:
         """Records found die (while frozen, when it thaws); returns how many."""
@@ -332,7 +338,7 @@ class ColdRows:
         try:
             for run in list(self._runs if self._frozen is None else self._frozen):
                 for recs in run.chunks(chunk):
-                    yield recs["key"].copy(), recs["rec"].copy()
+                    yield runs.split_records(runs.words(recs), self.dtype)
         finally:
             self._scans -= 1
 

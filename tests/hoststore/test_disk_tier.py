@@ -240,8 +240,9 @@ def test_cold_rows_equal_a_dict_model_through_merges_freezes_and_scans(tmp_path)
     from hoststore.disk_tier import ColdRows
 
     rng = np.random.default_rng(7)
-    dtype = np.dtype([("v", "<f4", (3,)), ("gen", "<u4")])  # 20 bytes: padded on disk
+    dtype = np.dtype([("v", "<f4", (3,)), ("gen", "<u2")])  # 14 bytes: padded to words
     cold = ColdRows(str(tmp_path), "t", dtype)
+    assert cold.dtype.itemsize == 16 and cold.dtype.names == dtype.names
     model: dict[int, tuple] = {}
     universe = np.unique(np.concatenate([KEYS, rng.integers(-(2**63), 2**63 - 1, 3000)]))
 
@@ -254,7 +255,7 @@ def test_cold_rows_equal_a_dict_model_through_merges_freezes_and_scans(tmp_path)
     def check(keys, found, rec):
         want = np.array([int(k) in model for k in keys])
         np.testing.assert_array_equal(found, want)
-        for k, r in zip(keys[found], rec, strict=True):
+        for k, r in zip(keys[found], rec.astype(dtype), strict=True):
             assert r.tobytes() == model[int(k)], k
 
     max_runs = 0
@@ -297,7 +298,7 @@ def test_cold_rows_equal_a_dict_model_through_merges_freezes_and_scans(tmp_path)
             check(old, *cold.get(old))  # the newest version
             seen = {}
             for k, rec in cold.scan(50):
-                seen.update({int(a): b.tobytes() for a, b in zip(k, rec, strict=True)})
+                seen.update({int(a): b.tobytes() for a, b in zip(k, rec.astype(dtype), strict=True)})
             assert seen == frozen
             cold.compact()  # waits for the thaw
             assert len(cold._runs) >= n_frozen
@@ -305,7 +306,8 @@ def test_cold_rows_equal_a_dict_model_through_merges_freezes_and_scans(tmp_path)
             cold.compact()
         assert len(cold) == len(model), step
         max_runs = max(max_runs, len(cold._runs))
-    got = {int(k): r.tobytes() for ks, rs in cold.scan(64) for k, r in zip(ks, rs, strict=True)}
+    got = {int(k): r.tobytes() for ks, rs in cold.scan(64)
+           for k, r in zip(ks, rs.astype(dtype), strict=True)}  # fmt: skip
     assert got == model
     assert 1 < max_runs < 20 and sum(r.n for r in cold._runs) < 2 * len(model) + 400
     cold.close()
@@ -456,3 +458,23 @@ def test_a_full_disk_fails_the_call_and_loses_nothing(tmp_path, monkeypatch, whe
     on_disk = sorted(os.listdir(cold.path))
     assert on_disk == sorted(os.path.basename(r.path) for r in cold._runs)
     tiered.close()
+
+
+@pytest.mark.parametrize(("rows", "ticks", "share"), [
+    (1, 1, 1.0), (1000, 3, 0.1), (5000, 70_000, 0.5), (5000, 2**32 - 1, 0.01), (300, 1, 0.3),
+])  # fmt: skip
+def test_the_spill_picks_the_least_recently_used_rows(rows, ticks, share):
+    """The spill's pick against a sort: the n live rows of smallest tick (ties, freed rows,
+    ticks past 16 bits), each once."""
+    from hoststore import _kernels as K
+
+    rng = np.random.default_rng(rows)
+    touch = rng.integers(0, ticks, rows, endpoint=True).astype(np.uint32)
+    created = np.where(rng.random(rows) < 0.8, 0, -1).astype(np.int64)
+    created[0] = 0
+    live = np.flatnonzero(created >= 0)
+    n = max(1, int(share * len(live)))
+    pick = K.least_recent(touch, created, n)
+    assert len(np.unique(pick)) == n and (created[pick] >= 0).all()
+    want = np.sort(touch[live])[:n]
+    np.testing.assert_array_equal(np.sort(touch[pick]), want)
