@@ -47,9 +47,9 @@ def padded(record: np.dtype) -> np.dtype:
     width = -(-record.itemsize // 8) * 8
     if width == record.itemsize:
         return record
-    names = list(record.names)
-    return np.dtype({"names": names, "formats": [record.fields[n][0] for n in names],
-                     "offsets": [record.fields[n][1] for n in names], "itemsize": width})  # fmt: skip
+    fields = [(n, *record.fields[n][:2]) for n in record.names]
+    return np.dtype({"names": [f[0] for f in fields], "formats": [f[1] for f in fields],
+                     "offsets": [f[2] for f in fields], "itemsize": width})  # fmt: skip
 
 
 def file_dtype(record: np.dtype) -> np.dtype:

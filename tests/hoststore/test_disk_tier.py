@@ -298,7 +298,8 @@ def test_cold_rows_equal_a_dict_model_through_merges_freezes_and_scans(tmp_path)
             check(old, *cold.get(old))  # the newest version
             seen = {}
             for k, rec in cold.scan(50):
-                seen.update({int(a): b.tobytes() for a, b in zip(k, rec.astype(dtype), strict=True)})
+                rec = rec.astype(dtype)
+                seen.update({int(a): b.tobytes() for a, b in zip(k, rec, strict=True)})
             assert seen == frozen
             cold.compact()  # waits for the thaw
             assert len(cold._runs) >= n_frozen
