@@ -166,7 +166,7 @@ class ColdRows:
         self._frozen: list[runs.SortedRun] | None = None
         self._deferred: list[tuple[runs.SortedRun, np.ndarray]] = []
         self._scans = 0  # scans in progress (merges wait: they would remove what they read)
-        self._read_threads = read_threads
+        self.read_threads = read_threads  # threads a batch's reads use (this + the pool's)
         self._readers = (ThreadPoolExecutor(read_threads - 1, "hoststore-tier-read")
                          if read_threads > 1 else None)  # fmt: skip
         # Closed and removed at close(), or when the table is dropped or the process exits.
@@ -223,7 +223,7 @@ class ColdRows:
         ascending = n < 2 or bool((keys[1:] > keys[:-1]).all())  # (a fault-in's keys are)
         order = np.arange(n) if ascending else np.argsort(keys, kind="stable")
         todo = order[self.filter.may_contain(keys[order])]  # the runs see only these
-        parts = min(self._read_threads, len(todo) // _MIN_KEYS_PER_READER)
+        parts = min(self.read_threads, len(todo) // _MIN_KEYS_PER_READER)
         if parts < 2:
             self._find_in_runs(keys, todo, found, run_of, pos, out)
             return found, run_of, pos, out
