@@ -207,8 +207,8 @@ class SortedRun:
                                  bitorder="little")  # fmt: skip
             if not dead.any():
                 yield buf
-            elif not dead.all():
-                yield buf[dead == 0]
+            elif not dead.all():  # (rows of words: numpy copies records field by field)
+                yield words(buf)[dead == 0].view(self.dtype).reshape(-1)
 
     def ram_bytes(self) -> int:
         return self.fence.nbytes + self.dead.nbytes + self.bloom.nbytes

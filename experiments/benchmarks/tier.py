@@ -35,7 +35,7 @@ class TierBenchConfig:
     zipf_cases: tuple[tuple[float, float], ...] = ((1.3, 0.1), (1.3, 0.3), (1.3, 0.6),
                                                    (1.6, 0.1), (1.6, 0.3), (2.0, 0.1))  # fmt: skip
     zipf_batch: int = 100_000
-    zipf_batches: int = 60
+    zipf_batches: int = 400  # long enough that spills and merges of several sizes fall in it
     cold_batch: int = 10_000
     shard_ram_gb: int = 256
     hot_fraction: float = 0.1
@@ -150,20 +150,22 @@ def _fill(t, c: TierBenchConfig) -> None:
         t.pull(_keys(lo, min(lo + c.batch, c.zipf_rows)), train=True)
 
 
-def _timed(t, c: TierBenchConfig, batches: list[np.ndarray]) -> tuple[float, float]:
-    """(keys/s of pull + push over the batches after five warm-up ones, the share of those
-    keys faulted in from disk)."""
+def _timed(t, c: TierBenchConfig, batches: list[np.ndarray]) -> tuple[float, float, float]:
+    """(keys/s of pull + push over the batches after five warm-up ones, the shares of those
+    keys faulted in from disk and of rows spilled to it meanwhile)."""
     for ids in batches[:5]:  # warm-up: the hot set comes into RAM
         t.pull(ids, train=True)
         t.push(ids, _grads(c, len(ids)), assume_unique=True)
-    before = t.stats().get("faulted_in", 0)
+    before = t.stats()
     keys = 0
     t0 = time.perf_counter()
     for ids in batches[5:]:
         t.pull(ids, train=True)
         t.push(ids, _grads(c, len(ids)), assume_unique=True)
         keys += len(ids)
-    return keys / (time.perf_counter() - t0), (t.stats().get("faulted_in", 0) - before) / keys
+    seconds, after = time.perf_counter() - t0, t.stats()
+    moved = [(after.get(k, 0) - before.get(k, 0)) / keys for k in ("faulted_in", "spilled")]
+    return keys / seconds, *moved
 
 
 def _read_us(cold, keys: np.ndarray) -> dict[int, float]:
@@ -203,9 +205,9 @@ def throughput_phase(c: TierBenchConfig) -> dict:
                 tier = hs.DiskTier(root, max_rows=int(share * c.zipf_rows))
                 t = hs.EmbeddingTable(_cfg(c), tier=tier)
                 _fill(t, c)
-                keys_per_s, faulted = _timed(t, c, batches)
+                keys_per_s, faulted, spilled = _timed(t, c, batches)
                 cases.append({"exponent": exponent, "share": share, "keys_per_s": keys_per_s,
-                              "faulted": faulted,
+                              "faulted": faulted, "spilled": spilled,
                               "unique": float(np.mean([len(b) for b in batches]))})  # fmt: skip
                 if "cold_batch_ms" not in out:  # a batch of keys all on disk, ranks mid-way
                     cold = _keys(c.zipf_rows // 2, c.zipf_rows // 2 + c.cold_batch)
@@ -380,17 +382,20 @@ def markdown(c: TierBenchConfig, rss: dict[str, float], tp: dict[str, float]) ->
         f"records scanned ({rss['shrink_seconds']:.1f} s).",
         "",
         f"**Throughput on a Zipf stream.** {c.zipf_rows:,} rows; batches of "
-        f"{c.zipf_batch:,} Zipf draws over them, training pull + push of the same batches on "
-        "each table; the all-RAM figure is the mean of a run before and one after the tiered "
-        "tables of the same exponent. \"From disk\": the share of the keys pulled that were "
-        f"faulted in. The tiered tables read cold keys with {_READ_THREADS} threads "
+        f"{c.zipf_batch:,} Zipf draws over them, training pull + push of the same "
+        f"{c.zipf_batches} batches on each table; the all-RAM figure is the mean of a run "
+        "before and one after the tiered tables of the same exponent. \"From disk\": the "
+        "share of the keys pulled that were faulted in; \"spilled\": the rows written to "
+        "disk meanwhile, as a share of the same keys (the spills' merges come on top). The "
+        f"tiered tables read cold keys with {_READ_THREADS} threads "
         "(`DiskTier.read_threads`' default here), the all-RAM table pulls with one.",
         "",
-        "| Zipf exponent | distinct keys per batch | RAM budget | from disk | keys/s "
-        "| all-RAM keys/s | tiered vs all-RAM | time added per key from disk |",
-        "|---|---|---|---|---|---|---|---|",
+        "| Zipf exponent | distinct keys per batch | RAM budget | from disk | spilled "
+        "| keys/s | all-RAM keys/s | tiered vs all-RAM | time added per key from disk |",
+        "|---|---|---|---|---|---|---|---|---|",
         *(f"| {x['exponent']} | {x['unique']:,.0f} | {x['share']:.0%} of the rows | "
-          f"{x['faulted']:.2%} | {x['keys_per_s']:,.0f} | {x['ram_keys_per_s']:,.0f} | "
+          f"{x['faulted']:.2%} | {x['spilled']:.2%} | {x['keys_per_s']:,.0f} | "
+          f"{x['ram_keys_per_s']:,.0f} | "
           f"**{x['ratio']:.2f}x** | {x['us_per_disk_key']:.2f} us |" for x in tp["cases"]),
         "",
         f"A batch of {c.cold_batch:,} keys all on disk (pull + push): "
