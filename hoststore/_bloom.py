@@ -52,22 +52,24 @@ def _add(bits, keys):
             bits[base + (b >> _S6)] |= _ONE << (b & _M63)
 
 
+@nb.njit(inline="always", cache=True)
+def may_hold(bits, key):
+    """Whether ``key`` (uint64) may be in the layer ``bits``."""
+    blk, h1, h2 = _block_and_hashes(key, bits.shape[0] // _BLOCK_WORDS)
+    base = blk * np.uint64(_BLOCK_WORDS)
+    for j in range(_HASHES):
+        b = (h1 + np.uint64(j) * h2) & _M511
+        if not (bits[base + (b >> _S6)] >> (b & _M63)) & _ONE:
+            return False
+    return True
+
+
 @nb.njit(nogil=True, cache=True)
 def _query(bits, keys, out):
     """out[i] |= key i may be in this layer."""
-    n_blocks = bits.shape[0] // _BLOCK_WORDS
     for i in range(keys.shape[0]):
-        if out[i]:
-            continue
-        blk, h1, h2 = _block_and_hashes(keys[i], n_blocks)
-        base = blk * np.uint64(_BLOCK_WORDS)
-        hit = True
-        for j in range(_HASHES):
-            b = (h1 + np.uint64(j) * h2) & _M511
-            if not (bits[base + (b >> _S6)] >> (b & _M63)) & _ONE:
-                hit = False
-                break
-        out[i] = hit
+        if not out[i]:
+            out[i] = may_hold(bits, keys[i])
 
 
 def _layer(keys: int) -> np.ndarray:
@@ -108,6 +110,13 @@ class KeyFilter:
             if added:
                 _query(bits, keys, out)
         return out
+
+    @property
+    def only_layer(self) -> np.ndarray:
+        """The bits of a filter that never outgrew its first layer (for :func:`may_hold`)."""
+        if len(self._layers) != 1:
+            raise ValueError(f"the filter has {len(self._layers)} layers, not one")
+        return self._layers[0][0]
 
     @property
     def nbytes(self) -> int:

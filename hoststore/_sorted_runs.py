@@ -31,8 +31,9 @@ import os
 
 import numba as nb
 import numpy as np
+from numba.typed import List
 
-from hoststore._bloom import KeyFilter
+from hoststore._bloom import KeyFilter, may_hold
 
 BLOCK = 16  # records per block: one pread (1.4 KB at 88-byte records) and one fence key
 
@@ -69,41 +70,88 @@ def split_records(words: np.ndarray, record: np.dtype) -> tuple[np.ndarray, np.n
 # A function that calls a ctypes pointer cannot be cached on disk by numba: it compiles once
 # per process (well under a second).
 @nb.njit(nogil=True)
-def _lookup(fd, fence, dead, n, keys, todo, found, pos, out, buf):
-    """For each i in ``todo`` (ascending keys): when the run holds ``keys[i]`` alive,
-    found[i] = True, pos[i] = its record's index, out[i] = its words. Returns -1 when a
-    read fails (errno says why), else 0."""
+def _lookup(fds, ns, fences, deads, blooms, keys, todo, found, run_of, pos, out, buf):
+    """For each i in ``todo`` (ascending keys), the newest run (the last) that holds
+    ``keys[i]`` alive: found[i] = True, run_of[i] = the run, pos[i] = its record's index
+    there, out[i] = its words. Run by run, newest first, each with the keys not found yet
+    in key order (a run's fences, filter and file are read in order): its bloom filter, a
+    binary search of its fences, one ``pread`` of the block, a search in the block. Returns
+    -1 when a read fails (errno says why), else 0."""
     words = buf.shape[1]
-    cur = -1
-    for t in range(todo.shape[0]):
-        i = todo[t]
-        k = keys[i]
-        b = np.searchsorted(fence, k, side="right") - 1
-        if b < 0:
-            continue
-        lo = b * BLOCK
-        cnt = min(BLOCK, n - lo)
-        if b != cur:
-            want, got = cnt * words * 8, 0
-            while got < want:  # a read may come back in parts
-                r = _pread(fd, buf.ctypes.data + got, want - got, lo * words * 8 + got)
-                if r <= 0:
-                    return -1
-                got += r
-            cur = b
-        for j in range(cnt):
-            kj = buf[j, 0]
-            if kj == k:
-                p = lo + j
-                if not (dead[p >> 3] >> (p & 7)) & 1:
-                    found[i] = True
-                    pos[i] = p
-                    for w in range(words):
-                        out[i, w] = buf[j, w]
-                break
-            if kj > k:
-                break
+    rest = todo.copy()
+    m = rest.shape[0]
+    for r in range(fds.shape[0] - 1, -1, -1):
+        cur, left = -1, 0
+        for t in range(m):
+            i = rest[t]
+            k = keys[i]
+            hit = False
+            b = -1
+            if may_hold(blooms[r], np.uint64(k)):
+                b = np.searchsorted(fences[r], k, side="right") - 1
+            if b >= 0:
+                lo = b * BLOCK
+                cnt = min(BLOCK, ns[r] - lo)
+                if b != cur:
+                    want, got = cnt * words * 8, 0
+                    while got < want:  # a read may come back in parts
+                        n = _pread(fds[r], buf.ctypes.data + got, want - got,
+                                   lo * words * 8 + got)  # fmt: skip
+                        if n <= 0:
+                            return -1
+                        got += n
+                    cur = b
+                for j in range(cnt):
+                    kj = buf[j, 0]
+                    if kj == k:
+                        p = lo + j
+                        if not (deads[r][p >> 3] >> (p & 7)) & 1:
+                            hit = True
+                            found[i] = True
+                            run_of[i] = r
+                            pos[i] = p
+                            for w in range(words):
+                                out[i, w] = buf[j, w]
+                        break
+                    if kj > k:
+                        break
+            if not hit:
+                rest[left] = i
+                left += 1
+        m = left
+        if not m:
+            break
     return 0
+
+
+class RunSet:
+    """Runs (oldest first) as one compiled lookup sees them: their files, sizes, fences,
+    dead bits and bloom filters in arrays and typed lists, built once per set of runs
+    (~40 us a list; handing them to a lookup, ~1 us). One call for every run, without the
+    GIL: the per-run Python steps of a lookup cost more than its reads when a batch brings
+    a few dozen keys from disk."""
+
+    def __init__(self, runs: list[SortedRun]):
+        self.runs = list(runs)
+        self.fds = np.array([r._fd for r in runs], np.int64)
+        self.ns = np.array([r.n for r in runs], np.int64)
+        self.fences = List.empty_list(nb.types.int64[::1])
+        self.deads = List.empty_list(nb.types.uint8[::1])
+        self.blooms = List.empty_list(nb.types.uint64[::1])
+        for r in runs:  # (the dead bits are the runs' own arrays: kills show through)
+            self.fences.append(r.fence)
+            self.deads.append(r.dead)
+            self.blooms.append(r.bloom.only_layer)
+
+    def lookup(self, keys: np.ndarray, todo: np.ndarray, found, run_of, pos, out) -> None:
+        """Fills found/run_of/pos/out (see :func:`_lookup`) for ``keys[todo]``, ascending."""
+        if not len(todo) or not self.runs:
+            return
+        buf = np.empty((BLOCK, out.shape[1]), np.int64)
+        if _lookup(self.fds, self.ns, self.fences, self.deads, self.blooms, keys, todo, found,
+                   run_of, pos, out, buf):  # fmt: skip
+            err = ctypes.get_errno()
+            raise OSError(err, f"reading a run: {os.strerror(err) if err else 'short'}")
 
 
 @nb.njit(nogil=True, cache=True)
@@ -182,16 +230,6 @@ class SortedRun:
                 raise OSError(err, f"reading {self.path}: {os.strerror(err) if err else 'short'}")
             got += r
 
-    def lookup(self, keys: np.ndarray, todo: np.ndarray, found, pos, out) -> None:
-        """Fills found/pos/out (see :func:`_lookup`) for ``keys[todo]``, ascending."""
-        todo = todo[self.bloom.may_contain(keys[todo])]
-        if not len(todo):
-            return
-        buf = np.empty((BLOCK, self.dtype.itemsize // 8), np.int64)
-        if _lookup(self._fd, self.fence, self.dead, self.n, keys, todo, found, pos, out, buf):
-            err = ctypes.get_errno()
-            raise OSError(err, f"reading {self.path}: {os.strerror(err) if err else 'short'}")
-
     def kill(self, pos: np.ndarray) -> None:
         self.live -= _kill(self.dead, np.ascontiguousarray(pos, np.int64))
 
@@ -225,13 +263,15 @@ class RunWriter:
     def __init__(self, path: str, dtype: np.dtype, capacity: int):
         self.path, self.dtype = path, dtype
         self._f = open(path, "wb")  # noqa: SIM115 (closed by finish)
-        self._n = 0
+        self._n, self._capacity = 0, capacity
         self._fences: list[np.ndarray] = []
-        self._bloom = KeyFilter(capacity)
+        self._bloom = KeyFilter(capacity)  # one layer (RunSet reads it as one)
 
     def add(self, recs: np.ndarray) -> None:
         if not len(recs):
             return
+        if self._n + len(recs) > self._capacity:
+            raise ValueError(f"a run of capacity {self._capacity} got {self._n + len(recs)}")
         keys = recs["key"]
         self._fences.append(keys[(-self._n) % BLOCK :: BLOCK].copy())
         self._bloom.add(keys)

@@ -155,6 +155,7 @@ class ColdRows:
         self.path = os.path.join(parent, mine)
         os.makedirs(self.path)
         self._runs: list[runs.SortedRun] = []  # oldest first
+        self._run_set: runs.RunSet | None = None  # the runs as lookups see them (see _find)
         self._next_run = 0
         self.count = 0
         # Keys that may be on disk, in one filter: a new key (most keys a pull misses in
@@ -223,28 +224,22 @@ class ColdRows:
         ascending = n < 2 or bool((keys[1:] > keys[:-1]).all())  # (a fault-in's keys are)
         order = np.arange(n) if ascending else np.argsort(keys, kind="stable")
         todo = order[self.filter.may_contain(keys[order])]  # the runs see only these
+        if self._run_set is None or self._run_set.runs != self._runs:  # (a put, a merge)
+            self._run_set = runs.RunSet(self._runs)
+        lookup = self._run_set.lookup
         parts = min(self.read_threads, len(todo) // _MIN_KEYS_PER_READER)
         if parts < 2:
-            self._find_in_runs(keys, todo, found, run_of, pos, out)
+            lookup(keys, todo, found, run_of, pos, out)
             return found, run_of, pos, out
-        # Ranges of keys in parallel (the kernels release the GIL; each writes its own rows).
+        # Ranges of keys in parallel (one compiled call each, without the GIL; each writes
+        # its own rows).
         pieces = np.array_split(todo, parts)
-        futures = [self._readers.submit(self._find_in_runs, keys, p, found, run_of, pos, out)
+        futures = [self._readers.submit(lookup, keys, p, found, run_of, pos, out)
                    for p in pieces[1:]]  # fmt: skip
-        self._find_in_runs(keys, pieces[0], found, run_of, pos, out)
+        lookup(keys, pieces[0], found, run_of, pos, out)
         for f in futures:
             f.result()
         return found, run_of, pos, out
-
-    def _find_in_runs(self, keys, todo, found, run_of, pos, out) -> None:
-        """Looks ``keys[todo]`` (ascending) up in the runs, newest first."""
-        for r in range(len(self._runs) - 1, -1, -1):
-            if not len(todo):
-                break
-            self._runs[r].lookup(keys, todo, found, pos, out)
-            hit = found[todo]
-            run_of[todo[hit]] = r
-            todo = todo[~hit]
 
     def _records(self, words: np.ndarray) -> np.ndarray:
         return runs.split_records(words, self.dtype)[1]
@@ -316,6 +311,7 @@ class ColdRows:
         while True:
             for r in [r for r in rs if not r.live]:
                 rs.remove(r)
+                self._run_set = None
                 r.close(remove=True)
             if len(rs) >= _FANIN and _size_class(rs[-_FANIN].live) <= _size_class(rs[-1].live):
                 pick = rs[-_FANIN:]
@@ -328,6 +324,7 @@ class ColdRows:
             with w.aborted_on_error():  # a failed merge leaves the runs as they were
                 merged = runs.merge(pick, w, _BATCH)
             rs[at : at + len(pick)] = [merged]
+            self._run_set = None  # (it holds the runs' RAM parts until the next lookup)
             for r in pick:
                 r.close(remove=True)
 
