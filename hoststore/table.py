@@ -553,10 +553,11 @@ class EmbeddingTable:
         r = self._rows
         return self._counts_now(r.show[rows], r.click[rows], r.last_seen[rows])
 
-    def _counts_now(self, show, click, last_seen) -> tuple[np.ndarray, np.ndarray]:
+    def _counts_now(self, show, click, last_seen, clock: int | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
         """Counts stored as of each row's last sighting (RAM rows or cold records),
-        brought to the current clock."""
-        unseen = self._clock - last_seen
+        brought to ``clock`` (default: the current clock)."""
+        unseen = (self._clock if clock is None else clock) - last_seen
         ev = self.config.eviction
         return eviction.decayed(ev, show, unseen), eviction.decayed(ev, click, unseen)
 
@@ -675,41 +676,64 @@ class EmbeddingTable:
         With a delta threshold the emitted rows' delta scores restart at 0 (Paddle's
         ``UpdateStatAfterSave``): the next serving delta holds the rows pushed to since.
         Column chunks (the RAM rows, then the cold rows a scan chunk at a time: a table
-        bigger than RAM is never gathered), read under one hold of the lock from the first
-        chunk to the last: read them all or close them."""
+        bigger than RAM is never gathered): read them all or close them. They hold the lock
+        from the first chunk to the last, except a tiered table's plain export (no delta
+        threshold: it changes nothing), which reads the disk tier as a snapshot does,
+        without the lock: the rows as of its first chunk (spills, shrinks and loads wait
+        until it is read)."""
         r = self._rows
 
-        def keep(show, click, last_seen, delta_score) -> np.ndarray:
+        def keep(show, click, last_seen, delta_score, clock) -> np.ndarray:
             ok = np.ones(len(show), bool)
             if min_score is not None:
-                score = eviction.scores(self.config.eviction,
-                                        *self._counts_now(show, click, last_seen))  # fmt: skip
-                ok &= score >= min_score
+                counts = self._counts_now(show, click, last_seen, clock)
+                ok &= eviction.scores(self.config.eviction, *counts) >= min_score
             if max_unseen is not None:
-                ok &= self._clock - last_seen <= max_unseen
+                ok &= clock - last_seen <= max_unseen
             if delta_threshold is not None:
                 ok &= delta_score >= delta_threshold
             return ok
 
+        def ram_chunk(clock) -> dict[str, np.ndarray]:
+            rows = self.live_rows()
+            rows = rows[keep(r.show[rows], r.click[rows], r.last_seen[rows],
+                             r.delta_score[rows], clock)]  # fmt: skip
+            if delta_threshold is not None:
+                r.delta_score[rows] = 0.0
+                r.gen[rows] = self._gen  # a change: the checkpoint chain's next delta has it
+            return {"key": r.keys[rows], "emb": r.emb[rows]}
+
+        def cold_chunk(keys, rec, clock) -> dict[str, np.ndarray]:
+            ok = keep(rec["show"], rec["click"], rec["last_seen"], rec["delta_score"], clock)
+            keys, rec = keys[ok], rec[ok]
+            if delta_threshold is not None and len(keys):
+                rec["delta_score"], rec["gen"] = 0.0, self._gen
+                self._cold.put(keys, rec, new=False)
+                self._log.spilled(keys, self._spill_log_limit)
+            return {"key": keys, "emb": rec["emb"]}
+
+        def frozen_chunks():
+            with self._gate:  # (as a snapshot's cut: nothing leaves RAM or disk meanwhile)
+                with self._lock:
+                    clock = self._clock
+                    first = ram_chunk(clock)
+                    self._cold.freeze()
+                try:
+                    yield first
+                    for keys, rec in self._cold_scan():
+                        yield cold_chunk(keys, rec, clock)
+                finally:
+                    with self._lock:
+                        self._cold.thaw()
+
         def chunks():
             with self._lock:
-                rows = self.live_rows()
-                rows = rows[keep(r.show[rows], r.click[rows], r.last_seen[rows],
-                                 r.delta_score[rows])]  # fmt: skip
-                if delta_threshold is not None:
-                    r.delta_score[rows] = 0.0
-                    r.gen[rows] = self._gen  # a change: the checkpoint chain's next delta has it
-                yield {"key": r.keys[rows], "emb": r.emb[rows]}
+                yield ram_chunk(self._clock)
                 for keys, rec in self._cold_scan():
-                    ok = keep(rec["show"], rec["click"], rec["last_seen"], rec["delta_score"])
-                    keys, rec = keys[ok], rec[ok]
-                    if delta_threshold is not None and len(keys):
-                        rec["delta_score"], rec["gen"] = 0.0, self._gen
-                        self._cold.put(keys, rec, new=False)
-                        self._log.spilled(keys, self._spill_log_limit)
-                    yield {"key": keys, "emb": rec["emb"]}
+                    yield cold_chunk(keys, rec, self._clock)
 
-        gen = chunks()
+        plain_tiered = self._cold is not None and delta_threshold is None
+        gen = frozen_chunks() if plain_tiered else chunks()
         return RowChunks(None, gen, gen.close)
 
     def export_shows(self) -> dict[str, np.ndarray]:

@@ -384,9 +384,9 @@ def test_chains_of_two_shards_load_through_tiered_tables_only(tmp_path, monkeypa
 
 
 def test_a_serving_export_streams_the_cold_rows_and_holds_the_lock_only_while_read(tmp_path):
-    """A tiered table's serving rows come a scan chunk at a time; closing them halfway
-    lets writers in again; the serving snapshot (streamed to its files) equals the export
-    of an all-RAM table with the same history."""
+    """A tiered table's serving rows come a scan chunk at a time; an export that resets
+    delta scores holds the lock until read or closed; the serving snapshot (streamed to
+    its files) equals the export of an all-RAM table with the same history."""
     cfg = hs.TableConfig("t", 4, initializer=hs.uniform(0.5))
     ram = hs.EmbeddingTable(cfg)
     tiered = hs.EmbeddingTable(cfg, tier=DiskTier(str(tmp_path / "tier"), max_rows=1_000))
@@ -397,7 +397,7 @@ def test_a_serving_export_streams_the_cold_rows_and_holds_the_lock_only_while_re
         t.pull(keys[::3], train=True)  # a second show: these pass min_score
     assert tiered.stats()["disk_rows"] > 2 * 65_536
     assert len(list(tiered.serving_rows(min_score=0.2))) > 2  # RAM, then cold scan chunks
-    rows = tiered.serving_rows(min_score=0.2)
+    rows = tiered.serving_rows(min_score=0.2, delta_threshold=-1.0)  # (resets: all pass)
     it = iter(rows)
     assert len(next(it)["key"]) <= 1_000 and set(next(it)) == {"key", "emb"}
     done = threading.Event()
@@ -407,6 +407,7 @@ def test_a_serving_export_streams_the_cold_rows_and_holds_the_lock_only_while_re
     rows.close()
     assert done.wait(30)  # and closing it lets the pull in
     writer.join()
+    ram.serving_rows(min_score=0.2, delta_threshold=-1.0).close()  # (started: nothing reset)
     ram.pull(keys[:10], train=True)
     counts = [snap.save(t, str(tmp_path / name), "serving", min_score=0.2, float16=True)["rows"]
               for name, t in (("ram", ram), ("tiered", tiered))]  # fmt: skip
@@ -479,3 +480,46 @@ def test_the_spill_picks_the_least_recently_used_rows(rows, ticks, share):
     assert len(np.unique(pick)) == n and (created[pick] >= 0).all()
     want = np.sort(touch[live])[:n]
     np.testing.assert_array_equal(np.sort(touch[pick]), want)
+
+
+def test_a_plain_serving_export_reads_the_disk_tier_without_the_lock(tmp_path):
+    """An export that changes nothing reads the cold rows as of its first chunk while
+    training goes on: pulls and pushes of cold keys proceed (faulted in and changed
+    meanwhile, the export still has their values at the cut), spills wait; after it the
+    table equals an all-RAM table with the same history."""
+    cfg = hs.TableConfig("t", 4, initializer=hs.uniform(0.5), optimizer=opt.sgd(0.1))
+    ram = hs.EmbeddingTable(cfg)
+    tiered = hs.EmbeddingTable(cfg, tier=DiskTier(str(tmp_path / "tier"), max_rows=1_000))
+    keys = np.arange(150_000, dtype=np.int64) * 7
+    for t in (ram, tiered):
+        for lo in range(0, len(keys), 30_000):
+            t.pull(keys[lo : lo + 30_000], train=True)
+        t.pull(keys[::3], train=True)
+    want = ram.export_serving(min_score=0.2)
+    moved = keys[::3][:5_000]  # cold in the tiered table: faulted in, changed, spilled
+    assert not tiered._rows.find(moved).max() >= 0
+
+    def train(t):
+        t.pull(moved, train=True)
+        t.push(moved, np.full((len(moved), 4), 0.5, np.float32))
+
+    with tiered.serving_rows(min_score=0.2) as rows:
+        it = iter(rows)
+        parts = [next(it)]
+        done = threading.Event()
+        writer = threading.Thread(target=lambda: (train(tiered), done.set()))
+        writer.start()
+        assert done.wait(10)  # not blocked by the export
+        writer.join()
+        assert tiered.stats()["ram_rows"] > 1_000  # the spill waits for the export
+        parts += list(it)
+    got = {k: np.concatenate([p[k] for p in parts]) for k in ("key", "emb")}
+    og, ow = np.argsort(got["key"]), np.argsort(want["key"])
+    np.testing.assert_array_equal(got["key"][og], want["key"][ow])
+    np.testing.assert_array_equal(got["emb"][og], want["emb"][ow])  # as of the cut
+    train(ram)
+    tiered.pull(keys[:1], train=True)  # (spills down to the budget now)
+    ram.pull(keys[:1], train=True)
+    assert tiered.stats()["ram_rows"] <= 1_000
+    assert_same(tiered, ram)
+    tiered.close()
