@@ -38,7 +38,7 @@ from hoststore._rows import STAT_COLUMNS
 from hoststore.config import TableConfig
 from hoststore.disk_tier import DiskTier
 from hoststore.sharded import ShardedTable
-from hoststore.table import EmbeddingTable
+from hoststore.table import EmbeddingTable, top_rows
 
 FORMAT = 1
 MANIFEST = "manifest.json"
@@ -251,11 +251,9 @@ def save(
     elif kind == "cache":
         if not 0.0 <= cache_fraction <= 1.0:
             raise ValueError(f"cache_fraction must be in [0, 1], got {cache_fraction}")
-        rows = _concat([s.export_shows() for s in shards])
-        top = np.lexsort((rows["key"], -rows["show_now"]))
-        top = np.sort(top[: int(round(cache_fraction * len(top)))])
-        cols["rows.key"] = rows["key"][top]
-        cols["rows.emb"] = rows["emb"][top].astype(np.float16 if float16 else np.float32)
+        top = top_rows(shards, cache_fraction)
+        cols["rows.key"] = top["key"]
+        cols["rows.emb"] = top["emb"].astype(np.float16 if float16 else np.float32)
     else:
         since = [None] * len(shards)
         if kind == "delta":  # each shard continues its own cut; another layout: everything

@@ -13,6 +13,7 @@ counts=...)`` applies the optimizer to admitted rows and adds the clicks.
 from __future__ import annotations
 
 import collections
+import contextlib
 import threading
 import time
 from typing import Any
@@ -736,17 +737,15 @@ class EmbeddingTable:
         gen = frozen_chunks() if plain_tiered else chunks()
         return RowChunks(None, gen, gen.close)
 
-    def export_shows(self) -> dict[str, np.ndarray]:
-        """Every live row's key, weights and show brought to the clock (a cache export
-        ranks rows by it), read under one hold of the lock."""
+    def _shows_now(self, with_weights: bool):
+        """Every live row's key, show brought to the clock and (``with_weights``) weights:
+        the RAM rows, then the cold rows a scan chunk at a time. The caller holds the lock."""
         r = self._rows
-        with self._lock:
-            rows = self.live_rows()
-            parts = [{"key": r.keys[rows], "emb": r.emb[rows],
-                      "show_now": self._decayed_counts(rows)[0]}]  # fmt: skip
-            parts += [{"key": k, "emb": rec["emb"], "show_now": self._cold_counts(rec)[0]}
-                      for k, rec in self._cold_scan()]  # fmt: skip
-            return _concat_columns(parts)
+        rows = self.live_rows()
+        ram = {"key": r.keys[rows], "show_now": self._decayed_counts(rows)[0]}
+        yield {**ram, "emb": r.emb[rows]} if with_weights else ram
+        for k, rec in self._cold_scan():
+            yield {"key": k, "show_now": self._cold_counts(rec)[0], "emb": rec["emb"]}
 
     def export_pending(self) -> dict[str, np.ndarray]:
         with self._lock:
@@ -933,6 +932,44 @@ class EmbeddingTable:
         ids = check_ids(ids)
         with self._lock:
             return self._pending.stats(ids)
+
+
+def top_rows(tables: list[EmbeddingTable], fraction: float) -> dict[str, np.ndarray]:
+    """Keys and weights of the ``fraction`` of the rows of ``tables`` (the shards of one
+    table) with the most shows brought to the clock, ties to the smaller key, in the
+    tables' row order: Paddle's ``save_cache_model``. Every table's lock is held for both
+    scans (one instant for every shard): the first ranks the shows alone (4 bytes a row),
+    the second keeps the rows above the cut and the smallest keys at it. A tiered table's
+    weights are never gathered whole."""
+    with contextlib.ExitStack() as held:
+        for t in tables:
+            held.enter_context(t._lock)
+        shows = [c["show_now"] for t in tables for c in t._shows_now(with_weights=False)]
+        shows = np.concatenate(shows) if shows else np.zeros(0, np.float32)
+        n = len(shows)
+        k = int(round(fraction * n))
+        dim = tables[0].config.dim
+        if not k:
+            return {"key": np.zeros(0, np.int64), "emb": np.zeros((0, dim), np.float32)}
+        cut = np.partition(shows, n - k)[n - k]  # the k-th most shows
+        ties = k - int((shows > cut).sum())  # rows at the cut that go: the smallest keys
+        del shows
+        parts, tied, at = [], None, 0
+        for t in tables:
+            for c in t._shows_now(with_weights=True):
+                c["pos"] = np.arange(at, at + len(c["key"]))
+                at += len(c["key"])
+                parts.append({f: v[c["show_now"] > cut] for f, v in c.items()})
+                eq = c["show_now"] == cut
+                if ties and eq.any():
+                    tied = _concat_columns([p for p in (tied, {f: v[eq] for f, v in c.items()})
+                                            if p is not None])  # fmt: skip
+                    if len(tied["key"]) > ties:  # (bounded: the smallest keys so far)
+                        keep = np.argpartition(tied["key"], ties - 1)[:ties]
+                        tied = {f: v[keep] for f, v in tied.items()}
+        rows = _concat_columns(parts + ([tied] if tied is not None else []))
+        order = np.argsort(rows["pos"], kind="stable")
+        return {"key": rows["key"][order], "emb": rows["emb"][order]}
 
 
 class RowChunks:

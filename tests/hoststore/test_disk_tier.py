@@ -13,6 +13,7 @@ import hoststore as hs
 from hoststore import optimizers as opt
 from hoststore import snapshot as snap
 from hoststore.disk_tier import DiskTier
+from hoststore.table import top_rows
 from tests.hoststore.test_snapshot import assert_same, chain_while_writing, full_state
 from tests.hoststore.test_table_model import CONFIGS
 
@@ -99,11 +100,45 @@ def test_exports_cover_both_tiers(tmp_path):
         for t in (ram, tiered):
             t.pull(ids, train=True)
             t.push(ids, np.ones((20, 3), np.float32))
-    a, b = ram.export_shows(), tiered.export_shows()
-    oa, ob = np.argsort(a["key"]), np.argsort(b["key"])
-    for k in a:
-        np.testing.assert_array_equal(a[k][oa], b[k][ob], err_msg=k)
+    for fraction in (0.3, 1.0):
+        a, b = top_rows([ram], fraction), top_rows([tiered], fraction)
+        oa, ob = np.argsort(a["key"]), np.argsort(b["key"])
+        for k in a:
+            np.testing.assert_array_equal(a[k][oa], b[k][ob], err_msg=k)
     assert_same(ram, tiered)
+
+
+def _top_reference(tables, fraction):
+    """Every row gathered and sorted (the cache export before it ranked in two scans)."""
+    parts = [c for t in tables for c in t._shows_now(with_weights=True)]
+    rows = {k: np.concatenate([p[k] for p in parts]) for k in ("key", "emb", "show_now")}
+    top = np.lexsort((rows["key"], -rows["show_now"]))
+    top = np.sort(top[: int(round(fraction * len(top)))])
+    return {"key": rows["key"][top], "emb": rows["emb"][top]}
+
+
+@pytest.mark.parametrize("shards", [1, 3])
+@pytest.mark.parametrize("tiered", [False, True])
+@pytest.mark.parametrize("fraction", [0.0, 0.01, 0.25, 0.5, 1.0])
+def test_a_cache_export_ranks_like_a_full_sort(tmp_path, shards, tiered, fraction):
+    """The top fraction by shows, ties (many: shows are small integers) to the smaller
+    key, in the tables' row order, against gathering and sorting every row."""
+    rng = np.random.default_rng(shards)
+    cfg = hs.TableConfig("t", 2, eviction=hs.Eviction(decay=0.9))
+    tier = DiskTier(str(tmp_path), max_rows=300) if tiered else None
+    table = (hs.ShardedTable(cfg, shards, tier=tier) if shards > 1
+             else hs.EmbeddingTable(cfg, tier=tier))  # fmt: skip
+    keys = rng.choice(2**40, 3_000, replace=False)
+    for step in range(6):
+        ids = keys[rng.random(len(keys)) < 0.4]
+        table.pull(ids, train=True, shows=rng.integers(1, 4, len(ids)).astype(np.float32))
+        table.advance_clock(step % 2)
+    parts = table.shards if shards > 1 else [table]
+    assert not tiered or sum(p.stats()["disk_rows"] for p in parts) > 1_000
+    got, want = top_rows(parts, fraction), _top_reference(parts, fraction)
+    np.testing.assert_array_equal(got["key"], want["key"])
+    np.testing.assert_array_equal(got["emb"], want["emb"])
+    assert len(got["key"]) == round(fraction * len(table))
 
 
 MAX_ROWS_CFG = hs.TableConfig(
