@@ -124,6 +124,19 @@ def _lookup(fds, ns, fences, deads, blooms, keys, todo, found, run_of, pos, out,
     return 0
 
 
+@nb.njit(nogil=True, cache=True)
+def _kill_found(deads, found, run_of, pos, killed):
+    """Sets the dead bits of the records found (run ``run_of[i]``, record ``pos[i]``);
+    killed[r] += how many of run r's were alive."""
+    for i in range(found.shape[0]):
+        if found[i]:
+            r, p = run_of[i], pos[i]
+            bit = np.uint8(1 << (p & 7))
+            if not deads[r][p >> 3] & bit:
+                deads[r][p >> 3] |= bit
+                killed[r] += 1
+
+
 class RunSet:
     """Runs (oldest first) as one compiled lookup sees them: their files, sizes, fences,
     dead bits and bloom filters in arrays and typed lists, built once per set of runs
@@ -142,6 +155,14 @@ class RunSet:
             self.fences.append(r.fence)
             self.deads.append(r.dead)
             self.blooms.append(r.bloom.only_layer)
+
+    def kill(self, found, run_of, pos) -> int:
+        """The records a lookup found die (see :func:`_kill_found`); returns how many."""
+        killed = np.zeros(len(self.runs), np.int64)
+        _kill_found(self.deads, found, run_of, pos, killed)
+        for r in np.flatnonzero(killed):
+            self.runs[r].live -= int(killed[r])
+        return int(np.count_nonzero(found))
 
     def lookup(self, keys: np.ndarray, todo: np.ndarray, found, run_of, pos, out) -> None:
         """Fills found/run_of/pos/out (see :func:`_lookup`) for ``keys[todo]``, ascending."""

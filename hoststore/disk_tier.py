@@ -224,9 +224,7 @@ class ColdRows:
         ascending = n < 2 or bool((keys[1:] > keys[:-1]).all())  # (a fault-in's keys are)
         order = np.arange(n) if ascending else np.argsort(keys, kind="stable")
         todo = order[self.filter.may_contain(keys[order])]  # the runs see only these
-        if self._run_set is None or self._run_set.runs != self._runs:  # (a put, a merge)
-            self._run_set = runs.RunSet(self._runs)
-        lookup = self._run_set.lookup
+        lookup = self._current_runs().lookup
         parts = min(self.read_threads, len(todo) // _MIN_KEYS_PER_READER)
         if parts < 2:
             lookup(keys, todo, found, run_of, pos, out)
@@ -246,14 +244,19 @@ class ColdRows:
 
     def _kill(self, found, run_of, pos) -> int:
         """Records found die (while frozen, when it thaws); returns how many."""
+        if self._frozen is None:  # one compiled pass over every run's dead bits
+            return self._current_runs().kill(found, run_of, pos)
         hit = np.flatnonzero(found)
         for r in np.unique(run_of[hit]):
-            at = pos[hit[run_of[hit] == r]]
-            if self._frozen is not None:
-                self._deferred.append((self._runs[r], at))
-            else:
-                self._runs[r].kill(at)
+            self._deferred.append((self._runs[r], pos[hit[run_of[hit] == r]]))
         return len(hit)
+
+    def _current_runs(self) -> runs.RunSet:
+        """The runs as compiled lookups and kills see them (rebuilt after a put or merge:
+        a run appended keeps the others' indices)."""
+        if self._run_set is None or self._run_set.runs != self._runs:
+            self._run_set = runs.RunSet(self._runs)
+        return self._run_set
 
     def _find_and_kill(self, keys: np.ndarray) -> int:
         found, run_of, pos, _ = self._find(keys)
