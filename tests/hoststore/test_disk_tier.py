@@ -418,18 +418,26 @@ def test_chains_of_two_shards_load_through_tiered_tables_only(tmp_path, monkeypa
     assert sb["totals"] == {k: sum(st["totals"][k] for st in states) for k in sb["totals"]}
 
 
-def test_a_serving_export_streams_the_cold_rows_and_holds_the_lock_only_while_read(tmp_path):
-    """A tiered table's serving rows come a scan chunk at a time; an export that resets
-    delta scores holds the lock until read or closed; the serving snapshot (streamed to
-    its files) equals the export of an all-RAM table with the same history."""
-    cfg = hs.TableConfig("t", 4, initializer=hs.uniform(0.5))
+def _ram_and_tiered(tmp_path, cfg):
+    """An all-RAM table and a tiered one (1,000 rows in RAM) with the same 150K rows, a
+    third of them shown twice (those pass a serving export's min_score=0.2)."""
     ram = hs.EmbeddingTable(cfg)
     tiered = hs.EmbeddingTable(cfg, tier=DiskTier(str(tmp_path / "tier"), max_rows=1_000))
     keys = np.arange(150_000, dtype=np.int64) * 7
     for t in (ram, tiered):
         for lo in range(0, len(keys), 30_000):
             t.pull(keys[lo : lo + 30_000], train=True)
-        t.pull(keys[::3], train=True)  # a second show: these pass min_score
+        t.pull(keys[::3], train=True)
+    return ram, tiered, keys
+
+
+def test_a_serving_export_streams_the_cold_rows_and_holds_the_lock_only_while_read(tmp_path):
+    """A tiered table's serving rows come a scan chunk at a time; an export that resets
+    delta scores holds the lock until read or closed; the serving snapshot (streamed to
+    its files) equals the export of an all-RAM table with the same history."""
+    ram, tiered, keys = _ram_and_tiered(
+        tmp_path, hs.TableConfig("t", 4, initializer=hs.uniform(0.5))
+    )
     assert tiered.stats()["disk_rows"] > 2 * 65_536
     assert len(list(tiered.serving_rows(min_score=0.2))) > 2  # RAM, then cold scan chunks
     rows = tiered.serving_rows(min_score=0.2, delta_threshold=-1.0)  # (resets: all pass)
@@ -523,13 +531,7 @@ def test_a_plain_serving_export_reads_the_disk_tier_without_the_lock(tmp_path):
     meanwhile, the export still has their values at the cut), spills wait; after it the
     table equals an all-RAM table with the same history."""
     cfg = hs.TableConfig("t", 4, initializer=hs.uniform(0.5), optimizer=opt.sgd(0.1))
-    ram = hs.EmbeddingTable(cfg)
-    tiered = hs.EmbeddingTable(cfg, tier=DiskTier(str(tmp_path / "tier"), max_rows=1_000))
-    keys = np.arange(150_000, dtype=np.int64) * 7
-    for t in (ram, tiered):
-        for lo in range(0, len(keys), 30_000):
-            t.pull(keys[lo : lo + 30_000], train=True)
-        t.pull(keys[::3], train=True)
+    ram, tiered, keys = _ram_and_tiered(tmp_path, cfg)
     want = ram.export_serving(min_score=0.2)
     moved = keys[::3][:5_000]  # cold in the tiered table: faulted in, changed, spilled
     assert not tiered._rows.find(moved).max() >= 0
