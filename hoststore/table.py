@@ -745,7 +745,8 @@ class EmbeddingTable:
         ram = {"key": r.keys[rows], "show_now": self._decayed_counts(rows)[0]}
         yield {**ram, "emb": r.emb[rows]} if with_weights else ram
         for k, rec in self._cold_scan():
-            yield {"key": k, "show_now": self._cold_counts(rec)[0], "emb": rec["emb"]}
+            cold = {"key": k, "show_now": self._cold_counts(rec)[0]}
+            yield {**cold, "emb": rec["emb"]} if with_weights else cold
 
     def export_pending(self) -> dict[str, np.ndarray]:
         with self._lock:
