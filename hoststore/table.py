@@ -195,7 +195,7 @@ class EmbeddingTable:
         # that fails (a full disk) leaves every row in exactly one tier.
         for lo in range(0, len(pick), _SCAN_CHUNK):
             part = pick[lo : lo + _SCAN_CHUNK]
-            keys = self._rows.keys[part].copy()
+            keys = self._rows.keys[part]  # (a copy: fancy indexing)
             self._cold.put(keys, self._records(part))
             changed = self._rows.gen[part] > self._log.spill_base
             self._log.spilled(keys[changed], self._spill_log_limit)
@@ -714,18 +714,17 @@ class EmbeddingTable:
             return {"key": keys, "emb": rec["emb"]}
 
         def frozen_chunks():
-            with self._gate:  # (as a snapshot's cut: nothing leaves RAM or disk meanwhile)
+            self._gate.acquire()  # (as a snapshot's cut: nothing leaves RAM or disk meanwhile)
+            try:
                 with self._lock:
                     clock = self._clock
                     first = ram_chunk(clock)
                     self._cold.freeze()
-                try:
-                    yield first
-                    for keys, rec in self._cold_scan():
-                        yield cold_chunk(keys, rec, clock)
-                finally:
-                    with self._lock:
-                        self._cold.thaw()
+                yield first
+                for keys, rec in self._cold_scan():
+                    yield cold_chunk(keys, rec, clock)
+            finally:
+                self._end_cut()
 
         def chunks():
             with self._lock:
@@ -963,8 +962,8 @@ def top_rows(tables: list[EmbeddingTable], fraction: float) -> dict[str, np.ndar
                 parts.append({f: v[c["show_now"] > cut] for f, v in c.items()})
                 eq = c["show_now"] == cut
                 if ties and eq.any():
-                    tied = _concat_columns([p for p in (tied, {f: v[eq] for f, v in c.items()})
-                                            if p is not None])  # fmt: skip
+                    at_cut = {f: v[eq] for f, v in c.items()}
+                    tied = at_cut if tied is None else _concat_columns([tied, at_cut])
                     if len(tied["key"]) > ties:  # (bounded: the smallest keys so far)
                         keep = np.argpartition(tied["key"], ties - 1)[:ties]
                         tied = {f: v[keep] for f, v in tied.items()}
