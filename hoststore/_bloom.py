@@ -82,6 +82,7 @@ class KeyFilter:
 
     def __init__(self, capacity: int = _FIRST_LAYER_KEYS):
         self._layers: list[list] = []  # [bits, capacity, added]
+        self._table: np.ndarray | None = None  # see layer_table
         self._grow(max(_FIRST_LAYER_KEYS, capacity))
 
     @property
@@ -102,6 +103,7 @@ class KeyFilter:
             part, keys = keys[:room], keys[room:]
             _add(layer[0], part)
             layer[2] += len(part)
+            self._table = None
 
     def may_contain(self, keys: np.ndarray) -> np.ndarray:
         keys = np.ascontiguousarray(keys, np.int64).view(np.uint64)
@@ -110,6 +112,15 @@ class KeyFilter:
             if added:
                 _query(bits, keys, out)
         return out
+
+    def layer_table(self) -> np.ndarray:
+        """(address, words) of each layer that holds keys, for compiled code to probe with
+        :func:`may_hold` (see :func:`hoststore._kernels.pointer`); valid while the filter
+        lives (its layers' bits never move)."""
+        if self._table is None:
+            rows = [(bits.ctypes.data, len(bits)) for bits, _, added in self._layers if added]
+            self._table = np.array(rows, np.int64).reshape(len(rows), 2)
+        return self._table
 
     @property
     def only_layer(self) -> np.ndarray:

@@ -4,12 +4,28 @@ from __future__ import annotations
 
 import numba as nb
 import numpy as np
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from hoststore import _index as ix
 from hoststore._prefetch import prefetch, prefetch_row
 
 # How many rows ahead the row loops below prefetch: enough to cover a memory latency.
 _AHEAD = 16
+
+
+@intrinsic
+def pointer(typingctx, address):
+    """A void pointer from an int64 address, for ``nb.carray(pointer(a), n, dtype)``:
+    compiled code then reads arrays named in a table of addresses. Numba's typed lists
+    would do the same safely but cost ~3.5 us each a call to unbox (a disk-tier lookup
+    passed three: more than its reads when a batch brings a few keys from disk). Whoever
+    builds such a table keeps the arrays alive and in place while it is used."""
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], cgutils.voidptr_t)
+
+    return nb.types.voidptr(nb.types.int64), codegen
 
 
 @nb.njit(inline="always", cache=True)
@@ -189,6 +205,24 @@ def scatter_rows(dst, rows, block):
         r = rows[i]
         for j in range(width):
             dst[r, j] = block[i, j]
+
+
+@nb.njit(nogil=True, cache=True)
+def scatter_records(recs, rows, plan, cap):
+    """Copies each record (``recs[i]``, bytes) into the columns of row ``rows[i]``: plan
+    entry p copies ``plan[p, 3]`` bytes from ``recs[i, plan[p, 2]:]`` to address
+    ``plan[p, 0] + row * plan[p, 1]`` (a column's first row and its row stride). Returns
+    -1, copying nothing, when a row is not below ``cap`` (the rows the columns hold)."""
+    for i in range(rows.shape[0]):
+        if rows[i] < 0 or rows[i] >= cap:
+            return -1
+    for i in range(rows.shape[0]):
+        for p in range(plan.shape[0]):
+            dst = nb.carray(pointer(plan[p, 0] + rows[i] * plan[p, 1]), plan[p, 3], np.uint8)
+            src = plan[p, 2]
+            for b in range(plan[p, 3]):
+                dst[b] = recs[i, src + b]
+    return 0
 
 
 @nb.njit(nogil=True, cache=True)

@@ -31,9 +31,9 @@ import os
 
 import numba as nb
 import numpy as np
-from numba.typed import List
 
 from hoststore._bloom import KeyFilter, may_hold
+from hoststore._kernels import pointer
 
 BLOCK = 16  # records per block: one pread (1.4 KB at 88-byte records) and one fence key
 
@@ -67,51 +67,81 @@ def split_records(words: np.ndarray, record: np.dtype) -> tuple[np.ndarray, np.n
     return words[:, 0].copy(), words[:, 1:].copy().view(record).reshape(-1)
 
 
+# Columns of RunSet.table, a row per run: its file descriptor and records, then the
+# address and length of its fence keys, its dead bits and its bloom filter.
+_FD, _N, _FENCE, _FENCES, _DEAD, _BLOOM, _BLOOM_WORDS = range(7)
+
+
+@nb.njit(inline="always")
+def _dead_bits(runs, r):
+    return nb.carray(pointer(runs[r, _DEAD]), (runs[r, _N] + 7) >> 3, np.uint8)
+
+
 # A function that calls a ctypes pointer cannot be cached on disk by numba: it compiles once
 # per process (well under a second).
 @nb.njit(nogil=True)
-def _lookup(fds, ns, fences, deads, blooms, keys, todo, found, run_of, pos, out, buf):
+def _lookup(runs, layers, keys, todo, kill, found, run_of, pos, out, killed, buf):
     """For each i in ``todo`` (ascending keys), the newest run (the last) that holds
     ``keys[i]`` alive: found[i] = True, run_of[i] = the run, pos[i] = its record's index
-    there, out[i] = its words. Run by run, newest first, each with the keys not found yet
-    in key order (a run's fences, filter and file are read in order): its bloom filter, a
-    binary search of its fences, one ``pread`` of the block, a search in the block. Returns
-    -1 when a read fails (errno says why), else 0."""
+    there, out[i] = its words; with ``kill``, the record dies and killed[run] counts it (a
+    key twice in ``todo`` is found once). First the key filter (``layers``: address and
+    words of each layer; a key in none is not on disk), then run by run, newest first, each
+    with the keys not found yet in key order (a run's fences, filter and file are read in
+    order): its bloom filter, a binary search of its fences, one ``pread`` of the block, a
+    search in the block. Returns -1 when a read fails (errno says why), else 0."""
     words = buf.shape[1]
-    rest = todo.copy()
-    m = rest.shape[0]
-    for r in range(fds.shape[0] - 1, -1, -1):
+    rest = np.empty_like(todo)
+    m = 0
+    for t in range(todo.shape[0]):
+        k = np.uint64(keys[todo[t]])
+        for layer in range(layers.shape[0]):
+            bits = nb.carray(pointer(layers[layer, 0]), layers[layer, 1], np.uint64)
+            if may_hold(bits, k):
+                rest[m] = todo[t]
+                m += 1
+                break
+    for r in range(runs.shape[0] - 1, -1, -1):
+        if not m:
+            break
+        fence = nb.carray(pointer(runs[r, _FENCE]), runs[r, _FENCES], np.int64)
+        bloom = nb.carray(pointer(runs[r, _BLOOM]), runs[r, _BLOOM_WORDS], np.uint64)
+        dead = _dead_bits(runs, r)
+        n = runs[r, _N]
         cur, left = -1, 0
         for t in range(m):
             i = rest[t]
             k = keys[i]
             hit = False
             b = -1
-            if may_hold(blooms[r], np.uint64(k)):
-                b = np.searchsorted(fences[r], k, side="right") - 1
+            if may_hold(bloom, np.uint64(k)):
+                b = np.searchsorted(fence, k, side="right") - 1
             if b >= 0:
                 lo = b * BLOCK
-                cnt = min(BLOCK, ns[r] - lo)
+                cnt = min(BLOCK, n - lo)
                 if b != cur:
                     want, got = cnt * words * 8, 0
                     while got < want:  # a read may come back in parts
-                        n = _pread(fds[r], buf.ctypes.data + got, want - got,
-                                   lo * words * 8 + got)  # fmt: skip
-                        if n <= 0:
+                        got_now = _pread(runs[r, _FD], buf.ctypes.data + got, want - got,
+                                         lo * words * 8 + got)  # fmt: skip
+                        if got_now <= 0:
                             return -1
-                        got += n
+                        got += got_now
                     cur = b
                 for j in range(cnt):
                     kj = buf[j, 0]
                     if kj == k:
                         p = lo + j
-                        if not (deads[r][p >> 3] >> (p & 7)) & 1:
+                        bit = np.uint8(1 << (p & 7))
+                        if not dead[p >> 3] & bit:
                             hit = True
                             found[i] = True
                             run_of[i] = r
                             pos[i] = p
                             for w in range(words):
                                 out[i, w] = buf[j, w]
+                            if kill:
+                                dead[p >> 3] |= bit
+                                killed[r] += 1
                         break
                     if kj > k:
                         break
@@ -119,60 +149,64 @@ def _lookup(fds, ns, fences, deads, blooms, keys, todo, found, run_of, pos, out,
                 rest[left] = i
                 left += 1
         m = left
-        if not m:
-            break
     return 0
 
 
 @nb.njit(nogil=True, cache=True)
-def _kill_found(deads, found, run_of, pos, killed):
+def _kill_found(runs, found, run_of, pos, killed):
     """Sets the dead bits of the records found (run ``run_of[i]``, record ``pos[i]``);
     killed[r] += how many of run r's were alive."""
     for i in range(found.shape[0]):
         if found[i]:
             r, p = run_of[i], pos[i]
+            dead = _dead_bits(runs, r)
             bit = np.uint8(1 << (p & 7))
-            if not deads[r][p >> 3] & bit:
-                deads[r][p >> 3] |= bit
+            if not dead[p >> 3] & bit:
+                dead[p >> 3] |= bit
                 killed[r] += 1
 
 
 class RunSet:
-    """Runs (oldest first) as one compiled lookup sees them: their files, sizes, fences,
-    dead bits and bloom filters in arrays and typed lists, built once per set of runs
-    (~40 us a list; handing them to a lookup, ~1 us). One call for every run, without the
-    GIL: the per-run Python steps of a lookup cost more than its reads when a batch brings
-    a few dozen keys from disk."""
+    """Runs (oldest first) as one compiled lookup sees them: a table of their files, sizes
+    and the addresses of their fences, dead bits and bloom filters (see
+    :func:`hoststore._kernels.pointer`), built once per set of runs. One call for every
+    run, without the GIL: the per-run Python steps of a lookup cost more than its reads
+    when a batch brings a few dozen keys from disk. The set holds the runs, and a run never
+    replaces those arrays (its dead bits change in place: kills show through)."""
 
     def __init__(self, runs: list[SortedRun]):
         self.runs = list(runs)
-        self.fds = np.array([r._fd for r in runs], np.int64)
-        self.ns = np.array([r.n for r in runs], np.int64)
-        self.fences = List.empty_list(nb.types.int64[::1])
-        self.deads = List.empty_list(nb.types.uint8[::1])
-        self.blooms = List.empty_list(nb.types.uint64[::1])
-        for r in runs:  # (the dead bits are the runs' own arrays: kills show through)
-            self.fences.append(r.fence)
-            self.deads.append(r.dead)
-            self.blooms.append(r.bloom.only_layer)
+        table = [(r._fd, r.n, r.fence.ctypes.data, len(r.fence), r.dead.ctypes.data,
+                  r.bloom.only_layer.ctypes.data, len(r.bloom.only_layer))
+                 for r in self.runs]  # fmt: skip
+        self.table = np.array(table, np.int64).reshape(len(self.runs), 7)
+
+    def _count_kills(self, killed: np.ndarray) -> int:
+        killed = killed.tolist()  # (a few runs: Python's ints beat numpy's steps here)
+        for run, n in zip(self.runs, killed, strict=True):
+            run.live -= n
+        return sum(killed)
 
     def kill(self, found, run_of, pos) -> int:
-        """The records a lookup found die (see :func:`_kill_found`); returns how many."""
+        """The records a lookup found die (see :func:`_kill_found`); returns how many were
+        alive."""
         killed = np.zeros(len(self.runs), np.int64)
-        _kill_found(self.deads, found, run_of, pos, killed)
-        for r in np.flatnonzero(killed):
-            self.runs[r].live -= int(killed[r])
-        return int(np.count_nonzero(found))
+        _kill_found(self.table, found, run_of, pos, killed)
+        return self._count_kills(killed)
 
-    def lookup(self, keys: np.ndarray, todo: np.ndarray, found, run_of, pos, out) -> None:
-        """Fills found/run_of/pos/out (see :func:`_lookup`) for ``keys[todo]``, ascending."""
+    def lookup(self, keys: np.ndarray, todo: np.ndarray, layers: np.ndarray, found, run_of,
+               pos, out, kill: bool = False) -> int:  # fmt: skip
+        """Fills found/run_of/pos/out (see :func:`_lookup`) for ``keys[todo]``, ascending,
+        of those the key filter's ``layers`` (:meth:`KeyFilter.layer_table`) may hold; with
+        ``kill``, the records found die. Returns how many died."""
         if not len(todo) or not self.runs:
-            return
+            return 0
         buf = np.empty((BLOCK, out.shape[1]), np.int64)
-        if _lookup(self.fds, self.ns, self.fences, self.deads, self.blooms, keys, todo, found,
-                   run_of, pos, out, buf):  # fmt: skip
+        killed = np.zeros(len(self.runs), np.int64)
+        if _lookup(self.table, layers, keys, todo, kill, found, run_of, pos, out, killed, buf):
             err = ctypes.get_errno()
             raise OSError(err, f"reading a run: {os.strerror(err) if err else 'short'}")
+        return self._count_kills(killed) if kill else 0
 
 
 @nb.njit(nogil=True, cache=True)

@@ -187,7 +187,7 @@ class ColdRows:
         moved is consistent: a merge that fails then loses nothing."""
         if not len(keys):
             return
-        old = None if new else self._find(keys)
+        old = None if new else self._find(keys)[:3]
         recs = self._sorted_records(keys, records)
         w = self._writer(len(recs))
         with w.aborted_on_error():  # a failed write (a full disk) leaves the runs as they were
@@ -195,7 +195,7 @@ class ColdRows:
                 w.add(recs[lo : lo + _BATCH])
             self._runs.append(w.finish())
         if old is not None:  # the old records die once the new ones are written
-            self._kill(*old[:3])
+            self._kill(*old)
         if new:
             self.count += len(keys)
             self.filter.add(keys)
@@ -209,35 +209,42 @@ class ColdRows:
         runs.pack(keys, np.argsort(keys), np.ascontiguousarray(records, self.dtype), recs)
         return recs
 
-    def _find(self, keys: np.ndarray):
+    def _find(self, keys: np.ndarray, kill: bool = False, ascending: bool = False):
         """(found mask, each found key's run, its record's index, records as words), for
         ``keys`` in any order; newest run first (a record dies in its old run when a newer
-        one is written, but while frozen both are alive)."""
+        one is written, but while frozen both are alive). With ``kill``, the records found
+        die (while frozen, when it thaws) and a key twice in ``keys`` is found once; returns
+        how many died as a fifth item. ``ascending``: the caller says the keys are."""
         n = len(keys)
         words = self._fdtype.itemsize // 8
         found, pos = np.zeros(n, np.bool_), np.zeros(n, np.int64)
         run_of = np.full(n, -1, np.int64)
         out = np.empty((n, words), np.int64)
         if not n or not self._runs:
-            return found, run_of, pos, out
+            return found, run_of, pos, out, 0
         keys = np.ascontiguousarray(keys, np.int64)
-        ascending = n < 2 or bool((keys[1:] > keys[:-1]).all())  # (a fault-in's keys are)
-        order = np.arange(n) if ascending else np.argsort(keys, kind="stable")
-        todo = order[self.filter.may_contain(keys[order])]  # the runs see only these
-        lookup = self._current_runs().lookup
-        parts = min(self.read_threads, len(todo) // _MIN_KEYS_PER_READER)
-        if parts < 2:
-            lookup(keys, todo, found, run_of, pos, out)
-            return found, run_of, pos, out
-        # Ranges of keys in parallel (one compiled call each, without the GIL; each writes
-        # its own rows).
-        pieces = np.array_split(todo, parts)
-        futures = [self._readers.submit(lookup, keys, p, found, run_of, pos, out)
-                   for p in pieces[1:]]  # fmt: skip
-        lookup(keys, pieces[0], found, run_of, pos, out)
-        for f in futures:
-            f.result()
-        return found, run_of, pos, out
+        ascending = ascending or n < 2 or bool((keys[1:] >= keys[:-1]).all())
+        todo = np.arange(n) if ascending else np.argsort(keys, kind="stable")
+        rs, layers = self._current_runs(), self.filter.layer_table()
+        parts = max(1, min(self.read_threads, n // _MIN_KEYS_PER_READER))
+        if parts == 1 and (not kill or self._frozen is None):  # the kills in the same call
+            killed = rs.lookup(keys, todo, layers, found, run_of, pos, out, kill)
+        else:
+            # Ranges of keys in parallel (one compiled call each, without the GIL; each
+            # writes its own rows), then the kills (two ranges may share a byte of dead
+            # bits; while frozen, they wait for the thaw).
+            pieces = np.array_split(todo, parts)
+            futures = [self._readers.submit(rs.lookup, keys, p, layers, found, run_of, pos, out)
+                       for p in pieces[1:]]  # fmt: skip
+            rs.lookup(keys, pieces[0], layers, found, run_of, pos, out)
+            for f in futures:
+                f.result()
+            killed = 0
+            if kill:
+                hit = todo[found[todo]]  # in key order: a key found twice, once
+                found[hit[1:][keys[hit[1:]] == keys[hit[:-1]]]] = False
+                killed = self._kill(found, run_of, pos)
+        return found, run_of, pos, out, killed
 
     def _records(self, words: np.ndarray) -> np.ndarray:
         return runs.split_records(words, self.dtype)[1]
@@ -246,6 +253,9 @@ class ColdRows:
         """Records found die (while frozen, when it thaws); returns how many."""
         if self._frozen is None:  # one compiled pass over every run's dead bits
             return self._current_runs().kill(found, run_of, pos)
+        return self._defer_kills(found, run_of, pos)
+
+    def _defer_kills(self, found, run_of, pos) -> int:
         hit = np.flatnonzero(found)
         for r in np.unique(run_of[hit]):
             self._deferred.append((self._runs[r], pos[hit[run_of[hit] == r]]))
@@ -258,21 +268,25 @@ class ColdRows:
             self._run_set = runs.RunSet(self._runs)
         return self._run_set
 
-    def _find_and_kill(self, keys: np.ndarray) -> int:
-        found, run_of, pos, _ = self._find(keys)
-        return self._kill(found, run_of, pos)
-
     def get(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(mask of the keys on disk, their records)."""
-        found, _, _, out = self._find(keys)
+        found, _, _, out, _ = self._find(keys)
         return found, self._records(out[found])
 
+    def take_words(self, keys: np.ndarray, ascending: bool = False
+                   ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+        """(mask of the keys on disk, their file records as rows of 8-byte words: the key,
+        then the record), and the keys found leave the disk (they move to RAM; while
+        frozen, their records stay readable until it thaws). A key twice is found once;
+        ``ascending``: the caller says the keys are."""
+        found, _, _, out, killed = self._find(keys, kill=True, ascending=ascending)
+        self.count -= killed
+        return found, out[found]
+
     def take(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``get``, then the keys found leave the disk (they move to RAM; while frozen,
-        their records stay readable until it thaws)."""
-        found, run_of, pos, out = self._find(keys)
-        self.count -= self._kill(found, run_of, pos)
-        return found, self._records(out[found])
+        """``take_words``, with the records as records."""
+        found, words = self.take_words(keys)
+        return found, self._records(words)
 
     def freeze(self) -> None:
         """The records on disk stay as they are (a snapshot reads them) until :meth:`thaw`."""
@@ -288,7 +302,7 @@ class ColdRows:
         """Deletes keys that are on disk (the caller knows they are)."""
         if not len(keys):
             return
-        n = self._find_and_kill(keys)
+        n = self._find(keys, kill=True)[4]
         self.count -= n
         self._stale += n
         if self._stale > self.count + (1 << 16):  # mostly stale: rebuild from a key scan

@@ -110,6 +110,7 @@ class EmbeddingTable:
                   for c in self._cold_cols] + [("gen", "<u4"), ("epoch", "<u4")]  # fmt: skip
         self._cold = ColdRows(tier.path, self.config.name, np.dtype(fields), tier.read_threads)
         self._moves = {"faulted_in": 0, "spilled": 0}  # rows moved between the tiers
+        self._plan: tuple | None = None  # see _fault_in_plan
 
     def _mark(self, rows: np.ndarray) -> None:
         """Marks RAM rows used now (the spill takes the least recently used)."""
@@ -149,23 +150,45 @@ class EmbeddingTable:
         keep their generation."""
         if self._cold is None or not len(self._cold) or not len(ids):
             return 0
-        keys = np.sort(ids)  # (np.unique hashes first: ~3x this sort at a batch's sizes)
-        if len(keys) > 1 and not (keys[1:] != keys[:-1]).all():
-            keys = keys[np.concatenate(([True], keys[1:] != keys[:-1]))]
-        found, rec = self._cold.take(keys)
-        if not len(rec):
+        # (sorted, the lookup reads the runs in order; a key twice is found once)
+        _, words = self._cold.take_words(np.sort(ids), ascending=True)
+        if not len(words):
             return 0
-        keys = keys[found]
-        self._catch_up(rec)
+        keys = words[:, 0].copy()
         r = self._rows
         slots = r.take(len(keys))
         r.insert(keys, slots)
-        for c in self._cold_cols:
-            r.column(c)[slots] = rec[c]
-        r.gen[slots] = rec["gen"]
+        recs = words.view(np.uint8)
+        if K.scatter_records(recs, slots, self._fault_in_plan(), r.cap):
+            raise AssertionError(f"row slots beyond the table's {r.cap}")
+        if self._decays:  # (records written before any decay have nothing to catch up)
+            at = 8 + self._cold.dtype.fields["epoch"][1]
+            self._catch_up_rows(slots, recs[:, at : at + 4].copy().view("<u4").reshape(-1))
         self._mark(slots)
         self._moves["faulted_in"] += len(keys)
         return len(keys)
+
+    def _fault_in_plan(self) -> np.ndarray:
+        """Where :func:`hoststore._kernels.scatter_records` copies a file record's fields:
+        each cold column to its RAM column, the generation too. Rebuilt when the columns
+        move (a resize)."""
+        version = (self._rows, self._rows.growth["resizes"])
+        if self._plan is None or self._plan[0] != version:
+            rec = self._cold.dtype
+            cols = [(self._rows.column(c), c) for c in self._cold_cols]
+            plan = [(a.ctypes.data, a.strides[0], 8 + rec.fields[c][1],
+                     a.itemsize * int(np.prod(a.shape[1:])))
+                    for a, c in [*cols, (self._rows.gen, "gen")]]  # fmt: skip
+            self._plan = (version, np.array(plan, np.int64))
+        return self._plan[1]
+
+    def _catch_up_rows(self, rows: np.ndarray, epochs: np.ndarray) -> None:
+        """:meth:`_catch_up` for rows back in RAM, whose records had seen ``epochs``."""
+        for j in range(int(epochs.min(initial=len(self._decays))), len(self._decays)):
+            behind = rows[epochs <= j]
+            rate = np.float32(self._decays[j])
+            self._rows.show[behind] *= rate
+            self._rows.click[behind] *= rate
 
     def _fault_in_missing(self, ids: np.ndarray) -> None:
         if self._cold is not None and len(self._cold):
