@@ -16,7 +16,7 @@ _AHEAD = 16
 
 @intrinsic
 def pointer(typingctx, address):
-    """A void pointer from an int64 address, for ``nb.carray(pointer(a), n, dtype)``:
+    """A void pointer from an integer address, for ``nb.carray(pointer(a), n, dtype)``:
     compiled code then reads arrays named in a table of addresses. Numba's typed lists
     would do the same safely but cost ~3.5 us each a call to unbox (a disk-tier lookup
     passed three: more than its reads when a batch brings a few keys from disk). Whoever
@@ -25,7 +25,7 @@ def pointer(typingctx, address):
     def codegen(context, builder, signature, args):
         return builder.inttoptr(args[0], cgutils.voidptr_t)
 
-    return nb.types.voidptr(nb.types.int64), codegen
+    return nb.types.voidptr(address), codegen
 
 
 @nb.njit(inline="always", cache=True)

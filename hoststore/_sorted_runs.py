@@ -26,7 +26,6 @@ variable-size values bought the tier nothing.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 
 import numba as nb
@@ -37,10 +36,12 @@ from hoststore._kernels import pointer
 
 BLOCK = 16  # records per block: one pread (1.4 KB at 88-byte records) and one fence key
 
-_LIBC = ctypes.CDLL(None, use_errno=True)
-_pread = _LIBC.pread
-_pread.restype = ctypes.c_ssize_t
-_pread.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int64]
+# libc's pread and errno (glibc's and musl's name), called from compiled code: no Python
+# object per read, and (unlike a ctypes function pointer) numba caches the caller on disk.
+_pread = nb.types.ExternalFunction(
+    "pread", nb.types.intp(nb.types.intc, nb.types.voidptr, nb.types.uintp, nb.types.int64)
+)
+_errno = nb.types.ExternalFunction("__errno_location", nb.types.CPointer(nb.types.intc)())
 
 
 def padded(record: np.dtype) -> np.dtype:
@@ -77,9 +78,7 @@ def _dead_bits(runs, r):
     return nb.carray(pointer(runs[r, _DEAD]), (runs[r, _N] + 7) >> 3, np.uint8)
 
 
-# A function that calls a ctypes pointer cannot be cached on disk by numba: it compiles once
-# per process (well under a second).
-@nb.njit(nogil=True)
+@nb.njit(nogil=True, cache=True)
 def _lookup(runs, layers, keys, todo, kill, found, run_of, pos, out, killed, buf):
     """For each i in ``todo`` (ascending keys), the newest run (the last) that holds
     ``keys[i]`` alive: found[i] = True, run_of[i] = the run, pos[i] = its record's index
@@ -88,7 +87,8 @@ def _lookup(runs, layers, keys, todo, kill, found, run_of, pos, out, killed, buf
     words of each layer; a key in none is not on disk), then run by run, newest first, each
     with the keys not found yet in key order (a run's fences, filter and file are read in
     order): its bloom filter, a binary search of its fences, one ``pread`` of the block, a
-    search in the block. Returns -1 when a read fails (errno says why), else 0."""
+    search in the block. Returns 0, or the errno of a read that failed (-1: it came back
+    short)."""
     words = buf.shape[1]
     rest = np.empty_like(todo)
     m = 0
@@ -121,9 +121,11 @@ def _lookup(runs, layers, keys, todo, kill, found, run_of, pos, out, killed, buf
                 if b != cur:
                     want, got = cnt * words * 8, 0
                     while got < want:  # a read may come back in parts
-                        got_now = _pread(runs[r, _FD], buf.ctypes.data + got, want - got,
-                                         lo * words * 8 + got)  # fmt: skip
-                        if got_now <= 0:
+                        got_now = _pread(np.intc(runs[r, _FD]), pointer(buf.ctypes.data + got),
+                                         want - got, lo * words * 8 + got)  # fmt: skip
+                        if got_now < 0:
+                            return _errno()[0]
+                        if got_now == 0:
                             return -1
                         got += got_now
                     cur = b
@@ -203,9 +205,9 @@ class RunSet:
             return 0
         buf = np.empty((BLOCK, out.shape[1]), np.int64)
         killed = np.zeros(len(self.runs), np.int64)
-        if _lookup(self.table, layers, keys, todo, kill, found, run_of, pos, out, killed, buf):
-            err = ctypes.get_errno()
-            raise OSError(err, f"reading a run: {os.strerror(err) if err else 'short'}")
+        err = _lookup(self.table, layers, keys, todo, kill, found, run_of, pos, out, killed, buf)
+        if err:
+            raise OSError(max(err, 0), f"reading a run: {os.strerror(err) if err > 0 else 'short'}")
         return self._count_kills(killed) if kill else 0
 
 
@@ -276,13 +278,12 @@ class SortedRun:
         self._fd = os.open(path, os.O_RDONLY)
 
     def _read(self, raw: np.ndarray, offset: int) -> None:
-        """Fills ``raw`` (bytes) from ``offset`` of the file (libc's pread: no GIL held)."""
+        """Fills ``raw`` (bytes) from ``offset`` of the file (``preadv``: no GIL held)."""
         got = 0
         while got < raw.nbytes:  # a read may come back in parts
-            r = _pread(self._fd, raw.ctypes.data + got, raw.nbytes - got, offset + got)
-            if r <= 0:
-                err = ctypes.get_errno()
-                raise OSError(err, f"reading {self.path}: {os.strerror(err) if err else 'short'}")
+            r = os.preadv(self._fd, [raw[got:]], offset + got)
+            if not r:
+                raise OSError(0, f"reading {self.path}: short")
             got += r
 
     def kill(self, pos: np.ndarray) -> None:

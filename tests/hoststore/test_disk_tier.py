@@ -407,6 +407,30 @@ def test_cold_rows_read_a_large_batch_in_parallel_ranges(tmp_path, read_threads)
     cold.close()
 
 
+@pytest.mark.parametrize(("source", "match"), [("empty file", "short"),
+                                               ("directory", "Is a directory")])  # fmt: skip
+def test_a_failed_read_of_a_run_raises_and_says_why(tmp_path, source, match):
+    import errno
+
+    from hoststore.disk_tier import ColdRows
+
+    cold = ColdRows(str(tmp_path / "tier"), "t", np.dtype([("v", "<f4")]))
+    keys = np.arange(100, dtype=np.int64)
+    cold.put(keys, np.zeros(100, cold.dtype))
+    run = cold._runs[0]
+    (tmp_path / "empty").write_bytes(b"")
+    path = tmp_path / "empty" if source == "empty file" else tmp_path
+    good, run._fd = run._fd, os.open(path, os.O_RDONLY)
+    cold._run_set = None  # (the lookups' table of files is built again)
+    with pytest.raises(OSError, match=match) as e:
+        cold.get(keys)
+    assert e.value.errno == (errno.EISDIR if source == "directory" else 0)
+    os.close(run._fd)
+    run._fd, cold._run_set = good, None
+    assert cold.get(keys)[0].all()
+    cold.close()
+
+
 @pytest.mark.parametrize("keep_even", [False, True])
 def test_chains_of_two_shards_load_through_tiered_tables_only(tmp_path, monkeypatch, keep_even):
     """Two parts' chains (base + delta each, written from tiered tables) load into 3 tiered
