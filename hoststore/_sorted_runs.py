@@ -168,6 +168,23 @@ def _kill_found(runs, found, run_of, pos, killed):
                 killed[r] += 1
 
 
+@nb.njit(nogil=True, cache=True)
+def _read_keys(fd, itemsize, pos, out):
+    """out[i] = the key of record ``pos[i]``; returns 0 or as :func:`_lookup` does."""
+    for i in range(pos.shape[0]):
+        got = _pread(np.intc(fd), pointer(out[i:].ctypes.data), 8, pos[i] * itemsize)
+        if got < 0:
+            return _errno()[0]
+        if got < 8:
+            return -1
+    return 0
+
+
+def _raise_read_error(err: int, what: str) -> None:
+    if err:
+        raise OSError(max(err, 0), f"reading {what}: {os.strerror(err) if err > 0 else 'short'}")
+
+
 class RunSet:
     """Runs (oldest first) as one compiled lookup sees them: a table of their files, sizes
     and the addresses of their fences, dead bits and bloom filters (see
@@ -206,8 +223,7 @@ class RunSet:
         buf = np.empty((BLOCK, out.shape[1]), np.int64)
         killed = np.zeros(len(self.runs), np.int64)
         err = _lookup(self.table, layers, keys, todo, kill, found, run_of, pos, out, killed, buf)
-        if err:
-            raise OSError(max(err, 0), f"reading a run: {os.strerror(err) if err > 0 else 'short'}")
+        _raise_read_error(err, "a run")
         return self._count_kills(killed) if kill else 0
 
 
@@ -288,6 +304,13 @@ class SortedRun:
 
     def kill(self, pos: np.ndarray) -> None:
         self.live -= _kill(self.dead, np.ascontiguousarray(pos, np.int64))
+
+    def keys_at(self, pos: np.ndarray) -> np.ndarray:
+        """The keys of records ``pos``."""
+        out = np.empty(len(pos), np.int64)
+        pos = np.ascontiguousarray(pos, np.int64)
+        _raise_read_error(_read_keys(self._fd, self.dtype.itemsize, pos, out), self.path)
+        return out
 
     def chunks(self, size: int):
         """The live records in key order, in chunks of up to ``size`` (rounded up to 8),

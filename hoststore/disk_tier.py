@@ -23,7 +23,7 @@ import socket
 import uuid
 import weakref
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
@@ -170,8 +170,14 @@ class ColdRows:
         self.read_threads = read_threads  # threads a batch's reads use (this + the pool's)
         self._readers = (ThreadPoolExecutor(read_threads - 1, "hoststore-tier-read")
                          if read_threads > 1 else None)  # fmt: skip
+        # Merges run on a thread of their own, one at a time, off the callers' path.
+        self._merger = ThreadPoolExecutor(1, "hoststore-tier-merge")
+        self._merging: _Merge | None = None
+        self._merge_done: list[Future] = []  # the merge in flight's result, for _close
+        self.merge_failures, self.merge_error = 0, ""  # merges that failed, the last's error
         # Closed and removed at close(), or when the table is dropped or the process exits.
-        self._finalizer = weakref.finalize(self, _close, self._runs, self.path, self._readers)
+        self._finalizer = weakref.finalize(self, _close, self._runs, self.path, self._readers,
+                                           self._merger, self._merge_done)  # fmt: skip
 
     def __len__(self) -> int:
         return self.count
@@ -318,32 +324,85 @@ class ColdRows:
         self._stale = 0
 
     def compact(self) -> None:
-        """Merges the newest ``_FANIN`` runs when they are of one size class (a size class
-        is a factor ``_FANIN``: a record is rewritten once a class, log(n / spill) times,
-        and a table holds fewer than ``_FANIN`` runs a class), rewrites runs mostly dead,
-        drops runs all dead. Not while frozen or scanned."""
+        """Installs a merge that has finished, drops runs all dead, and starts the next
+        merge: the newest ``_FANIN`` runs when they are of one size class (a size class is
+        a factor ``_FANIN``: a record is rewritten once a class, log(n / spill) times, and
+        a table holds fewer than ``_FANIN`` runs a class), else a run mostly dead (rewritten
+        without its dead records). Not while frozen or scanned (a merge that finished
+        waits: it would remove runs being read). A merge runs on the tier's merge thread,
+        one at a time. A merge that failed (a full disk) loses nothing: its runs stay as
+        they were, ``merge_failures`` and ``merge_error`` (in the table's stats) say so,
+        and the next call tries again (the spills, whose writes a full disk fails too,
+        raise)."""
         if self._frozen is not None or self._scans:
             return
+        self._install_merge()
         rs = self._runs
-        while True:
-            for r in [r for r in rs if not r.live]:
-                rs.remove(r)
-                self._run_set = None
-                r.close(remove=True)
-            if len(rs) >= _FANIN and _size_class(rs[-_FANIN].live) <= _size_class(rs[-1].live):
-                pick = rs[-_FANIN:]
-            else:
-                pick = [r for r in rs if 2 * r.live < r.n][:1]
-                if not pick:
-                    return
-            at = rs.index(pick[0])
-            w = self._writer(sum(r.live for r in pick))
-            with w.aborted_on_error():  # a failed merge leaves the runs as they were
-                merged = runs.merge(pick, w, _BATCH)
-            rs[at : at + len(pick)] = [merged]
-            self._run_set = None  # (it holds the runs' RAM parts until the next lookup)
-            for r in pick:
-                r.close(remove=True)
+        busy = self._merging.pick if self._merging is not None else []
+        for r in [r for r in rs if not r.live and r not in busy]:
+            rs.remove(r)
+            self._run_set = None
+            r.close(remove=True)
+        if self._merging is not None:
+            return
+        if len(rs) >= _FANIN and _size_class(rs[-_FANIN].live) <= _size_class(rs[-1].live):
+            pick = rs[-_FANIN:]
+        else:
+            pick = [r for r in rs if 2 * r.live < r.n][:1]
+            if not pick:
+                return
+        w = self._writer(sum(r.live for r in pick))
+        # The dead bits as the merge starts: records that die while it reads die again in
+        # the merged run when it is installed.
+        dead = [r.dead.copy() for r in pick]
+        self._merging = _Merge(pick, dead, self._merger.submit(_merge, pick, w))
+        self._merge_done[:] = [self._merging.done]
+
+    @property
+    def merge_finished(self) -> bool:
+        """Whether a merge has finished and waits for :meth:`compact` to install it."""
+        return self._merging is not None and self._merging.done.done()
+
+    def _install_merge(self, wait: bool = False) -> None:
+        """A finished merge (with ``wait``, the one in flight) replaces its runs."""
+        m = self._merging
+        if m is None or not (wait or m.done.done()):
+            return
+        self._merging = None
+        self._merge_done.clear()
+        try:
+            merged = m.done.result()
+        except OSError as e:
+            self.merge_failures += 1
+            self.merge_error = str(e)
+            return
+        # Records that died while the merge read them: their keys die in the merged run.
+        gone = [np.flatnonzero(np.unpackbits(r.dead & ~d, count=r.n, bitorder="little"))
+                for r, d in zip(m.pick, m.dead, strict=True)]  # fmt: skip
+        keys = np.concatenate([r.keys_at(p) for r, p in zip(m.pick, gone, strict=True)])
+        if len(keys):
+            keys.sort()
+            n = len(keys)
+            merged_set = runs.RunSet([merged])
+            merged_set.lookup(keys, np.arange(n), merged.bloom.layer_table(),
+                              np.zeros(n, np.bool_), np.full(n, -1, np.int64),
+                              np.zeros(n, np.int64), np.empty((n, merged.dtype.itemsize // 8),
+                                                              np.int64), kill=True)  # fmt: skip
+        at = self._runs.index(m.pick[0])
+        self._runs[at : at + len(m.pick)] = [merged]
+        self._run_set = None  # (it holds the runs' RAM parts until the next lookup)
+        for r in m.pick:
+            r.close(remove=True)
+
+    def settle(self) -> None:
+        """Runs the merges due to the end, waiting for each (not while frozen or scanned;
+        a merge that fails ends it)."""
+        failures = self.merge_failures
+        while self._frozen is None and not self._scans and self.merge_failures == failures:
+            self.compact()
+            if self._merging is None:
+                return
+            self._install_merge(wait=True)
 
     def scan(self, chunk: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Every row, up to ``chunk`` (rounded up to 8) at a time: (keys, records), as of
@@ -376,7 +435,26 @@ class ColdRows:
         self._finalizer()
 
 
-def _close(open_runs: list, path: str, readers: ThreadPoolExecutor | None) -> None:
+@dataclasses.dataclass
+class _Merge:
+    """A merge in flight: the runs it merges, their dead bits as it started, its result."""
+
+    pick: list[runs.SortedRun]
+    dead: list[np.ndarray]
+    done: Future
+
+
+def _merge(pick: list[runs.SortedRun], w: runs.RunWriter) -> runs.SortedRun:
+    with w.aborted_on_error():  # a failed merge leaves the runs as they were
+        return runs.merge(pick, w, _BATCH)
+
+
+def _close(open_runs: list, path: str, readers: ThreadPoolExecutor | None,
+           merger: ThreadPoolExecutor, merge_done: list[Future]) -> None:  # fmt: skip
+    merger.shutdown(wait=True)  # (a merge in flight reads the runs: it ends first)
+    for f in merge_done:  # a merged run never installed
+        if not f.exception():
+            f.result().close()
     if readers is not None:
         readers.shutdown(wait=False)
     for r in open_runs:

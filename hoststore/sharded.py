@@ -28,10 +28,13 @@ _S32 = np.uint64(32)
 
 def merge_shard_stats(per: list[dict[str, Any]]) -> dict[str, Any]:
     """One table's stats from its shards': counts and growth seconds summed; the clock,
-    the name, the config and per-row ratios taken from the first shard."""
+    the name, the config and per-row ratios taken from the first shard; a disk tier's
+    merge error from any."""
     out = {k: v for k, v in per[0].items() if k != "config_json"}
     if "tag" in out and any(p.get("tag") != out["tag"] for p in per):
         out["tag"] = "<mixed>"  # shards hold different states (one was restarted, say)
+    if "merge_error" in out:  # (a disk tier's last failed merge, on any shard)
+        out["merge_error"] = next((p["merge_error"] for p in per if p["merge_error"]), "")
     for k, v in out.items():
         if (isinstance(v, int | np.integer) and k != "clock") or k == "growth_seconds":
             out[k] = sum(p[k] for p in per)

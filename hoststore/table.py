@@ -196,8 +196,13 @@ class EmbeddingTable:
 
     def _maybe_spill(self) -> None:
         """Spills RAM down to the budget, unless a snapshot is copying rows (it holds the
-        gate: its row slots must stay put; RAM exceeds the budget until it ends)."""
-        if self._cold is None or len(self._rows) <= self.max_ram_rows:
+        gate: its row slots must stay put; RAM exceeds the budget until it ends); else
+        installs a merge of the tier's runs that has finished."""
+        if self._cold is None:
+            return
+        if len(self._rows) <= self.max_ram_rows:
+            if self._cold.merge_finished:  # (its runs are replaced: not a change)
+                self._cold.compact()
             return
         if self._gate.acquire(blocking=False):
             try:
@@ -251,6 +256,13 @@ class EmbeddingTable:
 
     def _cold_columns(self, keys: np.ndarray, rec: np.ndarray) -> dict[str, np.ndarray]:
         return {"key": keys, **{c: rec[c] for c in self._cold_cols}}
+
+    def settle(self) -> None:
+        """Waits for the disk tier's merges, those in progress and those they lead to (they
+        run on a thread of their own while the table serves); without a tier, nothing."""
+        if self._cold is not None:
+            with self._lock:
+                self._cold.settle()
 
     @property
     def lookup_threads(self) -> int:
@@ -940,7 +952,9 @@ class EmbeddingTable:
         return {"ram_rows": len(self._rows), "disk_rows": len(self._cold),
                 "max_ram_rows": self.max_ram_rows,
                 "disk_bytes": self._cold.disk_bytes(),
-                "key_filter_bytes": self._cold.ram_bytes(), **self._moves}  # fmt: skip
+                "key_filter_bytes": self._cold.ram_bytes(), **self._moves,
+                "merge_failures": self._cold.merge_failures,
+                "merge_error": self._cold.merge_error}  # fmt: skip
 
     def row_stats(self, ids: np.ndarray) -> dict[str, np.ndarray]:
         """Statistics of ids at the current clock (decay applied); absent ids read NaN/-1."""

@@ -108,6 +108,7 @@ def rss_phase(c: TierBenchConfig) -> dict[str, float]:
             t.push(ids, _grads(c, len(ids)), assume_unique=True)
             if "full_rss_mb" not in out and lo + c.batch >= c.budget_rows:
                 out["full_rss_mb"] = _status("VmRSS")  # RAM at its budget, nothing on disk
+        t.settle()  # (the merges the fill left running)
         out["fill_rows_per_s"] = c.rows / (time.perf_counter() - t0)
         st = t.stats()
         out.update(rows=len(t), ram_rows=st["ram_rows"], disk_rows=st["disk_rows"],
@@ -208,6 +209,7 @@ def throughput_phase(c: TierBenchConfig) -> dict:
             tier = hs.DiskTier(root, max_rows=int(share * c.zipf_rows))
             t = hs.EmbeddingTable(_cfg(c), tier=tier)
             _fill(t, c)
+            t.settle()  # (the merges the fill left running: their own time is the fill's)
             case = {"exponent": exponent, "share": share, **_timed(ram, t, c, batches),
                     "unique": float(np.mean([len(b) for b in batches]))}  # fmt: skip
             case["ratio"] = case["keys_per_s"] / case["ram_keys_per_s"]

@@ -379,6 +379,61 @@ def test_cold_rows_equal_a_dict_model_through_merges_freezes_and_scans(tmp_path)
     cold.close()
 
 
+def test_records_that_die_while_a_merge_reads_them_die_in_the_merged_run(tmp_path,
+                                                                         monkeypatch):  # fmt: skip
+    """A merge held on its thread while keys of its runs are taken, deleted and rewritten:
+    once installed, every key is alive exactly once, with its newest record."""
+    from hoststore import _sorted_runs
+    from hoststore.disk_tier import ColdRows
+
+    started, release = threading.Event(), threading.Event()
+    real = _sorted_runs.RunWriter.finish
+
+    def held(self):  # the merge has read its runs and written the merged one: it waits
+        if threading.current_thread().name.startswith("hoststore-tier-merge"):
+            started.set()
+            release.wait(30)
+        return real(self)
+
+    monkeypatch.setattr(_sorted_runs.RunWriter, "finish", held)
+    cold = ColdRows(str(tmp_path), "t", np.dtype([("v", "<i8")]))
+    keys = np.arange(4000, dtype=np.int64)
+
+    def rec(ks, scale):
+        r = np.zeros(len(ks), cold.dtype)
+        r["v"] = ks * scale
+        return r
+
+    for lo in range(0, 4000, 1000):  # four runs of one size class: a merge starts
+        cold.put(keys[lo : lo + 1000], rec(keys[lo : lo + 1000], 10))
+        cold.compact()
+    assert started.wait(30) and len(cold._runs) == 4
+    taken = keys[::7]
+    assert cold.take(taken)[0].all()
+    deleted = np.setdiff1d(keys[3::11], taken)
+    cold.delete(deleted)
+    rewritten = np.setdiff1d(keys[5::13], np.concatenate([taken, deleted]))
+    cold.put(rewritten, rec(rewritten, -1), new=False)
+    cold.compact()  # (the merge still runs: nothing changes)
+    assert len(cold._runs) == 5
+    release.set()
+    cold.settle()
+    assert len(cold._runs) == 2  # the merged run, the rewrites' run
+    model = {int(k): int(k) * 10 for k in np.setdiff1d(keys, np.concatenate([taken, deleted]))}
+    model.update({int(k): -int(k) for k in rewritten})
+    seen: dict[int, int] = {}
+    for ks, recs in cold.scan(512):
+        for k, v in zip(ks.tolist(), recs["v"].tolist(), strict=True):
+            assert k not in seen, k  # alive once
+            seen[k] = v
+    assert seen == model
+    assert len(cold) == len(model) == sum(r.live for r in cold._runs)
+    found, got = cold.get(keys)
+    np.testing.assert_array_equal(found, np.isin(keys, list(model)))
+    np.testing.assert_array_equal(got["v"], [model[int(k)] for k in keys[found]])
+    cold.close()
+
+
 @pytest.mark.parametrize("read_threads", [1, 3])
 def test_cold_rows_read_a_large_batch_in_parallel_ranges(tmp_path, read_threads):
     """A batch of thousands of keys (split over the reading threads) across several runs,
@@ -521,8 +576,9 @@ def test_a_serving_export_streams_the_cold_rows_and_holds_the_lock_only_while_re
 @pytest.mark.parametrize("where", ["write", "merge"])
 def test_a_full_disk_fails_the_call_and_loses_nothing(tmp_path, monkeypatch, where):
     """Run writes (spills) or merges fail for a while with ENOSPC: the calls that spill
-    raise it, and the table still equals an all-RAM table with the same history, then and
-    after the disk has room again; no partial file is left behind."""
+    raise it (a merge, on its own thread, is counted in the stats and tried again), and the
+    table still equals an all-RAM table with the same history, then and after the disk has
+    room again; no partial file is left behind."""
     import errno
 
     from hoststore import _sorted_runs
@@ -553,8 +609,12 @@ def test_a_full_disk_fails_the_call_and_loses_nothing(tmp_path, monkeypatch, whe
         if step in (49, 89):  # (its reads spill too: they get room)
             full[0] = False
             assert_same(ram, tiered)
-    assert failures[0] > 0 and tiered.stats()["disk_rows"] > 0
+    stats = tiered.stats()
+    assert failures[0] > 0 and stats["disk_rows"] > 0
+    if where == "merge":
+        assert stats["merge_failures"] > 0 and "No space" in stats["merge_error"]
     cold = tiered._cold
+    cold.settle()
     on_disk = sorted(os.listdir(cold.path))
     assert on_disk == sorted(os.path.basename(r.path) for r in cold._runs)
     tiered.close()
