@@ -10,9 +10,9 @@ binary search of the fences, one ``pread`` of the block (libc's, called from com
 no Python object per key), a search in the block.
 
 :class:`~hoststore.disk_tier.ColdRows` keeps a table's runs: each spill writes one, runs of
-similar size are merged four at a time (so a table holds O(log n) runs and a record is
-rewritten log4(n / spill) times: the merges' writes, not their reads, are what a merge
-costs), and a run mostly dead is rewritten without its dead records.
+similar size are merged four at a time, on a thread of its own (so a table holds O(log n)
+runs and a record is rewritten log4(n / spill) times: the merges' writes, not their reads,
+are what a merge costs), and a run mostly dead is rewritten without its dead records.
 
 Why a format of our own and not RocksDB (the engine the tier used first, through
 ``rocksdict``): the tier needs records of one size, batched lookups, whole-run writes,
@@ -212,6 +212,14 @@ class RunSet:
         killed = np.zeros(len(self.runs), np.int64)
         _kill_found(self.table, found, run_of, pos, killed)
         return self._count_kills(killed)
+
+    def kill_keys(self, keys: np.ndarray, layers: np.ndarray) -> int:
+        """The live records of ``keys`` (ascending) die; returns how many."""
+        n = len(keys)
+        words = self.runs[0].dtype.itemsize // 8 if self.runs else 1
+        return self.lookup(keys, np.arange(n), layers, np.zeros(n, np.bool_),
+                           np.full(n, -1, np.int64), np.zeros(n, np.int64),
+                           np.empty((n, words), np.int64), kill=True)  # fmt: skip
 
     def lookup(self, keys: np.ndarray, todo: np.ndarray, layers: np.ndarray, found, run_of,
                pos, out, kill: bool = False) -> int:  # fmt: skip

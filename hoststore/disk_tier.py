@@ -5,7 +5,7 @@
 keyed by the row's key, in sorted run files (:mod:`hoststore._sorted_runs`, where the
 format and why it is ours are described), read back a batch of keys at a time when a pull
 or push needs them. The table decides what moves (:mod:`hoststore.table`); this module only
-stores and scans.
+stores, scans and merges (merges run on a thread of their own).
 
 Crash model: the tier is scratch. Each table opens a fresh directory under
 ``DiskTier.path`` and removes it at close; directories left by a killed process are removed
@@ -325,15 +325,17 @@ class ColdRows:
 
     def compact(self) -> None:
         """Installs a merge that has finished, drops runs all dead, and starts the next
-        merge: the newest ``_FANIN`` runs when they are of one size class (a size class is
-        a factor ``_FANIN``: a record is rewritten once a class, log(n / spill) times, and
-        a table holds fewer than ``_FANIN`` runs a class), else a run mostly dead (rewritten
-        without its dead records). Not while frozen or scanned (a merge that finished
-        waits: it would remove runs being read). A merge runs on the tier's merge thread,
-        one at a time. A merge that failed (a full disk) loses nothing: its runs stay as
-        they were, ``merge_failures`` and ``merge_error`` (in the table's stats) say so,
-        and the next call tries again (the spills, whose writes a full disk fails too,
-        raise)."""
+        merge: the newest ``_FANIN`` runs of the smallest size class that has as many (a
+        size class is a factor ``_FANIN``: a record is rewritten once a class, log(n /
+        spill) times, and a settled table holds fewer than ``_FANIN`` runs a class), else a
+        run mostly dead (rewritten without its dead records). The merged run takes the
+        place of the newest it merges (with at most one live record per key, the order of
+        runs matters only while frozen, and no merge is installed then). Not while frozen
+        or scanned (a merge that finished waits: it would remove runs being read). A merge
+        runs on the tier's merge thread, one at a time. A merge that failed (a full disk)
+        loses nothing: its runs stay as they were, ``merge_failures`` and ``merge_error``
+        (in the table's stats) say so, and the next call tries again (the spills, whose
+        writes a full disk fails too, raise)."""
         if self._frozen is not None or self._scans:
             return
         self._install_merge()
@@ -345,8 +347,12 @@ class ColdRows:
             r.close(remove=True)
         if self._merging is not None:
             return
-        if len(rs) >= _FANIN and _size_class(rs[-_FANIN].live) <= _size_class(rs[-1].live):
-            pick = rs[-_FANIN:]
+        classes: dict[int, list[runs.SortedRun]] = {}
+        for r in rs:
+            classes.setdefault(_size_class(r.live), []).append(r)
+        full = [c for c in sorted(classes) if len(classes[c]) >= _FANIN]
+        if full:  # (spills that came while merges ran leave several classes full)
+            pick = classes[full[0]][-_FANIN:]
         else:
             pick = [r for r in rs if 2 * r.live < r.n][:1]
             if not pick:
@@ -380,16 +386,10 @@ class ColdRows:
         gone = [np.flatnonzero(np.unpackbits(r.dead & ~d, count=r.n, bitorder="little"))
                 for r, d in zip(m.pick, m.dead, strict=True)]  # fmt: skip
         keys = np.concatenate([r.keys_at(p) for r, p in zip(m.pick, gone, strict=True)])
-        if len(keys):
-            keys.sort()
-            n = len(keys)
-            merged_set = runs.RunSet([merged])
-            merged_set.lookup(keys, np.arange(n), merged.bloom.layer_table(),
-                              np.zeros(n, np.bool_), np.full(n, -1, np.int64),
-                              np.zeros(n, np.int64), np.empty((n, merged.dtype.itemsize // 8),
-                                                              np.int64), kill=True)  # fmt: skip
-        at = self._runs.index(m.pick[0])
-        self._runs[at : at + len(m.pick)] = [merged]
+        runs.RunSet([merged]).kill_keys(np.sort(keys), merged.bloom.layer_table())
+        self._runs[self._runs.index(m.pick[-1])] = merged
+        for r in m.pick[:-1]:
+            self._runs.remove(r)
         self._run_set = None  # (it holds the runs' RAM parts until the next lookup)
         for r in m.pick:
             r.close(remove=True)
@@ -445,8 +445,11 @@ class _Merge:
 
 
 def _merge(pick: list[runs.SortedRun], w: runs.RunWriter) -> runs.SortedRun:
-    with w.aborted_on_error():  # a failed merge leaves the runs as they were
-        return runs.merge(pick, w, _BATCH)
+    try:
+        with w.aborted_on_error():  # a failed merge leaves the runs as they were
+            return runs.merge(pick, w, _BATCH)
+    finally:
+        release_freed_memory()  # (its buffers are the largest, in this thread's arena)
 
 
 def _close(open_runs: list, path: str, readers: ThreadPoolExecutor | None,
