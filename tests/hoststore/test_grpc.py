@@ -62,7 +62,7 @@ def store(request, cluster, tmp_path):
                        tier=tier)  # fmt: skip
     else:
         c = request.getfixturevalue("tiered_cluster") if "tiered" in request.param else cluster
-        s = c.connect(token=c.token, timeout=20)
+        s = c.connect(token=c.token, timeout=60)  # (a shard compiles kernels on first use)
     yield s
     s.close()
 

@@ -63,8 +63,9 @@ def test_pass_mode_trains_what_per_batch_staleness_0_trains(tmp_path, case):
         for col in want:
             if col in ("key", "show", "click", "last_seen", "created"):
                 np.testing.assert_array_equal(got[col], want[col], err_msg=col)
-            elif want[col].dtype.kind == "f":
-                np.testing.assert_allclose(got[col], want[col], rtol=1e-3, atol=1e-5,
+            elif want[col].dtype.kind == "f":  # (float sums in another order: Adam's
+                # division by sqrt(v) moves a weight by up to ~5e-5 in 68K, seen once in CI)
+                np.testing.assert_allclose(got[col], want[col], rtol=1e-3, atol=1e-4,
                                            err_msg=col)  # fmt: skip
             else:
                 np.testing.assert_array_equal(got[col], want[col], err_msg=col)
