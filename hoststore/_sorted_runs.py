@@ -307,7 +307,7 @@ class SortedRun:
         while got < raw.nbytes:  # a read may come back in parts
             r = os.preadv(self._fd, [raw[got:]], offset + got)
             if not r:
-                raise OSError(0, f"reading {self.path}: short")
+                _raise_read_error(-1, self.path)
             got += r
 
     def kill(self, pos: np.ndarray) -> None:
