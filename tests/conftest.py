@@ -76,4 +76,35 @@ def pytest_addoption(parser):
 
 
 def pytest_configure(config):
+    _share_compiled_programs(config)
     config.addinivalue_line("markers", "reliability: faults, fuzzing and load (RELIABILITY.md)")
+
+
+def _share_compiled_programs(config) -> None:
+    """One JAX compilation cache on disk for the whole run: every test process and every
+    trainer it starts (they inherit the environment) loads a program another compiled
+    before instead of compiling it again (most trainer subprocesses compile the same smoke
+    step). The cache is new for each run (never one left from an earlier run), bounded, and
+    locked (``filelock``) so no process reads an entry another is still writing. Tests that
+    kill a trainer at random points give theirs a cache of its own (:func:`private_cache`):
+    an entry cut short by kill -9 would make later readers warn and compile again."""
+    if hasattr(config, "workerinput") or "JAX_COMPILATION_CACHE_DIR" in os.environ:
+        return  # xdist workers inherit the controller's environment
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jaxstream-tests-xla-")
+    os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"] = str(4 << 30)
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.2"
+    os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+    config._jax_cache_dir = os.environ["JAX_COMPILATION_CACHE_DIR"]
+
+
+def pytest_unconfigure(config):
+    if getattr(config, "_jax_cache_dir", None):
+        import shutil
+
+        shutil.rmtree(config._jax_cache_dir, ignore_errors=True)
+
+
+def private_cache(tmp_path) -> dict:
+    """The environment for a trainer that may be killed mid-write: a compilation cache of
+    its own under ``tmp_path`` (see :func:`_share_compiled_programs`)."""
+    return {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "xla-cache")}

@@ -17,7 +17,7 @@ import hoststore as hs
 from jaxstream import config, models, train
 from jaxstream.checkpoint import CheckpointManager
 from jaxstream.data.synthetic import StreamConfig, generate
-from tests.conftest import metric_lines
+from tests.conftest import metric_lines, private_cache
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DETERMINISTIC = ("partition", "progressive_auc", "train_auc", "logloss", "copc", "table_rows",
@@ -146,7 +146,8 @@ def test_kill_9_then_resume(tmp_path, kill_when, tier):
     disk = tmp_path / "disk"
     if tier:
         cmd += ["--store_memory_mb=0.05", f"--store_disk_dir={disk}"]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=private_cache(tmp_path))  # fmt: skip
     marker = os.path.join(work, "checkpoints", kill_when[1])
     deadline = time.time() + 240
     while not os.path.exists(marker) and proc.poll() is None and time.time() < deadline:
@@ -154,7 +155,8 @@ def test_kill_9_then_resume(tmp_path, kill_when, tier):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=240)
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=240,
+                          env=private_cache(tmp_path))  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert "resumed from checkpoint" in done.stdout
     _assert_same_run(str(tmp_path / "whole"), work, cfg)
@@ -173,7 +175,7 @@ def test_kill_9_at_random_points_leaves_one_metrics_line_per_partition(tmp_path,
     rng, kills = random.Random(0), 0
     while kills < request.config.getoption("--kills"):
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                text=True)  # fmt: skip
+                                text=True, env=private_cache(tmp_path))  # fmt: skip
         proc.stdout.readline()  # the header: set up, about to train
         time.sleep(rng.uniform(0.0, 2.5))
         if proc.poll() is not None:
@@ -182,7 +184,8 @@ def test_kill_9_at_random_points_leaves_one_metrics_line_per_partition(tmp_path,
         proc.wait()
         proc.stdout.close()
         kills += 1
-    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=240)
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=240,
+                          env=private_cache(tmp_path))  # fmt: skip
     assert done.returncode == 0 or "no ready partition" in done.stderr, done.stderr[-2000:]
     assert kills >= 3
     _assert_same_run(str(tmp_path / "whole"), work, cfg)
