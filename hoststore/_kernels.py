@@ -51,16 +51,18 @@ def pull_existing(
     and their score (``nonclk`` per show) to its delta score.
 
     Keys are found a group at a time and each group is copied and touched while its
-    records are still in cache.
+    records are still in cache. An ``out`` without columns copies nothing (a pass's
+    statistics: its rows are read once later), and its embeddings are not prefetched.
     """
     n = ids.shape[0]
-    dim = emb.shape[1]
+    dim = out.shape[1]
     homes, tags, cands = ix.group_buffers()
     flat = emb.reshape(-1)
     n_miss = 0
     for base in range(0, n, ix.GROUP):
         m = min(ix.GROUP, n - base)
-        ix.find_group(index, keys, ids, base, m, homes, tags, cands, rows, flat, dim)
+        ix.find_group(index, keys, ids, base, m, homes, tags, cands, rows, flat,
+                      emb.shape[1] if dim else 0)  # fmt: skip
         for i in range(base, base + m):
             r = rows[i]
             if r >= 0:

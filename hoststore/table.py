@@ -308,7 +308,8 @@ class EmbeddingTable:
         return out
 
     def _pull_locked(self, ids, shows, out, with_counts: bool, train: bool) -> np.ndarray:
-        """``pull``'s work under the lock, into ``out``; returns each id's row or -1."""
+        """``pull``'s work under the lock, into ``out``; returns each id's row or -1. An
+        ``out`` without embedding columns takes the statistics only."""
         emb_out = out[:, COUNT_COLUMNS:] if with_counts else out
         rows = np.empty(len(ids), np.int64)
         if with_counts:
@@ -324,7 +325,8 @@ class EmbeddingTable:
                 new_rows = self._admit(ids[miss], shows[miss])
                 rows[miss] = new_rows
                 got = new_rows >= 0
-                emb_out[miss[got]] = self._rows.emb[new_rows[got]]
+                if emb_out.shape[1]:  # (a pass's statistics read no embeddings)
+                    emb_out[miss[got]] = self._rows.emb[new_rows[got]]
             self._recent.append((ids, rows))
         if self._cold is not None:
             self._ticks += 1
@@ -505,11 +507,10 @@ class EmbeddingTable:
         with self._lock:
             for ids, occ, clicks in batches:
                 n = len(ids)
-                out = np.empty((n, COUNT_COLUMNS * with_counts + self._dim), np.float32)
+                out = np.empty((n, COUNT_COLUMNS * with_counts), np.float32)  # no embeddings
                 rows = self._pull_locked(ids, occ, out, with_counts, train=True)
                 found.append(rows >= 0)
-                counts.append(out[:, :COUNT_COLUMNS].copy() if with_counts
-                              else np.empty((0, COUNT_COLUMNS), np.float32))  # fmt: skip
+                counts.append(out if with_counts else np.empty((0, COUNT_COLUMNS), np.float32))
                 no_shows = np.zeros(n, np.float32)
                 rows, missing = self._push_unique_stats(ids, rows, no_shows, clicks)
                 self._count_pending(ids, no_shows, clicks, missing)
