@@ -170,13 +170,17 @@ def train_and_evaluate(
 
     A run that cannot do its job raises :class:`jaxstream.workdir.RunError` with one line
     saying why, before it changes anything: another trainer holds the workdir, the config
-    differs from the checkpoint's in a field that changes the model or the data, the data
-    root is missing, a partition is mostly malformed, or there was nothing to train.
+    differs from the checkpoint's in a field that changes the model or the data, the
+    workdir, the metrics file or the disk tier's directory cannot be used, the data root
+    is missing, a partition is mostly malformed, or there was nothing to train.
     """
     check_config(cfg)
     workers = workers or Workers()
-    workdir = os.path.abspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
+    workdir = workdir_lib.prepare(workdir)
+    if workers.is_first:  # it writes the metrics
+        workdir_lib.check_appendable(_metrics_path(cfg, workdir), "metrics_file")
+    if cfg.store_disk_dir and store is None:
+        workdir_lib.prepare(cfg.store_disk_dir, "store_disk_dir")
     if cfg.checkpoint:  # read-only: a refused run leaves the workdir byte for byte as it was
         saved = CheckpointManager.newest_config(workdir)
         if saved is not None:
@@ -192,6 +196,10 @@ def train_and_evaluate(
     finally:
         if own:
             store.close()
+
+
+def _metrics_path(cfg: TrainConfig, workdir: str) -> str:
+    return cfg.metrics_file or os.path.join(workdir, "metrics.jsonl")
 
 
 class NothingToTrain(workdir_lib.RunError):
@@ -240,7 +248,7 @@ def _train(cfg, workdir, model, features, dense_optimizer, store, on_partition_e
     if cfg.pass_batches:
         passes = PassTrainer(store, spec, make_pass_step(graphdef, tx, spec, store.tables()),
                              cfg.pass_batches, mesh)  # fmt: skip
-    metrics_path = cfg.metrics_file or os.path.join(workdir, "metrics.jsonl")
+    metrics_path = _metrics_path(cfg, workdir)
 
     # ------------------------------------------------------------------ restore
     ckpt = CheckpointManager(workdir, cfg.keep_bases) if cfg.checkpoint else None

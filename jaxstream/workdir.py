@@ -42,6 +42,37 @@ class ConfigChanged(RunError):
     pass
 
 
+class UnusablePath(RunError):
+    pass
+
+
+def prepare(path: str, what: str = "workdir") -> str:
+    """The directory ``path`` made absolute, created if missing; :class:`UnusablePath`
+    names ``what`` it is and why it cannot be (a file is there, a parent is a file, no
+    permission)."""
+    path = os.path.abspath(path)
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise UnusablePath(f"{what} {path}: {e.strerror or e}") from None
+    return path
+
+
+def check_appendable(path: str, what: str) -> None:
+    """Raises :class:`UnusablePath` unless a file can be appended at ``path`` (an existing
+    directory holds it, it is not a directory), before any work; creates nothing."""
+    parent = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        reason = "Is a directory"
+    elif not os.path.isdir(parent):
+        reason = f"{parent} is not a directory"
+    elif not os.access(parent, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        reason = "Permission denied"
+    else:
+        return
+    raise UnusablePath(f"{what} {path}: {reason}")
+
+
 def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
     out = {}
     for k, v in d.items():

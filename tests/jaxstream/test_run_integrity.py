@@ -69,6 +69,32 @@ def test_a_changed_config_is_refused_and_the_workdir_is_untouched(tmp_path, stre
     assert len(open(os.path.join(work, "metrics.jsonl")).readlines()) == 3
 
 
+@pytest.mark.parametrize(
+    "flag, where, reason",
+    [
+        ("--workdir", "file", "File exists"),
+        ("--workdir", "file/below", "Not a directory"),
+        ("--metrics_file", "file/m.jsonl", "{tmp}/file is not a directory"),
+        ("--metrics_file", "dir", "Is a directory"),
+        ("--store_disk_dir", "file", "File exists"),
+    ],
+)  # fmt: skip
+def test_a_path_that_cannot_be_used_is_one_error_line_before_any_work(tmp_path, stream, flag,
+                                                                     where, reason):  # fmt: skip
+    (tmp_path / "file").write_text("not a directory\n")
+    (tmp_path / "dir").mkdir()
+    args = {"--workdir": str(tmp_path / "w"), flag: str(tmp_path / where)}
+    if flag == "--store_disk_dir":
+        args["--store_memory_mb"] = "1"
+    proc = _cli(f"--data_root={stream}", *(f"{k}={v}" for k, v in args.items()))
+    assert proc.returncode == 1
+    what = flag.removeprefix("--")
+    expect = f"error: {what} {tmp_path / where}: {reason.format(tmp=tmp_path)}"
+    assert _error_line(proc) == expect
+    assert (tmp_path / "file").read_text() == "not a directory\n"
+    assert not (tmp_path / "w" / "checkpoints").exists()  # nothing trained
+
+
 def test_a_second_trainer_on_the_workdir_is_refused(tmp_path, stream):
     work = tmp_path / "w"
     work.mkdir()
