@@ -35,9 +35,16 @@ def main(argv):
         examples, report = read_path(predictor.config, _PARTITION.value)
     except ValueError as e:
         sys.exit(f"error: --partition={e}")
+    if len(examples) == 0:
+        sys.exit(f"error: --partition={_PARTITION.value}: no example to score ({report.malformed} "
+                 f"of {report.lines} lines malformed; the model was trained on format="
+                 f"{predictor.config.format})")  # fmt: skip
     scores = predictor.predict(examples)
     if _OUTPUT.value:
-        records.write_scores(_OUTPUT.value, examples, report, scores)
+        try:
+            records.write_scores(_OUTPUT.value, examples, report, scores)
+        except OSError as e:
+            sys.exit(f"error: --output={_OUTPUT.value}: {e.strerror or e}")
     m = predictor.evaluate_scores(examples.labels, scores)
     print(json.dumps({"checkpoint": predictor.step, "trained_through": predictor.cursor,
                       "malformed_lines": report.malformed, **m.summary()}))  # fmt: skip

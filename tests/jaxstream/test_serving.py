@@ -75,6 +75,20 @@ def test_predictor_matches_the_trainers_eval_and_refreshes(tmp_path, cvm):
     np.testing.assert_array_equal([float(r[2]) for r in rows[1:]], examples.labels)
     np.testing.assert_array_equal(np.array([r[3] for r in rows[1:]], np.float32), after)
     assert [int(r[1]) for r in rows[1:4]] == [1, 2, 3]
+    if cvm:
+        return  # the CLI's bad inputs are checked once, on the plain run
+    # Nothing to score, or nowhere to write: one error line, exit 1, no scores.
+    (tmp_path / "junk").write_text("not a criteo line\n")
+    bad = [(f"--partition={tmp_path / 'junk'}",
+            "no example to score (1 of 1 lines malformed; the model was trained on format=criteo)"),
+           (f"--output={tmp_path / 'junk' / 'x.csv'}", "Not a directory")]  # fmt: skip
+    for flag, expect in bad:
+        args = {"--partition": part.path, **dict([flag.split("=", 1)])}
+        out = subprocess.run([sys.executable, "experiments/predict.py", f"--workdir={work}",
+                              *(f"{k}={v}" for k, v in args.items())],
+                             cwd=REPO, capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert out.returncode == 1 and out.stdout == "", out.stderr[-2000:]
+        assert out.stderr.strip().splitlines()[-1] == f"error: {flag}: {expect}"
 
 
 def test_keeps_the_newest_bases_and_their_deltas(tmp_path):
