@@ -53,10 +53,12 @@ def main(argv):
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
-    if not summary["partitions"]:
-        print(f"error: no lines in {', '.join(inputs)}: nothing written", file=sys.stderr)
-        sys.exit(1)
     s = summary
+    if not s["partitions"]:
+        why = (f"all {s['skipped_lines']:,} lines skipped as not {cfg.format} (first: "
+               f"{s['skipped_examples'][0]})" if s["skipped_lines"] else "no lines")  # fmt: skip
+        print(f"error: {', '.join(inputs)}: {why}; nothing written", file=sys.stderr)
+        sys.exit(1)
     print(f"wrote {s['partitions']} partitions ({s['first']} .. {s['last']}), {s['lines']:,} "
           f"lines, {s['min_lines']:,}-{s['max_lines']:,} per partition, "
           f"{s['skipped_lines']:,} skipped, under {s['output']}")  # fmt: skip

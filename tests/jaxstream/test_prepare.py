@@ -133,3 +133,13 @@ def test_the_cli_prepares_a_day_file_the_trainer_then_trains_on(tmp_path):
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert again.returncode == 2 and again.stderr.strip().splitlines()[-1].startswith("error: ")
+    # Lines of another format: nothing written, one line naming the format and a line.
+    wrong = subprocess.run(
+        [sys.executable, os.path.join(REPO, "experiments", "prepare_stream.py"),
+         "--format=avazu", f"--output={tmp_path / 'avazu'}", str(day)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert wrong.returncode == 1 and not (tmp_path / "avazu").exists()
+    assert wrong.stderr.strip().splitlines()[-1] == (
+        f"error: {day}: all 4,000 lines skipped as not avazu (first: day_0:1); nothing written"
+    )
