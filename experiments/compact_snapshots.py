@@ -6,6 +6,7 @@ python experiments/compact_snapshots.py --out=/snap/base2 /snap/base /snap/d1 /s
 from __future__ import annotations
 
 import json
+import sys
 
 from absl import app, flags
 
@@ -18,7 +19,10 @@ def main(argv):
     paths = argv[1:]
     if not paths:
         raise app.UsageError("give the base and its deltas, in order")
-    m = snapshot.compact(paths, _OUT.value)
+    try:
+        m = snapshot.compact(paths, _OUT.value)
+    except (snapshot.SnapshotError, OSError, ValueError) as e:
+        sys.exit(f"error: {e}")
     print(json.dumps({k: m[k] for k in ("id", "kind", "rows", "write_seconds")}))
 
 

@@ -7,6 +7,8 @@ import io
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -16,6 +18,7 @@ from hypothesis import strategies as st
 import hoststore as hs
 from hoststore import optimizers as opt
 from hoststore import snapshot as snap
+from tests.conftest import REPO
 
 UNIVERSE = np.array([0, -1, 1, 2**63 - 1, -(2**63), 5, 6, 7, 8, 9, 10, 11, 12], np.int64)
 CFG = hs.TableConfig(
@@ -177,6 +180,20 @@ def test_compaction_folds_a_chain_into_one_base(tmp_path):
     m = snap.compact(paths, str(tmp_path / "compacted"))
     assert m["kind"] == "base"
     assert_same(snap.load(paths, CFG), snap.load([str(tmp_path / "compacted")], CFG))
+    # The script does the same; a chain out of order or a taken --out is one error line.
+    script = os.path.join(REPO, "experiments", "compact_snapshots.py")
+    cases = [
+        (paths, "cli", 0, None),
+        (paths[1:], "bad", 1, f"error: {paths[1]}: expected a base snapshot, found delta"),
+        (paths, "cli", 1, f"error: {tmp_path / 'cli'} already holds a committed snapshot"),
+    ]
+    for chain, out, code, error in cases:
+        proc = subprocess.run([sys.executable, script, f"--out={tmp_path / out}", *chain],
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert proc.returncode == code, proc.stderr[-2000:]
+        assert (proc.stderr.strip() or None) == error
+    assert_same(snap.load(paths, CFG), snap.load([str(tmp_path / "cli")], CFG))
+    assert not (tmp_path / "bad").exists()
 
 
 def test_columns_take_the_optimizer_state_names_and_old_positional_names_still_load(tmp_path):
