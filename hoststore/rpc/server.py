@@ -406,8 +406,19 @@ def main(argv=None) -> None:
         p.add_argument(f"--{f.name}", type=int, default=f.default)
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s shard %(process)d %(message)s")
+    if not 0 <= a.port <= 65535:
+        p.error(f"--port={a.port}: must be in [0, 65535] (0: any free port)")
+    if a.num_shards < 1 or not 0 <= a.shard_index < a.num_shards:
+        p.error(f"--shard_index={a.shard_index} --num_shards={a.num_shards}: the index must "
+                "be in [0, num_shards)")  # fmt: skip
     if bool(a.tls_cert) != bool(a.tls_key):
         p.error("--tls_cert and --tls_key go together")
+    for flag in ("tls_cert", "tls_key", "tls_client_ca"):
+        if getattr(a, flag):
+            try:
+                open(getattr(a, flag), "rb").close()
+            except OSError as e:
+                p.error(f"--{flag} {getattr(a, flag)}: cannot read it ({e.strerror})")
     token = None
     if a.token_file:  # a blank or unreadable credential never turns authentication off
         try:
@@ -424,21 +435,23 @@ def main(argv=None) -> None:
         p.error(f"--store_memory_mb={a.store_memory_mb}: must be >= 0 (0: all rows in RAM)")
     if bool(a.store_memory_mb) != bool(a.store_disk_dir):
         p.error("--store_memory_mb and --store_disk_dir go together")
+    # Made now, not at the first table (the disk tier) or at shutdown (the last snapshot).
+    for flag in ("store_disk_dir", "snapshot_on_exit"):
+        if getattr(a, flag):
+            try:
+                os.makedirs(getattr(a, flag), exist_ok=True)
+            except OSError as e:
+                p.error(f"--{flag} {getattr(a, flag)}: cannot make it a directory ({e.strerror})")
     tier = DiskTier(a.store_disk_dir, memory_mb=a.store_memory_mb) if a.store_disk_dir else None
     limits = Limits(**{f.name: getattr(a, f.name) for f in dataclasses.fields(Limits)})
-    server, servicer, health_servicer, port = serve(
-        a.port,
-        a.shard_index,
-        a.num_shards,
-        a.host,
-        a.tls_cert,
-        a.tls_key,
-        token,
-        limits=limits,
-        snapshot_root=a.snapshot_root,
-        tls_client_ca=a.tls_client_ca,
-        tier=tier,
-    )
+    try:
+        server, servicer, health_servicer, port = serve(
+            a.port, a.shard_index, a.num_shards, a.host, a.tls_cert, a.tls_key, token,
+            limits=limits, snapshot_root=a.snapshot_root, tls_client_ca=a.tls_client_ca,
+            tier=tier,
+        )  # fmt: skip
+    except RuntimeError as e:  # grpc: the address cannot be bound
+        p.error(f"--host {a.host} --port {a.port}: {str(e).split(';')[0]}")
     log.info("shard %d/%d serving on %s:%d", a.shard_index, a.num_shards, a.host, port)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -470,6 +470,33 @@ def test_a_disk_tier_takes_a_budget_and_a_directory_or_the_server_stops(tmp_path
     assert proc.returncode == 2 and "--store_memory_mb" in proc.stderr.splitlines()[-1]
 
 
+@pytest.mark.parametrize(
+    "args, flag",
+    [
+        (["--port=-5"], "--port=-5"),
+        (["--port=70000"], "--port=70000"),
+        (["--shard_index=3", "--num_shards=2"], "--shard_index=3"),
+        (["--tls_cert=TMP/none", "--tls_key=TMP/none"], "--tls_cert TMP/none"),
+        (["--store_memory_mb=1", "--store_disk_dir=TMP/file"], "--store_disk_dir TMP/file"),
+        (["--snapshot_on_exit=TMP/file/last"], "--snapshot_on_exit TMP/file/last"),
+        (["--host=256.1.1.1"], "--host 256.1.1.1"),
+    ],
+)  # fmt: skip
+def test_a_flag_the_server_cannot_use_stops_it_at_start_naming_the_flag(tmp_path, args, flag):
+    """Before: a negative port served on another port, a tiered shard served until its
+    first table failed, a bad --snapshot_on_exit failed the last snapshot at shutdown, and
+    the rest were tracebacks."""
+    (tmp_path / "file").write_text("a file\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "hoststore.server", "--port=0", "--shard_index=0",
+         "--num_shards=1", *(a.replace("TMP", str(tmp_path)) for a in args)],
+        capture_output=True, text=True, timeout=60, cwd=REPO,
+    )  # fmt: skip
+    last = proc.stderr.splitlines()[-1]
+    assert proc.returncode == 2 and last.startswith("server.py: error: "), proc.stderr[-2000:]
+    assert flag.replace("TMP", str(tmp_path)) in last
+
+
 def test_hundreds_of_failing_handlers_never_hang_the_shard(cluster, tmp_path):
     """Each failure logs a traceback on the server; its output goes to a file, not to a pipe
     nobody reads, and each comes back INTERNAL with its reason, never UNKNOWN."""
