@@ -21,8 +21,8 @@ from hoststore.rpc.launch import LocalCluster, free_port
 from jaxstream import config as config_lib
 from jaxstream.data.synthetic import generate
 
-_SHARDS = flags.DEFINE_integer("num_shards", 2, "Store shard servers.")
-_WORKERS = flags.DEFINE_integer("num_workers", 2, "Trainer processes.")
+_SHARDS = flags.DEFINE_integer("num_shards", 2, "Store shard servers.", lower_bound=1)
+_WORKERS = flags.DEFINE_integer("num_workers", 2, "Trainer processes.", lower_bound=1)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Shared workdir; default: a temp dir.")
 log = logging.getLogger(__name__)
 TRAIN_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train_stream.py")
@@ -60,6 +60,10 @@ def launch_local(num_shards: int, num_workers: int, train_args: list[str], workd
 def main(argv):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     workdir = _WORKDIR.value or tempfile.mkdtemp(prefix="launch_")
+    try:
+        os.makedirs(workdir, exist_ok=True)
+    except OSError as e:
+        sys.exit(f"error: --workdir={workdir}: {e.strerror}")
     sys.exit(launch_local(_SHARDS.value, _WORKERS.value, argv[1:], workdir))
 
 

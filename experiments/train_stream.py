@@ -72,6 +72,7 @@ def main(argv):
     try:  # the whole config, before any data is generated or read
         cfg = config_flags.apply_flags(base)
         config_lib.check(cfg)
+        _check_workers()
     except (ValueError, flags.ValidationError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
@@ -117,6 +118,16 @@ def main(argv):
     if workers is not None:
         with open(os.path.join(workdir, f"worker-{F.worker_index}.json"), "w") as f:
             json.dump(summary, f)
+
+
+def _check_workers() -> None:
+    if F.num_workers < 1 or not 0 <= F.worker_index < F.num_workers:
+        raise ValueError(f"--worker_index={F.worker_index} --num_workers={F.num_workers}: the "
+                         "index must be in [0, num_workers)")  # fmt: skip
+    if F.num_workers > 1 and not F.store_addresses:
+        raise ValueError(f"--num_workers={F.num_workers} needs --store_addresses: the workers "
+                         "share one store (a store in each would see only its own worker's "
+                         "updates)")  # fmt: skip
 
 
 def _remote_store(cfg, workdir):
