@@ -191,6 +191,8 @@ def check(cfg: TrainConfig) -> None:
             bad(field, "must be >= 1")
     if cfg.staleness < 0:
         bad("staleness", "must be >= 0")
+    if cfg.max_partitions is not None and cfg.max_partitions < 1:
+        bad("max_partitions", "must be >= 1 (unset: no limit)")
     if cfg.pass_batches < 0:
         bad("pass_batches", "must be >= 0 (0: pull and push every batch)")
     if cfg.batch_threads < 0:

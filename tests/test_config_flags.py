@@ -112,6 +112,7 @@ def test_help_shows_the_policies_on_by_default():
             "--store_disk_dir=: --store_memory_mb and --store_disk_dir go together",
         ),
         ("--store_memory_mb=-1", "--store_memory_mb=-1.0: must be >= 0"),
+        ("--max_partitions=0", "--max_partitions=0: must be >= 1 (unset: no limit)"),
         ("--num_workers=2", "--num_workers=2 needs --store_addresses"),
         ("--worker_index=1", "--worker_index=1 --num_workers=1: the index must be in"),
     ],
