@@ -72,7 +72,7 @@ def main(argv):
     try:  # the whole config, before any data is generated or read
         cfg = config_flags.apply_flags(base)
         config_lib.check(cfg)
-        _check_workers()
+        _check_workers(cfg)
     except (ValueError, flags.ValidationError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
@@ -120,7 +120,7 @@ def main(argv):
             json.dump(summary, f)
 
 
-def _check_workers() -> None:
+def _check_workers(cfg) -> None:
     if F.num_workers < 1 or not 0 <= F.worker_index < F.num_workers:
         raise ValueError(f"--worker_index={F.worker_index} --num_workers={F.num_workers}: the "
                          "index must be in [0, num_workers)")  # fmt: skip
@@ -128,6 +128,9 @@ def _check_workers() -> None:
         raise ValueError(f"--num_workers={F.num_workers} needs --store_addresses: the workers "
                          "share one store (a store in each would see only its own worker's "
                          "updates)")  # fmt: skip
+    if F.num_workers > 1 and cfg.pass_batches:
+        raise ValueError(f"--pass_batches={cfg.pass_batches}: pass mode trains in one process "
+                         "(use --pass_batches=0 with several workers)")  # fmt: skip
 
 
 def _remote_store(cfg, workdir):

@@ -114,11 +114,15 @@ def test_help_shows_the_policies_on_by_default():
         ("--store_memory_mb=-1", "--store_memory_mb=-1.0: must be >= 0"),
         ("--max_partitions=0", "--max_partitions=0: must be >= 1 (unset: no limit)"),
         ("--num_workers=2", "--num_workers=2 needs --store_addresses"),
+        (
+            "--num_workers=2 --store_addresses=127.0.0.1:1 --pass_batches=4",
+            "--pass_batches=4: pass mode trains in one process",
+        ),
         ("--worker_index=1", "--worker_index=1 --num_workers=1: the index must be in"),
     ],
 )
 def test_a_bad_value_is_one_line_exit_2_before_any_work(tmp_path, flag, expect):
-    out = subprocess.run([sys.executable, "experiments/train_stream.py", flag,
+    out = subprocess.run([sys.executable, "experiments/train_stream.py", *flag.split(),
                           f"--workdir={tmp_path / 'w'}"],
                          capture_output=True, text=True, cwd=REPO, timeout=120)  # fmt: skip
     assert out.returncode == 2
