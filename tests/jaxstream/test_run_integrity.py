@@ -4,6 +4,7 @@ trainer is refused, nothing to train is an error, an altered meta.json is never 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -12,6 +13,7 @@ import sys
 
 import pytest
 
+from jaxstream import config, train
 from jaxstream import workdir as workdir_lib
 from jaxstream.data.synthetic import StreamConfig, generate
 from tests.conftest import REPO
@@ -70,27 +72,30 @@ def test_a_changed_config_is_refused_and_the_workdir_is_untouched(tmp_path, stre
 
 
 @pytest.mark.parametrize(
-    "flag, where, reason",
+    "field, where, reason",
     [
-        ("--workdir", "file", "File exists"),
-        ("--workdir", "file/below", "Not a directory"),
-        ("--metrics_file", "file/m.jsonl", "{tmp}/file is not a directory"),
-        ("--metrics_file", "dir", "Is a directory"),
-        ("--store_disk_dir", "file", "File exists"),
+        ("workdir", "file", "File exists"),
+        ("workdir", "file/below", "Not a directory"),
+        ("metrics_file", "file/m.jsonl", "{tmp}/file is not a directory"),
+        ("metrics_file", "dir", "Is a directory"),
+        ("store_disk_dir", "file", "File exists"),
     ],
 )  # fmt: skip
-def test_a_path_that_cannot_be_used_is_one_error_line_before_any_work(tmp_path, stream, flag,
+def test_a_path_that_cannot_be_used_is_one_error_line_before_any_work(tmp_path, stream, field,
                                                                      where, reason):  # fmt: skip
+    """In process (the CLI prints a RunError as its one error line: see the tests above)."""
     (tmp_path / "file").write_text("not a directory\n")
     (tmp_path / "dir").mkdir()
-    args = {"--workdir": str(tmp_path / "w"), flag: str(tmp_path / where)}
-    if flag == "--store_disk_dir":
-        args["--store_memory_mb"] = "1"
-    proc = _cli(f"--data_root={stream}", *(f"{k}={v}" for k, v in args.items()))
-    assert proc.returncode == 1
-    what = flag.removeprefix("--")
-    expect = f"error: {what} {tmp_path / where}: {reason.format(tmp=tmp_path)}"
-    assert _error_line(proc) == expect
+    path, work = str(tmp_path / where), str(tmp_path / "w")
+    cfg = dataclasses.replace(config.smoke_config(), data_root=stream)
+    if field == "workdir":
+        work = path
+    else:
+        extra = {"store_memory_mb": 1.0} if field == "store_disk_dir" else {}
+        cfg = dataclasses.replace(cfg, **{field: path}, **extra)
+    with pytest.raises(workdir_lib.RunError) as e:
+        train.train_and_evaluate(cfg, work)
+    assert str(e.value) == f"{field} {path}: {reason.format(tmp=tmp_path)}"
     assert (tmp_path / "file").read_text() == "not a directory\n"
     assert not (tmp_path / "w" / "checkpoints").exists()  # nothing trained
 
