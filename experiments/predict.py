@@ -16,7 +16,6 @@ from absl import app, flags
 import console
 from jaxstream import records
 from jaxstream.serving import Predictor
-from jaxstream.train import read_path
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir with checkpoints.", required=True)
 _PARTITION = flags.DEFINE_string("partition", None, "Partition folder or file to score.",
@@ -32,13 +31,9 @@ def main(argv):
     except (OSError, ValueError) as e:
         sys.exit(f"error: --workdir={_WORKDIR.value}: {e}")
     try:
-        examples, report = read_path(predictor.config, _PARTITION.value)
+        examples, report = predictor.read(_PARTITION.value)
     except ValueError as e:
         sys.exit(f"error: --partition={e}")
-    if len(examples) == 0:
-        sys.exit(f"error: --partition={_PARTITION.value}: no example to score ({report.malformed} "
-                 f"of {report.lines} lines malformed; the model was trained on format="
-                 f"{predictor.config.format})")  # fmt: skip
     scores = predictor.predict(examples)
     if _OUTPUT.value:
         try:

@@ -109,6 +109,18 @@ class Predictor:
             treedef, [jax.numpy.asarray(saved[str(i)], x.dtype) for i, x in enumerate(leaves)]
         )
 
+    def read(self, path: str) -> tuple[Examples, object]:
+        """(examples, read report) of a partition folder or one file, in the format the
+        run trained on; a ValueError names ``path`` when it holds no example to score."""
+        from jaxstream.train import read_path
+
+        examples, report = read_path(self.config, path)
+        if len(examples) == 0:
+            raise ValueError(f"{path}: no example to score ({report.malformed} of "
+                             f"{report.lines} lines malformed; the model was trained on "
+                             f"format={self.config.format})")  # fmt: skip
+        return examples, report
+
     def predict(self, examples: Examples) -> np.ndarray:
         """Click probabilities of ``examples``, in order."""
         out = []

@@ -86,7 +86,7 @@ def _share_compiled_programs(config) -> None:
     before instead of compiling it again (most trainer subprocesses compile the same smoke
     step). The cache is new for each run (never one left from an earlier run), bounded, and
     locked (``filelock``) so no process reads an entry another is still writing. Tests that
-    kill a trainer at random points give theirs a cache of its own (:func:`private_cache`):
+    kill a trainer at random points share another (:func:`killable_env`):
     an entry cut short by kill -9 would make later readers warn and compile again."""
     if hasattr(config, "workerinput") or "JAX_COMPILATION_CACHE_DIR" in os.environ:
         return  # xdist workers inherit the controller's environment
@@ -104,7 +104,9 @@ def pytest_unconfigure(config):
         shutil.rmtree(config._jax_cache_dir, ignore_errors=True)
 
 
-def private_cache(tmp_path) -> dict:
-    """The environment for a trainer that may be killed mid-write: a compilation cache of
-    its own under ``tmp_path`` (see :func:`_share_compiled_programs`)."""
-    return {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "xla-cache")}
+@pytest.fixture(scope="session")
+def killable_env(tmp_path_factory) -> dict:
+    """The environment for trainers a test kills at random points: a compilation cache
+    that only those share (see :func:`_share_compiled_programs`)."""
+    cache = tmp_path_factory.mktemp("xla-cache-of-killed-trainers")
+    return {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(cache)}

@@ -17,7 +17,7 @@ import hoststore as hs
 from jaxstream import config, models, train
 from jaxstream.checkpoint import CheckpointManager
 from jaxstream.data.synthetic import StreamConfig, generate
-from tests.conftest import metric_lines, private_cache
+from tests.conftest import metric_lines
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DETERMINISTIC = ("partition", "progressive_auc", "train_auc", "logloss", "copc", "table_rows",
@@ -141,13 +141,13 @@ def _uninterrupted_run_and_cli(tmp_path):
     ],
     ids=["after_commit", "during_save", "during_save_disk_tier"],
 )
-def test_kill_9_then_resume(tmp_path, kill_when, tier):
+def test_kill_9_then_resume(tmp_path, kill_when, tier, killable_env):
     cfg, work, cmd = _uninterrupted_run_and_cli(tmp_path)
     disk = tmp_path / "disk"
     if tier:
         cmd += ["--store_memory_mb=0.05", f"--store_disk_dir={disk}"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=private_cache(tmp_path))  # fmt: skip
+                            env=killable_env)  # fmt: skip
     marker = os.path.join(work, "checkpoints", kill_when[1])
     deadline = time.time() + 240
     while not os.path.exists(marker) and proc.poll() is None and time.time() < deadline:
@@ -156,7 +156,7 @@ def test_kill_9_then_resume(tmp_path, kill_when, tier):
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=240,
-                          env=private_cache(tmp_path))  # fmt: skip
+                          env=killable_env)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert "resumed from checkpoint" in done.stdout
     _assert_same_run(str(tmp_path / "whole"), work, cfg)
@@ -165,7 +165,9 @@ def test_kill_9_then_resume(tmp_path, kill_when, tier):
 
 
 @pytest.mark.reliability
-def test_kill_9_at_random_points_leaves_one_metrics_line_per_partition(tmp_path, request):
+def test_kill_9_at_random_points_leaves_one_metrics_line_per_partition(
+    tmp_path, request, killable_env
+):
     """The trainer is killed ``--kills`` times (default 5) at random moments of its work and
     restarted each time; the end result equals an uninterrupted run: every partition
     trained once, one metrics line each, the same table."""
@@ -175,7 +177,7 @@ def test_kill_9_at_random_points_leaves_one_metrics_line_per_partition(tmp_path,
     rng, kills = random.Random(0), 0
     while kills < request.config.getoption("--kills"):
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                text=True, env=private_cache(tmp_path))  # fmt: skip
+                                text=True, env=killable_env)  # fmt: skip
         proc.stdout.readline()  # the header: set up, about to train
         time.sleep(rng.uniform(0.0, 2.5))
         if proc.poll() is not None:
@@ -185,7 +187,7 @@ def test_kill_9_at_random_points_leaves_one_metrics_line_per_partition(tmp_path,
         proc.stdout.close()
         kills += 1
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=240,
-                          env=private_cache(tmp_path))  # fmt: skip
+                          env=killable_env)  # fmt: skip
     assert done.returncode == 0 or "no ready partition" in done.stderr, done.stderr[-2000:]
     assert kills >= 3, kills
     _assert_same_run(str(tmp_path / "whole"), work, cfg)
