@@ -5,6 +5,8 @@ python experiments/plot_metrics.py --metrics_file=/tmp/run/metrics.jsonl --out=/
 
 from __future__ import annotations
 
+import sys
+
 from absl import app, flags
 
 from jaxstream.plots import load_metrics, plot_metrics
@@ -16,7 +18,10 @@ _TITLE = flags.DEFINE_string("title", "", "Plot title.")
 
 def main(argv):
     del argv
-    print(plot_metrics(load_metrics(_METRICS.value), _OUT.value, _TITLE.value))
+    try:
+        print(plot_metrics(load_metrics(_METRICS.value), _OUT.value, _TITLE.value))
+    except (OSError, ValueError) as e:
+        sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":

@@ -7,8 +7,19 @@ import json
 
 
 def load_metrics(path: str) -> list[dict]:
+    """The records of a metrics JSONL; a ValueError names the line that is not one, or
+    says the file has none."""
+    records = []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except ValueError:
+                    raise ValueError(f"{path}:{n}: not a metrics record (JSON)") from None
+    if not records:
+        raise ValueError(f"{path}: no metrics record")
+    return records
 
 
 def plot_metrics(records: list[dict], out_png: str, title: str = "") -> str:
