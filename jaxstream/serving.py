@@ -24,7 +24,7 @@ from jaxstream import models
 from jaxstream.batching import batches
 from jaxstream.checkpoint import CheckpointManager
 from jaxstream.config import TrainConfig
-from jaxstream.data.examples import Examples
+from jaxstream.data.examples import Examples, ReadReport
 from jaxstream.data.synthetic import StreamConfig
 from jaxstream.features import FeatureSpec
 from jaxstream.metrics import BinaryMetrics
@@ -109,7 +109,7 @@ class Predictor:
             treedef, [jax.numpy.asarray(saved[str(i)], x.dtype) for i, x in enumerate(leaves)]
         )
 
-    def read(self, path: str) -> tuple[Examples, object]:
+    def read(self, path: str) -> tuple[Examples, ReadReport]:
         """(examples, read report) of a partition folder or one file, in the format the
         run trained on; a ValueError names ``path`` when it holds no example to score."""
         from jaxstream.train import read_path
