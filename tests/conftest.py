@@ -77,7 +77,6 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
     _share_compiled_programs(config)
-    _warm_compiled_kernels(config)
     config.addinivalue_line("markers", "reliability: faults, fuzzing and load (RELIABILITY.md)")
 
 
@@ -96,25 +95,6 @@ def _share_compiled_programs(config) -> None:
     os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.2"
     os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
     config._jax_cache_dir = os.environ["JAX_COMPILATION_CACHE_DIR"]
-
-
-def _warm_compiled_kernels(config) -> None:
-    """On a checkout whose numba cache is empty, compile the kernels once before the test
-    processes start (``tests/warm_caches.py``): a fresh clone's suite took 9:41 against
-    8:12 with the caches warm, the difference being the same kernels compiled in many
-    processes at once. A failure here is reported and the tests run anyway."""
-    import glob
-    import subprocess
-    import sys
-
-    cached = glob.glob(os.path.join(REPO, "hoststore", "**", "*.nbi"), recursive=True)
-    if hasattr(config, "workerinput") or cached:
-        return
-    proc = subprocess.run([sys.executable, "-m", "tests.warm_caches"], cwd=REPO,
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
-    if proc.returncode:
-        print(f"tests/warm_caches.py failed (the tests compile on their own):\n"
-              f"{proc.stderr[-2000:]}", file=sys.stderr)  # fmt: skip
 
 
 def pytest_unconfigure(config):
