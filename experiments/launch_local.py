@@ -19,6 +19,7 @@ from absl import app, flags
 
 from hoststore.rpc.launch import LocalCluster, free_port
 from jaxstream import config as config_lib
+from jaxstream import workdir as workdir_lib
 from jaxstream.data.synthetic import generate
 
 _SHARDS = flags.DEFINE_integer("num_shards", 2, "Store shard servers.", lower_bound=1)
@@ -61,9 +62,9 @@ def main(argv):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     workdir = _WORKDIR.value or tempfile.mkdtemp(prefix="launch_")
     try:
-        os.makedirs(workdir, exist_ok=True)
-    except OSError as e:
-        sys.exit(f"error: --workdir={workdir}: {e.strerror}")
+        workdir_lib.prepare(workdir)
+    except workdir_lib.RunError as e:
+        sys.exit(f"error: {e}")
     sys.exit(launch_local(_SHARDS.value, _WORKERS.value, argv[1:], workdir))
 
 

@@ -325,8 +325,8 @@ class EmbeddingTable:
                 new_rows = self._admit(ids[miss], shows[miss])
                 rows[miss] = new_rows
                 got = new_rows >= 0
-                if emb_out.shape[1]:  # (a pass's statistics read no embeddings)
-                    emb_out[miss[got]] = self._rows.emb[new_rows[got]]
+                width = emb_out.shape[1]  # (0: a pass's statistics read no embeddings)
+                emb_out[miss[got]] = self._rows.emb[new_rows[got], :width]
             self._recent.append((ids, rows))
         if self._cold is not None:
             self._ticks += 1
