@@ -1,10 +1,11 @@
 """Several trainer processes: jax.distributed for the dense parameters, one shared store.
 
-Each worker trains on its own slice of every partition. Dense gradients are summed across
-workers with a JAX collective (gloo on CPU hosts, NCCL on GPUs) before every optimizer
-update, so the dense parameters stay identical on all workers; sparse rows go through the
-shared store asynchronously, as with Paddle's a_sync parameter servers. Metric histograms
-are summed the same way, so AUC merges exactly.
+Each worker trains on its own slice of every partition, data parallel on its local devices.
+Dense gradients are summed across workers with a JAX collective over all of their devices
+(gloo on CPU hosts, NCCL on GPUs) before every optimizer update, so the dense parameters
+stay identical on all workers; sparse rows go through the shared store asynchronously, as
+with Paddle's a_sync parameter servers. Metric histograms are summed the same way, so AUC
+merges exactly.
 """
 
 from __future__ import annotations
@@ -20,8 +21,13 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxstream.stream import Partition, key_time
+from jaxstream.workdir import RunError
 
 _MESSAGE_BYTES = 1024  # a partition's key and path, as worker 0 sends them to the others
+
+
+class WorkersDisagree(RunError):
+    """The workers of one run were started in ways that cannot train together."""
 
 
 @dataclasses.dataclass
@@ -37,12 +43,8 @@ class Workers:
 
     @functools.cached_property
     def _mesh(self) -> Mesh:
-        return Mesh(np.array(jax.devices()), ("workers",))
-
-    @functools.cached_property
-    def _sum(self):
-        return jax.jit(lambda t: jax.tree.map(lambda a: a.sum(0), t),
-                       out_shardings=NamedSharding(self._mesh, P()))  # fmt: skip
+        """One device of each worker: what host values are summed over."""
+        return Mesh(np.array([_devices_of(p)[0] for p in range(self.count)]), ("workers",))
 
     def allreduce_sum(self, tree):
         """The elementwise sum of ``tree`` over all workers, as host numpy arrays."""
@@ -52,21 +54,46 @@ class Workers:
         stacked = jax.tree.map(
             lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)[None]), tree
         )
-        return jax.tree.map(lambda a: np.asarray(a.addressable_data(0)), self._sum(stacked))
+        summed = _summed_to(NamedSharding(self._mesh, P()))(stacked)
+        return jax.tree.map(lambda a: np.asarray(a.addressable_data(0)), summed)
 
     def device_sum(self, tree):
-        """The sum of ``tree`` (arrays on this worker's device) over all workers, left on
-        the device: each worker's arrays become its shard of one global array and the
-        collective runs in a jitted sum; nothing goes through host memory."""
+        """The sum of ``tree`` over all workers, left where each leaf is: on this worker's
+        device, or replicated on its local devices (a step that trains data parallel on
+        them). Each worker's copies become its row of one global array over every worker's
+        devices and the collective runs in a jitted sum; nothing goes through host memory."""
         if self.count == 1:
             return tree
-        sharding = NamedSharding(self._mesh, P("workers"))
+        leaves = jax.tree.leaves(tree)
+        mesh = _grid(self.count, len(leaves[0].sharding.device_set))
+        rows = NamedSharding(mesh, P("workers"))
 
-        def shard(x):
+        def stack(x):
+            if not x.sharding.is_fully_replicated:
+                raise ValueError(f"device_sum needs each worker's whole value on each of its "
+                                 f"devices, got {x.sharding}")  # fmt: skip
             return jax.make_array_from_single_device_arrays(
-                (self.count, *x.shape), sharding, [x[None]])  # fmt: skip
+                (self.count, *x.shape), rows, [s.data[None] for s in x.addressable_shards]
+            )
 
-        return jax.tree.map(lambda a: a.addressable_data(0), self._sum(jax.tree.map(shard, tree)))
+        summed = _summed_to(NamedSharding(mesh, P()))(jax.tree.map(stack, tree))
+        return jax.tree.map(
+            lambda a, x: jax.make_array_from_single_device_arrays(
+                x.shape, x.sharding, [s.data for s in a.addressable_shards]),
+            summed, tree)  # fmt: skip
+
+    def check_same_devices(self, per_worker: int) -> None:
+        """Refuses a run whose workers would train on different numbers of local devices
+        (their collectives would not match)."""
+        if self.count == 1:
+            return
+        counts = np.zeros(self.count, np.int64)
+        counts[self.index] = per_worker
+        counts = self.allreduce_sum(counts)
+        if len(set(counts.tolist())) > 1:
+            raise WorkersDisagree(f"the workers train on different numbers of local devices "
+                             f"({', '.join(f'worker {i}: {c}' for i, c in enumerate(counts))}); "
+                             "give each the same number (--devices)")  # fmt: skip
 
     def barrier(self) -> None:
         if self.count > 1:
@@ -122,9 +149,25 @@ def initialize(coordinator: str, num_workers: int, worker_index: int) -> Workers
     # Before anything touches a backend: collectives of CPU devices go through gloo.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator, num_processes=num_workers, process_id=worker_index)
-    if jax.local_device_count() > 1:  # the host all-reduce feeds one device per process
-        raise ValueError(f"trainer {worker_index} sees {jax.local_device_count()} local "
-                         "devices: several trainer processes take one device each (e.g. "
-                         "CUDA_VISIBLE_DEVICES per process), or run one process on all "
-                         "of them")  # fmt: skip
     return Workers(worker_index, num_workers)
+
+
+@functools.cache
+def _summed_to(out: NamedSharding):
+    """A jitted sum over the leading (workers) axis, the result placed as ``out``."""
+    return jax.jit(lambda t: jax.tree.map(lambda a: a.sum(0), t), out_shardings=out)
+
+
+@functools.cache
+def _grid(workers: int, per_worker: int) -> Mesh:
+    """The first ``per_worker`` devices of every worker: the global mesh of a step that
+    trains data parallel on that many local devices in each of the processes."""
+    rows = [_devices_of(p)[:per_worker] for p in range(workers)]
+    if any(len(r) < per_worker for r in rows):
+        raise ValueError(f"a worker has fewer than {per_worker} devices: "
+                         f"{[len(_devices_of(p)) for p in range(workers)]}")  # fmt: skip
+    return Mesh(np.array(rows), ("workers", "data"))
+
+
+def _devices_of(process: int) -> list:
+    return sorted((d for d in jax.devices() if d.process_index == process), key=lambda d: d.id)

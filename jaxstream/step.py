@@ -123,12 +123,14 @@ def apply_step(tx, params, opt_state, g_params, n):
     return optax.apply_updates(params, updates), opt_state
 
 
-def make_distributed_train_step(graphdef, tx, spec: FeatureSpec, workers):
-    """A train step for several workers: local gradients, summed over workers by a JAX
-    collective on the devices (no host round trip), divided by the examples of all
-    workers, then the same optimizer update everywhere. Same return values as
-    :func:`train_step`."""
-    grad = jax.jit(functools.partial(grad_step, graphdef, spec))
+def make_distributed_train_step(graphdef, tx, spec: FeatureSpec, workers, mesh: Mesh | None):
+    """A train step for several workers: local gradients (data parallel over ``mesh``, this
+    worker's devices, when it has several), summed over workers by a JAX collective on the
+    devices (no host round trip), divided by the examples of all workers, then the same
+    optimizer update everywhere. Same return values as :func:`train_step`."""
+    # Replicated on this worker's devices: each holds the whole sum that it contributes.
+    placed = {} if mesh is None else {"out_shardings": NamedSharding(mesh, P())}
+    grad = jax.jit(functools.partial(grad_step, graphdef, spec), **placed)
     apply = jax.jit(lambda params, opt_state, total: apply_step(tx, params, opt_state,
                                                                 total["g"], total["n"]),
                     donate_argnums=(0, 1))  # fmt: skip

@@ -232,18 +232,21 @@ def _train(cfg, workdir, model, features, dense_optimizer, store, on_partition_e
     progress = progress or _no_progress
     state = TrainState(params, tx.init(params))
     train_fn, eval_fn = make_steps(graphdef, tx, spec)
-    # One process: every local device, data parallel inside the jitted step. Several
-    # processes: one device each, dense gradients summed across them.
+    # Every local device, data parallel inside the jitted step; with several processes
+    # the dense gradients are then summed across them (a collective over all of their
+    # devices, see make_distributed_train_step).
     if cfg.pass_batches and workers.count > 1:
         raise ValueError(f"--pass_batches={cfg.pass_batches}: pass mode trains in one process "
                          "(other workers would write a pass's rows between its begin and "
                          "end); use --pass_batches=0 with several workers")  # fmt: skip
-    mesh = local_mesh(cfg.devices, cfg.batch_size) if workers.count == 1 else None
+    mesh = local_mesh(cfg.devices, cfg.batch_size)
     placement = batch_placement(mesh, spec) if mesh is not None else None
-    devices = (1 if mesh is None else mesh.size) * workers.count  # that trained, in all
+    local_devices = 1 if mesh is None else mesh.size
+    workers.check_same_devices(local_devices)
+    devices = local_devices * workers.count  # that trained, in all
     threads = batch_threads(cfg.batch_threads)
     if workers.count > 1:
-        train_fn = make_distributed_train_step(graphdef, tx, spec, workers)
+        train_fn = make_distributed_train_step(graphdef, tx, spec, workers, mesh)
     passes = None
     if cfg.pass_batches:
         passes = PassTrainer(store, spec, make_pass_step(graphdef, tx, spec, store.tables()),
