@@ -48,3 +48,19 @@ def quiet_logs() -> None:
     verbose = flags.FLAGS["verbosity"].present and flags.FLAGS.verbosity >= 0
     logging.getLogger().setLevel(logging.INFO if verbose else logging.WARNING)
     absl_logging.set_verbosity(absl_logging.INFO if verbose else absl_logging.WARNING)
+    if not verbose:
+        # Orbax logs a write that fails in its background threads with a traceback, then
+        # raises it to the caller, whose script reports it in one line.
+        logging.getLogger("absl").addFilter(
+            lambda record: "/orbax/" not in record.pathname.replace("\\", "/")
+        )
+        # After such a failure tensorstore completes the save's other writes into Orbax's
+        # event loop, closed by then: each would print a traceback.
+        default_hook = sys.unraisablehook
+
+        def hook(u):
+            if not (isinstance(u.exc_value, RuntimeError)
+                    and str(u.exc_value) == "Event loop is closed"):  # fmt: skip
+                default_hook(u)
+
+        sys.unraisablehook = hook

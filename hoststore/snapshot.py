@@ -81,6 +81,17 @@ def _npy_header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
     return np.lib.format.MAGIC_PREFIX + bytes([1, 0]) + len(body).to_bytes(2, "little") + body
 
 
+@contextlib.contextmanager
+def _naming(path: str):
+    """An OSError of a write without a file name (a full disk) names ``path``."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None:
+            raise OSError(e.errno, e.strerror, path) from e
+        raise
+
+
 class _NpyWriter:
     """A ``.npy`` file written a chunk at a time (a base of a table bigger than RAM is never
     gathered whole), committed atomically. With ``rows`` known it is hashed as written and
@@ -97,7 +108,8 @@ class _NpyWriter:
         self._put(_npy_header(self.dtype, (rows or 0, *row_shape)))
 
     def _put(self, data) -> None:
-        self._f.write(data)
+        with _naming(self.path):
+            self._f.write(data)
         if self.rows is not None:
             self._hash.update(data)
 
@@ -108,6 +120,10 @@ class _NpyWriter:
             self._put(memoryview(arr.reshape(-1).view(np.uint8)))
 
     def commit(self) -> dict:
+        with _naming(self.path):
+            return self._commit()
+
+    def _commit(self) -> dict:
         if self.rows is None:  # the count goes into the header, then the file is hashed
             self._f.seek(0)
             self._f.write(_npy_header(self.dtype, (self._written, *self.row_shape)))

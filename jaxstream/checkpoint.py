@@ -15,6 +15,7 @@ so, when one is damaged.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -118,6 +119,12 @@ class CheckpointManager:
                 continue
         return None
 
+    @property
+    def committed(self) -> dict | None:
+        """The meta of the newest checkpoint this manager committed or restored (None:
+        none yet)."""
+        return self._last_meta
+
     def steps(self) -> list[int]:
         """Committed steps, oldest first."""
         names = [d for d in os.listdir(self.root) if d.isdigit()]
@@ -142,9 +149,16 @@ class CheckpointManager:
         base = base or prev is None or any(len(c) != store.parts
                                            for c in prev["store_chains"].values())  # fmt: skip
         leaves = jax.tree_util.tree_leaves((params, opt_state))
-        self._orbax.save(os.path.join(path, "dense"),
-                         {str(i): np.asarray(x) for i, x in enumerate(leaves)})  # fmt: skip
-        self._orbax.wait_until_finished()
+        try:
+            self._orbax.save(os.path.join(path, "dense"),
+                             {str(i): np.asarray(x) for i, x in enumerate(leaves)})  # fmt: skip
+            self._orbax.wait_until_finished()
+        except BaseException:
+            # Its background writers stop here, not at interpreter exit (where they would
+            # print tracebacks after the caller has reported the error).
+            with contextlib.suppress(BaseException):
+                self._orbax.close()
+            raise
         chains, manifests = {}, {}
         for name in store.tables():
             # One chain per part the store writes (a shard server each, or one in process);

@@ -81,27 +81,34 @@ def partition_line(record: dict) -> str:
     return line + "".join(f"  {name} {record[k]:.4f}" for k, name in _CEILINGS if k in record)
 
 
-def truncate_metrics(path: str, cursor: str, skipped: list[str] = ()) -> None:
-    """After a restore: keep one line per partition the checkpoint trained (up to the cursor,
-    less those skipped), drop the rest (lines a killed run wrote for partitions it had not
-    checkpointed)."""
+def truncate_metrics(path: str, cursor: str | None, skipped: list[str] = ()) -> list[str]:
+    """At a run's start: keep one line per partition the checkpoint trained (up to the
+    cursor, less those skipped; none when no checkpoint was committed) and drop the rest
+    (lines a run that was killed, or whose checkpoint failed, wrote for partitions it had
+    not checkpointed: they are trained again). Returns the dropped lines' partitions."""
     if not os.path.exists(path):
-        return
-    cursor_time, skipped = key_time(cursor), set(skipped)
-    kept, seen = [], set()
+        return []
+    skipped = set(skipped)
+    kept, seen, dropped = [], set(), []
     with open(path) as f:
         for line in f:
             try:
                 p = json.loads(line)["partition"]
-            except (ValueError, KeyError):
+            except (ValueError, KeyError):  # a line cut short by a kill
+                dropped.append("an unreadable line")
                 continue
-            if key_time(p) <= cursor_time and p not in skipped and p not in seen:
+            committed = cursor is not None and key_time(p) <= key_time(cursor)
+            if committed and p not in skipped and p not in seen:
                 seen.add(p)
                 kept.append(line if line.endswith("\n") else line + "\n")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.writelines(kept)
-    os.replace(tmp, path)
+            else:
+                dropped.append(p)
+    if dropped:
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(kept)
+        os.replace(tmp, path)
+    return dropped
 
 
 def table_totals(stats: dict[str, dict]) -> dict[str, int | float]:

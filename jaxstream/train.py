@@ -210,6 +210,36 @@ class TooManyMalformed(workdir_lib.RunError):
     pass
 
 
+class CheckpointFailed(workdir_lib.RunError):
+    pass
+
+
+def _append_record(path: str, record: dict) -> None:
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+    except OSError as e:
+        raise workdir_lib.UnusablePath(f"metrics_file {path}: the record of "
+                                       f"{record['partition']} could not be written: "
+                                       f"{e.strerror or e}") from e  # fmt: skip
+
+
+def _save_checkpoint(ckpt: CheckpointManager, step: int, partition: str, save) -> None:
+    """``save()``, a failure of which (a full disk, a shard server that cannot write) ends
+    the run with one line: nothing of that checkpoint is committed (its meta.json is what
+    commits it), and a rerun resumes from the last one that was."""
+    before = ckpt.committed
+    try:
+        save()
+    except (OSError, ValueError, hs.StoreError) as e:  # tensorstore reports I/O as ValueError
+        resume = (f"after {before['cursor']} (checkpoint {before['step']})" if before
+                  else "from the first partition")  # fmt: skip
+        why = " ".join(str(e).split())  # one line, whatever the library's message
+        raise CheckpointFailed(f"checkpoint {step} (after {partition}) could not be written: "
+                               f"{why}; nothing of it is committed, a rerun resumes {resume}"
+                               ) from e  # fmt: skip
+
+
 def _train(cfg, workdir, model, features, dense_optimizer, store, on_partition_end, on_resume,
            progress, workers, adopt_store) -> dict:  # fmt: skip
     # ------------------------------------------------------------------ set up
@@ -270,8 +300,16 @@ def _train(cfg, workdir, model, features, dense_optimizer, store, on_partition_e
         state = TrainState(restored.params, restored.opt_state, restored.cursor,
                            restored.cumulative, restored.step,
                            list(restored.meta.get("skipped", [])))  # fmt: skip
-        if workers.is_first:
-            records.truncate_metrics(metrics_path, restored.cursor, state.skipped)
+    if workers.is_first and ckpt is not None:
+        # Lines for partitions no checkpoint committed (a run killed, or whose checkpoint
+        # failed, after writing them; with no checkpoint at all, every line) are retrained
+        # now: dropped, so the metrics keep one line per partition.
+        dropped = records.truncate_metrics(metrics_path, state.cursor, state.skipped)
+        if dropped:
+            log.warning("%s: dropped %d line(s) of partitions no checkpoint committed (%s); "
+                        "they are trained again", metrics_path, len(dropped),
+                        ", ".join(dropped[:5]) + (" ..." if len(dropped) > 5 else ""))  # fmt: skip
+    if restored is not None:
         log.info("resumed from checkpoint %d after partition %s", restored.step, restored.cursor)
         if on_resume is not None:
             on_resume(state)
@@ -375,18 +413,18 @@ def _train(cfg, workdir, model, features, dense_optimizer, store, on_partition_e
             "source_warnings": seen.reports[reported:],
         }
         reported = len(seen.reports)
-        # The record goes out before the checkpoint commits: a run killed in between
-        # retrains this partition on resume, and the restore drops the stale line.
+        # The record goes out before the checkpoint commits: a run killed (or whose
+        # checkpoint fails) in between retrains this partition, and drops the stale line.
         if workers.is_first:
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            _append_record(metrics_path, record)
         t0 = time.perf_counter()
         if ckpt is not None:  # worker 0 saves while the others wait (no push lands mid-save)
-            workers.on_first(lambda part=part: ckpt.save(
+            workers.on_first(lambda part=part: _save_checkpoint(ckpt, state.partitions, part.key,
+                                                                lambda: ckpt.save(
                 state.partitions, state.params, state.opt_state, store, state.cursor,
                 state.cumulative, dataclasses.asdict(cfg), base=part.is_day_start,
                 skipped=state.skipped, run_id=run_id,
-            ))  # fmt: skip
+            )))  # fmt: skip
             workers.on_first(lambda: _tag(store, spec, f"{run_id}/{state.partitions}"))
         record["checkpoint_seconds"] = time.perf_counter() - t0  # after the file's line
         if writer is not None and workers.is_first:

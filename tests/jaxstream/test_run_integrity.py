@@ -186,3 +186,39 @@ def test_a_remote_store_without_a_place_for_its_checkpoints_is_refused(tmp_path,
                 "--store_addresses=127.0.0.1:1", *extra)  # fmt: skip
     assert proc.returncode == 2 and message in _error_line(proc)
     assert not work.exists() or not any(work.iterdir())
+
+
+def _with_file_size_limit(limit: int):
+    """A child whose writes past ``limit`` bytes in one file fail (EFBIG, as Python ignores
+    SIGXFSZ): a disk that fills up in the middle of a checkpoint."""
+    import resource
+
+    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
+@pytest.mark.parametrize("model, fails", [("lr", "the store's snapshot"),
+                                           ("dnn", "the dense state (Orbax)")])  # fmt: skip
+def test_a_checkpoint_that_cannot_be_written_is_one_line_then_resumed(tmp_path, stream, model,
+                                                                      fails):  # fmt: skip
+    """The first checkpoint fails half written (``fails`` is the first file over the limit):
+    exit 1 naming it, nothing committed; the rerun trains the hour again and the metrics
+    keep one line per partition (the uncommitted attempt's line used to stay, and the
+    rerun added a second)."""
+    work = str(tmp_path / "w")
+    cmd = [sys.executable, os.path.join(REPO, "experiments", "train_stream.py"), "--smoke",
+           "--staleness=0", f"--model={model}", f"--data_root={stream}", f"--workdir={work}",
+           "--max_partitions=2"]  # fmt: skip
+    failed = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO,
+                            preexec_fn=_with_file_size_limit(64 << 10))  # fmt: skip
+    assert failed.returncode == 1, failed.stderr[-3000:]
+    line = _error_line(failed)
+    assert line == failed.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: checkpoint 1 (after 20260101/00) could not be written: ")
+    assert "File too large" in line and line.endswith("a rerun resumes from the first partition")
+    assert "Traceback" not in failed.stderr, failed.stderr[-3000:]
+    assert not os.path.exists(os.path.join(work, "checkpoints", "000001", "meta.json"))
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "dropped 1 line(s) of partitions no checkpoint committed (20260101/00)" in again.stderr
+    lines = [json.loads(x) for x in open(os.path.join(work, "metrics.jsonl"))]
+    assert [x["partition"] for x in lines] == ["20260101/00", "20260101/01"]
