@@ -188,12 +188,14 @@ def test_a_remote_store_without_a_place_for_its_checkpoints_is_refused(tmp_path,
     assert not work.exists() or not any(work.iterdir())
 
 
-def _with_file_size_limit(limit: int):
-    """A child whose writes past ``limit`` bytes in one file fail (EFBIG, as Python ignores
-    SIGXFSZ): a disk that fills up in the middle of a checkpoint."""
-    import resource
-
-    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+def _with_file_size_limit(limit: int, cmd: list[str]) -> list[str]:
+    """``cmd`` run with writes past ``limit`` bytes in one file failing (EFBIG, as Python
+    ignores SIGXFSZ): a disk that fills up in the middle of a checkpoint. A small shim sets
+    the limit and execs ``cmd`` (no fork of this process, which has JAX's threads)."""
+    shim = ("import os, resource, sys; "
+            f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit})); "
+            "os.execv(sys.argv[1], sys.argv[1:])")  # fmt: skip
+    return [sys.executable, "-c", shim, *cmd]
 
 
 @pytest.mark.parametrize("model, fails", [("lr", "the store's snapshot"),
@@ -208,8 +210,8 @@ def test_a_checkpoint_that_cannot_be_written_is_one_line_then_resumed(tmp_path, 
     cmd = [sys.executable, os.path.join(REPO, "experiments", "train_stream.py"), "--smoke",
            "--staleness=0", f"--model={model}", f"--data_root={stream}", f"--workdir={work}",
            "--max_partitions=2"]  # fmt: skip
-    failed = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO,
-                            preexec_fn=_with_file_size_limit(64 << 10))  # fmt: skip
+    failed = subprocess.run(_with_file_size_limit(64 << 10, cmd), capture_output=True,
+                            text=True, timeout=300, cwd=REPO)  # fmt: skip
     assert failed.returncode == 1, failed.stderr[-3000:]
     line = _error_line(failed)
     assert line == failed.stderr.strip().splitlines()[-1]
