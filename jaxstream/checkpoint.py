@@ -40,6 +40,17 @@ class CheckpointError(RuntimeError):
     pass
 
 
+def _checkpointer() -> ocp.StandardCheckpointer:
+    # Each process checkpoints on its own (with several trainers only worker 0 saves, and
+    # the dense state is the same everywhere), so Orbax must not wait for the others.
+    me = jax.process_index()
+    return ocp.StandardCheckpointer(
+        multiprocessing_options=ocp.options.MultiprocessingOptions(
+            primary_host=me, active_processes={me}, barrier_sync_key_prefix=f"worker{me}"
+        )
+    )
+
+
 @dataclasses.dataclass
 class Restored:
     step: int
@@ -95,14 +106,7 @@ class CheckpointManager:
         self.root = os.path.join(workdir, "checkpoints")
         os.makedirs(self.root, exist_ok=True)
         self.keep_bases = keep_bases
-        # Each process checkpoints on its own (with several trainers only worker 0 saves, and
-        # the dense state is the same everywhere), so Orbax must not wait for the others.
-        me = jax.process_index()
-        self._orbax = ocp.StandardCheckpointer(
-            multiprocessing_options=ocp.options.MultiprocessingOptions(
-                primary_host=me, active_processes={me}, barrier_sync_key_prefix=f"worker{me}"
-            )
-        )
+        self._orbax = _checkpointer()
         self._last_meta: dict | None = None
 
     @staticmethod
@@ -155,9 +159,10 @@ class CheckpointManager:
             self._orbax.wait_until_finished()
         except BaseException:
             # Its background writers stop here, not at interpreter exit (where they would
-            # print tracebacks after the caller has reported the error).
+            # print tracebacks after the caller has reported the error); a new one saves next.
             with contextlib.suppress(BaseException):
                 self._orbax.close()
+            self._orbax = _checkpointer()
             raise
         chains, manifests = {}, {}
         for name in store.tables():

@@ -91,9 +91,11 @@ class Workers:
         counts[self.index] = per_worker
         counts = self.allreduce_sum(counts)
         if len(set(counts.tolist())) > 1:
-            raise WorkersDisagree(f"the workers train on different numbers of local devices "
-                             f"({', '.join(f'worker {i}: {c}' for i, c in enumerate(counts))}); "
-                             "give each the same number (--devices)")  # fmt: skip
+            each = ", ".join(f"worker {i}: {c}" for i, c in enumerate(counts))
+            raise WorkersDisagree(
+                f"the workers train on different numbers of local devices "
+                f"({each}); give each the same number (--devices)"
+            )
 
     def barrier(self) -> None:
         if self.count > 1:
