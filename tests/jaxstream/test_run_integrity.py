@@ -198,29 +198,45 @@ def _with_file_size_limit(limit: int, cmd: list[str]) -> list[str]:
     return [sys.executable, "-c", shim, *cmd]
 
 
-@pytest.mark.parametrize("model, fails", [("lr", "the store's snapshot"),
-                                           ("dnn", "the dense state (Orbax)")])  # fmt: skip
-def test_a_checkpoint_that_cannot_be_written_is_one_line_then_resumed(tmp_path, stream, model,
-                                                                      fails):  # fmt: skip
-    """The first checkpoint fails half written (``fails`` is the first file over the limit):
-    exit 1 naming it, nothing committed; the rerun trains the hour again and the metrics
-    keep one line per partition (the uncommitted attempt's line used to stay, and the
-    rerun added a second)."""
+_CHECKPOINT_FAILED = (
+    "checkpoint 1 (after 20260101/00) could not be written: ",
+    "File too large",
+    "; nothing of it is committed, a rerun resumes from the first partition",
+)
+
+
+@pytest.mark.parametrize(
+    "model, limit, says, rerun_drops",
+    [
+        ("lr", 64 << 10, _CHECKPOINT_FAILED, "(20260101/00)"),  # the store's snapshot fails
+        ("dnn", 64 << 10, _CHECKPOINT_FAILED, None),  # the dense state (Orbax) fails first
+        ("lr", 512, ("metrics_file ", "the record of 20260101/00 could not be written: File "
+                     "too large", ""), "(an unreadable line)"),  # half a metrics line written
+    ],
+)  # fmt: skip
+def test_a_file_that_cannot_be_written_is_one_line_then_resumed(tmp_path, stream, model, limit,
+                                                                says, rerun_drops):  # fmt: skip
+    """A file fills up in the middle of a partition's commit (a full disk): exit 1 naming
+    what failed, nothing committed; the rerun trains the hour again and the metrics keep one
+    line per partition (the uncommitted attempt's line used to stay, and the rerun added a
+    second)."""
     work = str(tmp_path / "w")
     cmd = [sys.executable, os.path.join(REPO, "experiments", "train_stream.py"), "--smoke",
            "--staleness=0", f"--model={model}", f"--data_root={stream}", f"--workdir={work}",
            "--max_partitions=2"]  # fmt: skip
-    failed = subprocess.run(_with_file_size_limit(64 << 10, cmd), capture_output=True,
-                            text=True, timeout=300, cwd=REPO)  # fmt: skip
+    failed = subprocess.run(_with_file_size_limit(limit, cmd), capture_output=True, text=True,
+                            timeout=300, cwd=REPO)  # fmt: skip
     assert failed.returncode == 1, failed.stderr[-3000:]
     line = _error_line(failed)
     assert line == failed.stderr.strip().splitlines()[-1]
-    assert line.startswith("error: checkpoint 1 (after 20260101/00) could not be written: ")
-    assert "File too large" in line and line.endswith("a rerun resumes from the first partition")
+    start, middle, end = says
+    assert line.startswith("error: " + start) and middle in line and line.endswith(end), line
     assert "Traceback" not in failed.stderr, failed.stderr[-3000:]
     assert not os.path.exists(os.path.join(work, "checkpoints", "000001", "meta.json"))
+    if rerun_drops is None:
+        return
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "dropped 1 line(s) of partitions no checkpoint committed (20260101/00)" in again.stderr
+    assert f"dropped 1 line(s) of partitions no checkpoint committed {rerun_drops}" in again.stderr
     lines = [json.loads(x) for x in open(os.path.join(work, "metrics.jsonl"))]
     assert [x["partition"] for x in lines] == ["20260101/00", "20260101/01"]
