@@ -10,6 +10,12 @@ The contract, which custom models follow too::
 Models are built by name through :func:`build` (``MODELS`` maps names to constructors with
 the signature ``(slot_dims, num_dense, rngs, **options)``); add yours to ``MODELS`` or
 pass an instance to the trainer directly.
+
+With Paddle's CVM (``count_columns`` = 2) each slot's input starts with its ID's count
+features, log(show + 1) and log(click + 1) - log(show + 1): constants that grow with the
+stream (about 14 for an ID shown a million times). Linear and MLP parts take them as they
+are, as Paddle's DNNs do; the interactions (FM, DLRM's dot products, DCN's crosses) take
+the embeddings without them: products of counts are not learnable and saturated the logits.
 """
 
 from __future__ import annotations
@@ -75,6 +81,12 @@ class WideDeep(nnx.Module):
         return self.wide(embeddings, dense) + self.deep(embeddings, dense)
 
 
+def _split(embeddings, count_columns: int):
+    """(each slot's embedding without its count features, all slots' count features)."""
+    c = count_columns
+    return [e[:, c:] for e in embeddings], [e[:, :c] for e in embeddings if c]
+
+
 def _stack(embeddings):
     dims = {e.shape[-1] for e in embeddings}
     if len(dims) != 1:
@@ -83,12 +95,13 @@ def _stack(embeddings):
 
 
 class DeepFM(nnx.Module):
-    def __init__(self, slot_dims, num_dense, rngs, hidden=(400, 400, 400), **_):
+    def __init__(self, slot_dims, num_dense, rngs, hidden=(400, 400, 400), count_columns=0, **_):
         self.linear = Linear(slot_dims, num_dense, rngs)
         self.deep = DNN(slot_dims, num_dense, rngs, hidden)
+        self.count_columns = count_columns
 
     def __call__(self, embeddings, dense):
-        v = _stack(embeddings)
+        v = _stack(_split(embeddings, self.count_columns)[0])
         fm = 0.5 * (jnp.sum(v, 1) ** 2 - jnp.sum(v**2, 1)).sum(-1)
         return self.linear(embeddings, dense) + fm + self.deep(embeddings, dense)
 
@@ -96,39 +109,46 @@ class DeepFM(nnx.Module):
 class DCNv2(nnx.Module):
     """DCN-v2: full-rank cross layers x_{l+1} = x0 * (W x_l + b) + x_l, stacked with a DNN."""
 
-    def __init__(self, slot_dims, num_dense, rngs, hidden=(400, 400, 400), cross_layers=3, **_):
+    def __init__(self, slot_dims, num_dense, rngs, hidden=(400, 400, 400), cross_layers=3,
+                 count_columns=0, **_):  # fmt: skip
         d = sum(slot_dims) + num_dense
-        self.cross = _List([nnx.Linear(d, d, rngs=rngs) for _ in range(cross_layers)])
+        crossed = d - count_columns * len(slot_dims)  # the counts skip the cross layers
+        self.cross = _List([nnx.Linear(crossed, crossed, rngs=rngs) for _ in range(cross_layers)])
         self.deep = MLP([d, *hidden], rngs)
-        self.head = nnx.Linear(d + hidden[-1], 1, rngs=rngs)
+        self.head = nnx.Linear(crossed + hidden[-1], 1, rngs=rngs)
+        self.count_columns = count_columns
 
     def __call__(self, embeddings, dense):
-        x0 = jnp.concatenate([*embeddings, dense], axis=-1)
+        embs, counts = _split(embeddings, self.count_columns)
+        x0 = jnp.concatenate([*embs, dense], axis=-1)
         x = x0
         for layer in self.cross:
             x = x0 * layer(x) + x
-        h = jax.nn.relu(self.deep(x0))
+        h = jax.nn.relu(self.deep(jnp.concatenate([*counts, *embs, dense], axis=-1)))
         return self.head(jnp.concatenate([x, h], axis=-1))[:, 0]
 
 
 class DLRM(nnx.Module):
     """DLRM: bottom MLP on dense features, pairwise dot interactions, top MLP."""
 
-    def __init__(self, slot_dims, num_dense, rngs, hidden=(400, 400, 400), bottom=(64,), **_):
-        d = slot_dims[0]
+    def __init__(self, slot_dims, num_dense, rngs, hidden=(400, 400, 400), bottom=(64,),
+                 count_columns=0, **_):  # fmt: skip
+        d = slot_dims[0] - count_columns
         self.bottom = MLP([max(num_dense, 1), *bottom, d], rngs)
         n = len(slot_dims) + 1
-        self.top = MLP([d + n * (n - 1) // 2, *hidden, 1], rngs)
-        self.num_dense = num_dense
+        # The top MLP takes the counts beside the dot products (they skip the interactions).
+        self.top = MLP([d + n * (n - 1) // 2 + count_columns * len(slot_dims), *hidden, 1], rngs)
+        self.num_dense, self.count_columns = num_dense, count_columns
 
     def __call__(self, embeddings, dense):
         if self.num_dense == 0:
             dense = jnp.zeros((dense.shape[0], 1), dense.dtype)
+        embs, counts = _split(embeddings, self.count_columns)
         b = jax.nn.relu(self.bottom(dense))
-        v = _stack([b, *embeddings])
+        v = _stack([b, *embs])
         dots = jnp.einsum("bsd,btd->bst", v, v)
         i, j = jnp.triu_indices(v.shape[1], k=1)
-        return self.top(jnp.concatenate([b, dots[:, i, j]], axis=-1))[:, 0]
+        return self.top(jnp.concatenate([b, dots[:, i, j], *counts], axis=-1))[:, 0]
 
 
 MODELS = {
@@ -142,6 +162,8 @@ MODELS = {
 
 
 def build(name: str, slot_dims: Sequence[int], num_dense: int, seed: int = 0, **options):
+    """``options``: the model's own (``hidden``, ...) and ``count_columns``, the count
+    features that start each slot's input (``FeatureSpec.count_columns``: 2 with CVM)."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose from {sorted(MODELS)}")
     return MODELS[name](list(slot_dims), num_dense, nnx.Rngs(seed), **options)

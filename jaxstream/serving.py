@@ -66,8 +66,9 @@ class Predictor:
         self.spec = features if features is not None else feature_spec(self.config)
         if model is None:  # a custom tower is passed in, built the way it was trained
             c = self.config
-            model = models.build(c.model, self.spec.slot_dims(), self.spec.num_dense, c.seed,
-                                 hidden=c.hidden)  # fmt: skip
+            spec = self.spec
+            model = models.build(c.model, spec.slot_dims(), spec.num_dense, c.seed,
+                                 hidden=c.hidden, count_columns=spec.count_columns)  # fmt: skip
         self._graphdef, self._params_template = nnx.split(model)
         self._eval = jax.jit(functools.partial(eval_step, self._graphdef, self.spec))
         self._orbax = ocp.StandardCheckpointer()

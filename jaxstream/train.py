@@ -256,7 +256,7 @@ def _train(cfg, workdir, model, features, dense_optimizer, store, on_partition_e
         store.create_table(table)
     if model is None:
         model = models.build(cfg.model, spec.slot_dims(), spec.num_dense, cfg.seed,
-                             hidden=cfg.hidden)  # fmt: skip
+                             hidden=cfg.hidden, count_columns=spec.count_columns)  # fmt: skip
     graphdef, params = nnx.split(model)
     tx = dense_optimizer if dense_optimizer is not None else dense_optimizer_of(cfg)
     progress = progress or _no_progress

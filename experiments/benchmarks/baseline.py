@@ -71,7 +71,14 @@ def run_hashed_baseline(
     """Per-partition progressive and train metrics of the hashed baseline."""
     from jaxstream.train import read_partition
 
-    tower = models.build(cfg.model, spec.slot_dims(), spec.num_dense, cfg.seed, hidden=cfg.hidden)
+    tower = models.build(
+        cfg.model,
+        spec.slot_dims(),
+        spec.num_dense,
+        cfg.seed,
+        hidden=cfg.hidden,
+        count_columns=spec.count_columns,
+    )
     model = HashedModel(spec, tower, rows, cfg.initializer_scale, cfg.seed)
     graphdef, params = nnx.split(model)
     tx = getattr(optax, cfg.dense_optimizer)(cfg.dense_learning_rate)

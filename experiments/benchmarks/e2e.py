@@ -109,7 +109,8 @@ def _step_timing(cfg: TrainConfig, root: str, reps: int) -> dict[str, float]:
     rows = pull_batch_rows(store, spec, hb, train=True)
     t_pull = time.perf_counter() - t0
     graphdef, params = nnx.split(models.build(cfg.model, spec.slot_dims(), spec.num_dense,
-                                              hidden=cfg.hidden))  # fmt: skip
+                                              hidden=cfg.hidden,
+                                              count_columns=spec.count_columns))  # fmt: skip
     tx = optax.adam(1e-3)
     train_fn, _ = make_steps(graphdef, tx, spec)
     db = jax.device_put(hb.device_batch(rows))

@@ -41,7 +41,8 @@ def _lines(workdir):
 def _final_store(workdir, cfg):
     spec = train.feature_spec(cfg)
     graphdef, params = nnx.split(models.build(cfg.model, spec.slot_dims(), spec.num_dense,
-                                              cfg.seed, hidden=cfg.hidden))  # fmt: skip
+                                              cfg.seed, hidden=cfg.hidden,
+                                              count_columns=spec.count_columns))  # fmt: skip
     import optax
 
     tx = getattr(optax, cfg.dense_optimizer)(cfg.dense_learning_rate)
