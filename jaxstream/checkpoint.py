@@ -108,6 +108,7 @@ class CheckpointManager:
         self.keep_bases = keep_bases
         self._orbax = _checkpointer()
         self._last_meta: dict | None = None
+        self.unusable: list[tuple[int, str]] = []  # set by restore
 
     @staticmethod
     def newest_config(workdir: str) -> dict | None:
@@ -218,10 +219,12 @@ class CheckpointManager:
 
     def restore(self, params, opt_state, store: Store, load_store: bool = True,
                 store_tags: dict[str, str] | None = None) -> Restored | None:  # fmt: skip
-        """The newest step that verifies, or None. ``params``/``opt_state`` give the tree
-        structure to fill; the store snapshots are loaded into ``store`` (a remote store's
-        shards read the files and verify them) unless another worker loads the shared
-        store (``load_store=False``)."""
+        """The newest step that verifies, or None (``unusable`` then says why each
+        committed step failed). ``params``/``opt_state`` give the tree structure to fill;
+        the store snapshots are loaded into ``store`` (a remote store's shards read the
+        files and verify them) unless another worker loads the shared store
+        (``load_store=False``)."""
+        self.unusable: list[tuple[int, str]] = []  # (step, why), newest first
         for step in reversed(self.steps()):
             try:
                 r = self._restore_step(step, params, opt_state, store, load_store,
@@ -229,6 +232,7 @@ class CheckpointManager:
             except (CheckpointError, snap.SnapshotError, StoreError, OSError, ValueError) as e:
                 log.warning("checkpoint %d is unusable (%s); falling back to the previous one",
                             step, e)  # fmt: skip
+                self.unusable.append((step, " ".join(str(e).split())))
                 continue
             self._last_meta = r.meta
             log.info("restored checkpoint %d (cursor %s)", step, r.cursor)

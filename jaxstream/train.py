@@ -214,6 +214,10 @@ class CheckpointFailed(workdir_lib.RunError):
     pass
 
 
+class CheckpointsUnusable(workdir_lib.RunError):
+    pass
+
+
 def _append_record(path: str, record: dict) -> None:
     try:
         with open(path, "a") as f:
@@ -291,6 +295,14 @@ def _train(cfg, workdir, model, features, dense_optimizer, store, on_partition_e
         tags = {name: s.get("tag", "") for name, s in store.stats().items()}
         restored = ckpt.restore(state.params, state.opt_state, store, load_store=workers.is_first,
                                 store_tags=tags)  # fmt: skip
+    if restored is None and ckpt is not None and ckpt.unusable:
+        # Starting over would overwrite them (and the metrics lines they committed).
+        step, why = ckpt.unusable[0]
+        raise CheckpointsUnusable(
+            f"{len(ckpt.unusable)} checkpoint(s) under {ckpt.root}, none of which restores "
+            f"(the newest, {step}: {why}); nothing was changed: mend the cause (the same "
+            "code and config that wrote them), or move the history aside with --start_over"
+        )
     if restored is None and not adopt_store:
         _refuse_foreign_rows(store, spec)
     workers.barrier()  # the shared store is loaded (or checked) before anyone pulls from it

@@ -148,6 +148,19 @@ def test_a_relative_workdir_works_and_an_altered_meta_is_never_trusted(tmp_path,
     assert "resumed from checkpoint 1 after partition 20260101/00" in again.stdout
     lines = [json.loads(x)["partition"] for x in open(tmp_path / "rel" / "metrics.jsonl")]
     assert lines == ["20260101/00", "20260101/01", "20260101/02"]
+    # Every checkpoint altered: none restores, and starting over would overwrite them and
+    # the metrics they committed, so the run is refused and changes nothing.
+    for meta_path in (tmp_path / "rel" / "checkpoints").glob("*/meta.json"):
+        meta_path.write_text(meta_path.read_text().replace('"run_id": "', '"run_id": "x'))
+    before = _tree_digest(str(tmp_path / "rel"))
+    before.pop(".lock")  # the pid of the trainer that holds the workdir
+    refused = _cli(f"--data_root={stream}", "--workdir=rel", cwd=tmp_path)
+    assert refused.returncode == 1, refused.stderr[-3000:]
+    assert "3 checkpoint(s) under " in _error_line(refused) and "none of which restores" in (
+        _error_line(refused))  # fmt: skip
+    after = _tree_digest(str(tmp_path / "rel"))
+    after.pop(".lock")
+    assert after == before
 
 
 def test_a_late_hour_is_trained_when_it_arrives(tmp_path):
