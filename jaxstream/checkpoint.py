@@ -224,7 +224,7 @@ class CheckpointManager:
         the store snapshots are loaded into ``store`` (a remote store's shards read the
         files and verify them) unless another worker loads the shared store
         (``load_store=False``)."""
-        self.unusable: list[tuple[int, str]] = []  # (step, why), newest first
+        self.unusable = []  # (step, why), newest first
         for step in reversed(self.steps()):
             try:
                 r = self._restore_step(step, params, opt_state, store, load_store,
