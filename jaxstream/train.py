@@ -228,13 +228,14 @@ def _append_record(path: str, record: dict) -> None:
                                        f"{e.strerror or e}") from e  # fmt: skip
 
 
-def _save_checkpoint(ckpt: CheckpointManager, step: int, partition: str, save) -> None:
-    """``save()``, a failure of which (a full disk, a shard server that cannot write) ends
-    the run with one line: nothing of that checkpoint is committed (its meta.json is what
+@contextlib.contextmanager
+def _one_line_if_not_written(ckpt: CheckpointManager, step: int, partition: str):
+    """A failure to write checkpoint ``step`` (a full disk, a shard server that cannot
+    write) ends the run with one line: nothing of it is committed (its meta.json is what
     commits it), and a rerun resumes from the last one that was."""
     before = ckpt.committed
     try:
-        save()
+        yield
     except (OSError, ValueError, hs.StoreError) as e:  # tensorstore reports I/O as ValueError
         resume = (f"after {before['cursor']} (checkpoint {before['step']})" if before
                   else "from the first partition")  # fmt: skip
@@ -431,12 +432,15 @@ def _train(cfg, workdir, model, features, dense_optimizer, store, on_partition_e
             _append_record(metrics_path, record)
         t0 = time.perf_counter()
         if ckpt is not None:  # worker 0 saves while the others wait (no push lands mid-save)
-            workers.on_first(lambda part=part: _save_checkpoint(ckpt, state.partitions, part.key,
-                                                                lambda: ckpt.save(
-                state.partitions, state.params, state.opt_state, store, state.cursor,
-                state.cumulative, dataclasses.asdict(cfg), base=part.is_day_start,
-                skipped=state.skipped, run_id=run_id,
-            )))  # fmt: skip
+
+            def save(part=part):
+                with _one_line_if_not_written(ckpt, state.partitions, part.key):
+                    ckpt.save(state.partitions, state.params, state.opt_state, store,
+                              state.cursor, state.cumulative, dataclasses.asdict(cfg),
+                              base=part.is_day_start, skipped=state.skipped,
+                              run_id=run_id)  # fmt: skip
+
+            workers.on_first(save)
             workers.on_first(lambda: _tag(store, spec, f"{run_id}/{state.partitions}"))
         record["checkpoint_seconds"] = time.perf_counter() - t0  # after the file's line
         if writer is not None and workers.is_first:
