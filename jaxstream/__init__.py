@@ -15,7 +15,7 @@ from jaxstream.metrics import BinaryMetrics
 from jaxstream.pipeline import Pipeline, PipelineError, run_pass
 from jaxstream.records import partition_line
 from jaxstream.serving import Predictor
-from jaxstream.step import DeviceBatch, StepOutput, make_steps
+from jaxstream.step import DeviceBatch, StepOutput, make_steps, to_device
 from jaxstream.stream import Partition, PartitionSource, SourceConfig
 from jaxstream.train import (
     TrainState,
@@ -52,5 +52,6 @@ __all__ = [
     "salt_ids",
     "single_table_spec",
     "smoke_config",
+    "to_device",
     "train_and_evaluate",
 ]

@@ -39,7 +39,7 @@ from jaxstream.features import FeatureSpec
 from jaxstream.metrics import BinaryMetrics
 from jaxstream.pipeline import PassResult
 from jaxstream.sparse_update import rule_of
-from jaxstream.step import DeviceBatch, StepOutput, batch_placement, train_step
+from jaxstream.step import DeviceBatch, StepOutput, batch_placement, to_device, train_step
 
 
 class PassTables(NamedTuple):
@@ -157,9 +157,9 @@ class PassTrainer:
                 upcoming = ahead.submit(self._prepare, made)
                 preds = []
                 for hb, pb in zip(group, pbs, strict=True):
-                    batch = jax.device_put(hb.device_batch({}), self._split)
+                    batch = to_device(hb.device_batch({}), self._split)
                     out, tables = self.step(params, opt_state, tables, batch,
-                                            jax.device_put(pb, self._every), hparams)  # fmt: skip
+                                            to_device(pb, self._every), hparams)  # fmt: skip
                     params, opt_state = out.params, out.opt_state
                     preds.append(out.predictions)
                     n_batches += 1
@@ -227,11 +227,11 @@ class PassTrainer:
             if bucket(scratch + 1) > self._rows[name]:  # grows with room: fewer compiles
                 self._rows[name] = bucket(2 * (scratch + 1))
             rows = self._rows[name]
-            weights[name] = jax.device_put(_pad(p.weights, rows), self._every)
-            state[name] = tuple(jax.device_put(_pad(s, rows), self._every) for s in p.state)
+            weights[name] = to_device(_pad(p.weights, rows), self._every)
+            state[name] = tuple(to_device(_pad(s, rows), self._every) for s in p.state)
             keys[name] = k
             opt = self._configs[name].optimizer
-            hparams[name] = jax.device_put(np.float32(opt.hparams(p.clock)), self._every)
+            hparams[name] = to_device(np.float32(opt.hparams(p.clock)), self._every)
             n = max(self._slots[name], *(hb.padded_rows(name) for hb in group))
             self._slots[name] = n
             batches = zip(group, per_batch, p.found, p.counts, p.slots, strict=True)

@@ -26,13 +26,13 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
-import jax
 import numpy as np
 
 from hoststore import Store
 from jaxstream.batching import HostBatch
 from jaxstream.features import FeatureSpec
 from jaxstream.metrics import BinaryMetrics
+from jaxstream.step import to_device
 
 log = logging.getLogger(__name__)
 _POLL = 0.1
@@ -171,7 +171,7 @@ class Pipeline:
             t0 = time.perf_counter()
             rows = pull_batch_rows(self.store, self.spec, hb, self.train)
             db = hb.device_batch(rows)
-            db = jax.device_put(db, self.device)
+            db = to_device(db, self.device)
             self._timers["host"] += time.perf_counter() - t0
             if not self._put(self._ready, (hb, db)):
                 return

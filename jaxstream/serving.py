@@ -29,7 +29,7 @@ from jaxstream.data.synthetic import StreamConfig
 from jaxstream.features import FeatureSpec
 from jaxstream.metrics import BinaryMetrics
 from jaxstream.pipeline import pull_batch_rows
-from jaxstream.step import eval_step
+from jaxstream.step import eval_step, to_device
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ class Predictor:
         for hb in batches(examples, self.spec, self.batch_size):
             rows = pull_batch_rows(hs.LocalStore.from_tables(self.tables), self.spec, hb, False)
             db = hb.device_batch(rows)
-            out.append(np.asarray(self._eval(self._params, jax.device_put(db)))[: hb.size])
+            out.append(np.asarray(self._eval(self._params, to_device(db)))[: hb.size])
         return np.concatenate(out) if out else np.empty(0, np.float32)
 
     def evaluate(self, examples: Examples) -> BinaryMetrics:

@@ -165,6 +165,25 @@ def batch_placement(mesh: Mesh, spec: FeatureSpec) -> DeviceBatch:
                        dict.fromkeys(tables, slots_split), split, split, split)  # fmt: skip
 
 
+# Donated: its arguments are JAX's own copies of the numpy arrays, which the result reuses.
+_copied = jax.jit(lambda tree: tree, donate_argnums=0)
+
+
+def to_device(tree, placement=None):
+    """``tree`` of numpy arrays (a DeviceBatch) copied to the device: ``placement`` (a
+    device or a tree of shardings, see :func:`batch_placement`) or, when None, the default
+    device. Without a placement the copy goes through a jitted identity: JAX's C++ dispatch
+    copies its arguments in ~0.03 ms of one thread per array, where ``jax.device_put``
+    spends ~0.15 ms of Python (holding the GIL, which the pipeline's other stages wait for)
+    and leaves 64-byte-aligned numpy memory aliased, not copied. With a placement,
+    ``jax.device_put`` (a jitted identity with the shardings was no faster)."""
+    if placement is not None:
+        return jax.device_put(tree, placement)
+    if any(isinstance(x, jax.Array) for x in jax.tree.leaves(tree)):
+        raise TypeError("to_device copies numpy arrays; this tree holds device arrays")
+    return _copied(tree)
+
+
 def replicate(mesh: Mesh | None, tree):
     """``tree`` (parameters, optimizer state) on every device of ``mesh``."""
     return tree if mesh is None else jax.device_put(tree, NamedSharding(mesh, P()))

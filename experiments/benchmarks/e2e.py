@@ -28,7 +28,7 @@ from jaxstream.config import TrainConfig
 from jaxstream.data import readers
 from jaxstream.data.synthetic import StreamConfig, generate
 from jaxstream.pipeline import pull_batch_rows
-from jaxstream.step import make_steps
+from jaxstream.step import make_steps, to_device
 from jaxstream.train import feature_spec, train_and_evaluate
 
 from .baseline import run_hashed_baseline
@@ -113,7 +113,7 @@ def _step_timing(cfg: TrainConfig, root: str, reps: int) -> dict[str, float]:
                                               count_columns=spec.count_columns))  # fmt: skip
     tx = optax.adam(1e-3)
     train_fn, _ = make_steps(graphdef, tx, spec)
-    db = jax.device_put(hb.device_batch(rows))
+    db = to_device(hb.device_batch(rows))
     opt_state = tx.init(params)
     out = train_fn(params, opt_state, db)
     jax.block_until_ready(out.row_grads)

@@ -14,7 +14,7 @@ from jaxstream import models
 from jaxstream.batching import bucket, make_batch
 from jaxstream.data.examples import Examples
 from jaxstream.features import FeatureSpec, SlotSpec, salt_ids
-from jaxstream.step import make_steps
+from jaxstream.step import make_steps, to_device
 
 DIM = 4
 
@@ -192,3 +192,20 @@ def test_batches_built_in_threads_come_out_in_order_and_equal(threads):
     stream = batches(ex, spec, 8, threads=threads)
     next(stream)
     stream.close()  # returns once the threads finish the batches in flight
+
+
+def test_to_device_copies_the_numpy_batch():
+    # 64-byte aligned numpy memory is what jax.device_put aliases instead of copying.
+    buf = np.zeros(1024 + 64, np.uint8)
+    off = -buf.ctypes.data % 64
+    aligned = buf[off : off + 1024].view(np.float32)
+    aligned[:] = 1.0
+    tree = {"a": aligned, "b": np.arange(6, dtype=np.int32).reshape(2, 3)}
+    moved = to_device(tree)
+    aligned[:] = 7.0  # the pipeline's next batch may reuse host memory
+    assert isinstance(moved["a"], jax.Array)
+    np.testing.assert_array_equal(np.asarray(moved["a"]), np.ones(256, np.float32))
+    np.testing.assert_array_equal(np.asarray(moved["b"]), tree["b"])
+    assert moved["b"].dtype == jnp.int32
+    with pytest.raises(TypeError, match="device arrays"):
+        to_device({"a": moved["a"]})  # a device array would be donated (deleted)
