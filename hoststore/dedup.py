@@ -58,25 +58,30 @@ def dedup_slots(
     salts: np.ndarray,
     labels: np.ndarray,
     batch: int,
+    first: int = 0,
+    count: int | None = None,
 ) -> SlotDedup:
     """The store keys of a batch's slots, deduplicated in one compiled pass.
 
     Slot s of example i holds ``ids[bases[s] + offsets[s, i] : bases[s] + offsets[s, i + 1]]``
-    (CSR per slot, all slots in one array); the first ``max_lens[s]`` are kept. A raw ID's
-    key in slot s is ``hash64(id ^ salts[s])``: a bijection per slot, so the same raw value
-    in two slots is two keys. ``labels`` ([batch]) make the click counts.
+    (CSR per slot, all slots in one array); the first ``max_lens[s]`` are kept. The batch
+    is examples ``first`` to ``first + count`` (default: all of ``offsets``), so one block's
+    arrays serve each of its batches as they are. A raw ID's key in slot s is
+    ``hash64(id ^ salts[s])``: a bijection per slot, so the same raw value in two slots is
+    two keys. ``labels`` ([batch], the batch's own) make the click counts.
     """
-    return SlotDedup(*_dedup_slots(ids, bases, offsets, max_lens, salts, labels, batch,
-                                   int(max_lens.max())))  # fmt: skip
+    if count is None:
+        count = offsets.shape[1] - 1 - first
+    return SlotDedup(*_dedup_slots(ids, bases, offsets, first, count, max_lens, salts, labels,
+                                   batch, int(max_lens.max())))  # fmt: skip
 
 
 @nb.njit(nogil=True, cache=True)
-def _dedup_slots(ids, bases, offsets, max_lens, salts, labels, batch, width):
+def _dedup_slots(ids, bases, offsets, first, n, max_lens, salts, labels, batch, width):
     n_slots = offsets.shape[0]
-    n = offsets.shape[1] - 1
     total = 0
     for s in range(n_slots):
-        for i in range(n):
+        for i in range(first, first + n):
             total += min(offsets[s, i + 1] - offsets[s, i], max_lens[s])
     scratch = np.full(int(total / ix.MAX_LOAD) + 9, -1, np.int32)
     uniq = np.empty(total, np.int64)
@@ -87,8 +92,8 @@ def _dedup_slots(ids, bases, offsets, max_lens, salts, labels, batch, width):
     u = 0
     for s in range(n_slots):
         for i in range(n):
-            a = bases[s] + offsets[s, i]
-            m = min(offsets[s, i + 1] - offsets[s, i], max_lens[s])
+            a = bases[s] + offsets[s, first + i]
+            m = min(offsets[s, first + i + 1] - offsets[s, first + i], max_lens[s])
             for j in range(m):
                 k = np.int64(mix64(np.uint64(ids[a + j]) ^ salts[s]))
                 e, u = ix.find_or_append(scratch, uniq, k, u)

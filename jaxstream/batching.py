@@ -35,13 +35,22 @@ class HostBatch:
     unique_ids: dict[str, np.ndarray]  # table -> [U] int64 store keys
     shows: dict[str, np.ndarray]  # table -> [U] float32 occurrences of each unique ID
     clicks: dict[str, np.ndarray]  # table -> [U] float32 occurrences in clicked examples
-    index: dict[str, np.ndarray]  # slot -> [B, L] int32 rows into the table's unique rows
-    mask: dict[str, np.ndarray]  # slot -> [B, L] float32
-    # The same, one array per table (its slots stacked, [S, B, L_max]): ``index`` and
-    # ``mask`` are views of these, and they go to the device as two arrays per table (a
-    # transfer per slot cost a quarter of the host's work per batch).
-    table_index: dict[str, np.ndarray]
-    table_mask: dict[str, np.ndarray]
+    # Each table's slots stacked ([S, B, L_max]): they go to the device as two arrays per
+    # table (a transfer per slot cost a quarter of the host's work per batch).
+    table_index: dict[str, np.ndarray]  # int32 rows into the table's unique rows
+    table_mask: dict[str, np.ndarray]  # float32, 1 where an ID was kept
+    places: dict[str, tuple[str, int, int]]  # slot -> (table, position, max_len)
+
+    @property
+    def index(self) -> dict[str, np.ndarray]:
+        """slot -> [B, L] int32 rows into its table's unique rows (views; made on demand,
+        as nothing on the training path needs them per slot)."""
+        return {s: self.table_index[t][j, :, :n] for s, (t, j, n) in self.places.items()}
+
+    @property
+    def mask(self) -> dict[str, np.ndarray]:
+        """slot -> [B, L] float32 (views, as :attr:`index`)."""
+        return {s: self.table_mask[t][j, :, :n] for s, (t, j, n) in self.places.items()}
 
     def padded_rows(self, table: str) -> int:
         return bucket(len(self.unique_ids[table]))
@@ -52,37 +61,66 @@ class HostBatch:
                            self.weights)  # fmt: skip
 
 
-def make_batch(ex: Examples, spec: FeatureSpec, batch_size: int) -> HostBatch:
-    n = len(ex)
-    if n > batch_size:
-        raise ValueError(f"{n} examples do not fit a batch of {batch_size}")
-    labels = np.zeros(batch_size, np.float32)
-    labels[:n] = ex.labels
-    weights = np.zeros(batch_size, np.float32)
-    weights[:n] = 1.0
-    dense = np.zeros((batch_size, spec.num_dense), np.float32)
-    dense[:n] = ex.dense
-    index, mask, unique_ids, shows, clicks, t_index, t_mask = {}, {}, {}, {}, {}, {}, {}
+@dataclasses.dataclass(frozen=True)
+class _PackedTable:
+    """One table's slots of a block of examples as the dedup kernel reads them: all slots'
+    IDs in one array, their CSR offsets stacked. Made once per block, so a batch costs
+    views and one kernel call per table, not numpy calls per slot (each of which waits for
+    the GIL while the pipeline's other stages hold it)."""
+
+    ids: np.ndarray  # int64, slot after slot
+    bases: np.ndarray  # [S] where each slot's IDs start in ``ids``
+    offsets: np.ndarray  # [S, N + 1] each slot's offsets (not rebased to a batch)
+    max_lens: np.ndarray  # [S]
+    salts: np.ndarray  # [S] uint64
+
+
+@dataclasses.dataclass(frozen=True)
+class _Packed:
+    tables: dict[str, _PackedTable]
+    places: dict[str, tuple[str, int, int]]
+
+
+def _pack(ex: Examples, spec: FeatureSpec) -> _Packed:
+    tables, places = {}, {}
     for table in spec.tables:
         slots = spec.slots_of(table.name)
         ids = [ex.slot_ids[s.name] for s in slots]
-        d = hs.dedup_slots(
-            np.concatenate(ids).astype(np.int64),
+        tables[table.name] = _PackedTable(
+            np.concatenate(ids).astype(np.int64, copy=False),
             np.cumsum([0] + [len(x) for x in ids[:-1]]).astype(np.int64),
-            np.stack([ex.slot_offsets[s.name] for s in slots]).astype(np.int64),
+            np.stack([ex.slot_offsets[s.name] for s in slots]).astype(np.int64, copy=False),
             np.array([s.max_len for s in slots], np.int64),
             np.array([slot_salt(s.name) for s in slots], np.uint64),
-            labels, batch_size,
         )  # fmt: skip
-        for j, s in enumerate(slots):
-            index[s.name] = d.index[j, :, : s.max_len]
-            mask[s.name] = d.mask[j, :, : s.max_len]
-        t_index[table.name], t_mask[table.name] = d.index, d.mask
-        unique_ids[table.name] = d.unique
-        shows[table.name] = d.counts
-        clicks[table.name] = d.clicks
-    return HostBatch(n, labels, weights, dense, unique_ids, shows, clicks, index, mask, t_index,
-                     t_mask)  # fmt: skip
+        places.update((s.name, (table.name, j, s.max_len)) for j, s in enumerate(slots))
+    return _Packed(tables, places)
+
+
+def _batch_of(ex: Examples, packed: _Packed, lo: int, hi: int, batch_size: int) -> HostBatch:
+    """The batch of examples [lo, hi) of ``ex``, padded to ``batch_size``."""
+    n = hi - lo
+    if n > batch_size:
+        raise ValueError(f"{n} examples do not fit a batch of {batch_size}")
+    labels = np.zeros(batch_size, np.float32)
+    labels[:n] = ex.labels[lo:hi]
+    weights = np.zeros(batch_size, np.float32)
+    weights[:n] = 1.0
+    dense = np.zeros((batch_size, ex.dense.shape[1]), np.float32)
+    dense[:n] = ex.dense[lo:hi]
+    unique_ids, shows, clicks, t_index, t_mask = {}, {}, {}, {}, {}
+    for name, p in packed.tables.items():
+        d = hs.dedup_slots(p.ids, p.bases, p.offsets, p.max_lens, p.salts, labels, batch_size,
+                           first=lo, count=n)  # fmt: skip
+        unique_ids[name], shows[name], clicks[name] = d.unique, d.counts, d.clicks
+        t_index[name], t_mask[name] = d.index, d.mask
+    return HostBatch(n, labels, weights, dense, unique_ids, shows, clicks, t_index, t_mask,
+                     packed.places)  # fmt: skip
+
+
+def make_batch(ex: Examples, spec: FeatureSpec, batch_size: int) -> HostBatch:
+    """All of ``ex`` as one batch, padded to ``batch_size``."""
+    return _batch_of(ex, _pack(ex, spec), 0, len(ex), batch_size)
 
 
 def batch_threads(n: int) -> int:
@@ -100,8 +138,10 @@ def batches(ex: Examples, spec: FeatureSpec, batch_size: int, min_batches: int =
     bounds = [(lo, min(len(ex), lo + batch_size)) for lo in range(0, len(ex), batch_size)]
     bounds += [(0, 0)] * max(0, min_batches - len(bounds))
 
+    packed = _pack(ex, spec)
+
     def build(b: tuple[int, int]) -> HostBatch:
-        return make_batch(ex.take(*b), spec, batch_size)
+        return _batch_of(ex, packed, *b, batch_size)
 
     if threads <= 1:
         yield from map(build, bounds)
