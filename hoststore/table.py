@@ -449,9 +449,9 @@ class EmbeddingTable:
                              if i is ids or (len(i) == len(ids) and np.array_equal(i, ids))),
                             _NO_HINT)  # fmt: skip
                 rows, missing = self._push_unique_stats(ids, hint, shows, clicks)
-                if len(missing):
-                    found = rows >= 0
-                    grads, rows, counts = grads[found], rows[found], counts[found]
+                if len(missing):  # (take: ~10x faster than a boolean mask on 2-D grads)
+                    found = np.flatnonzero(rows >= 0)
+                    grads, rows, counts = grads.take(found, 0), rows.take(found), counts.take(found)
             else:
                 rows, grads_u, counts_u, missing = self._gather_push(ids, grads, shows, clicks,
                                                                      counts)  # fmt: skip

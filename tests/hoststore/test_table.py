@@ -326,6 +326,24 @@ def test_assume_unique_push_equals_the_general_push(table, evict_between):
     np.testing.assert_array_equal(a.pending_stats(probe)["show"], b.pending_stats(probe)["show"])
 
 
+@pytest.mark.parametrize("assume_unique", [False, True])
+def test_a_push_for_pending_keys_changes_no_other_row(table, assume_unique):
+    """Gradients pushed for keys still pending admission are dropped, and only the pushed
+    rows change, also when the row arrays are full (their last slot holds a live row, the
+    one a row index of -1 would reach)."""
+    t = table(optimizer=opt.sgd(1.0), admission=hs.count_filter(2), initial_capacity=16)
+    live = np.arange(48, dtype=np.int64)  # 16 rows a shard at most: full arrays
+    for _ in range(2):
+        t.pull(live, train=True)
+    before = t.pull(live, train=False)
+    ids = np.array([1000, 1001, 5], np.int64)  # two pending keys, then a live one
+    t.pull(ids, train=True)
+    t.push(ids, np.ones((3, 4), np.float32), assume_unique=assume_unique)
+    expect = before.copy()
+    expect[5] -= 1.0
+    np.testing.assert_array_equal(t.pull(live, train=False), expect)
+
+
 def test_pending_count_is_exact_across_growth_and_expiry(table):
     t = table(admission=hs.count_filter(99, pending_ttl=2))
     rng = np.random.default_rng(1)

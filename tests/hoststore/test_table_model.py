@@ -104,11 +104,13 @@ def test_random_history_matches_dict_model(name, shards, ops):
             np.testing.assert_allclose(got, expect, rtol=1e-5, atol=1e-7)
         elif op[0] == "push":
             rng = np.random.default_rng(op[2])
-            ids = op[1]
+            # A third of the pushes are a trainer's: distinct ids, the table's fast path.
+            unique = op[2] % 3 == 0
+            ids = np.unique(op[1]) if unique else op[1]
             grads = rng.normal(size=(len(ids), DIM)).astype(np.float32)
             clicks = rng.integers(0, 2, len(ids)).astype(np.float32)
             counts = rng.integers(1, 4, len(ids)).astype(np.float32) if op[2] % 2 else None
-            table.push(ids, grads, clicks=clicks, counts=counts)
+            table.push(ids, grads, clicks=clicks, counts=counts, assume_unique=unique)
             model.push(ids, grads, clicks=clicks, counts=counts)
         elif op[0] == "shrink":
             assert table.shrink() == model.shrink()
