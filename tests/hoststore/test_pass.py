@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import hoststore as hs
+from hoststore import snapshot as snap
 from hoststore.disk_tier import DiskTier
 from tests.hoststore.test_snapshot import assert_same
 from tests.hoststore.test_table_model import CONFIGS
@@ -41,11 +42,14 @@ def per_batch(table, batch) -> np.ndarray:
     return rows
 
 
-def on_device(begin, end, cfg, batches) -> list[np.ndarray]:
+def on_device(begin, end, cfg, batches, while_lent=None) -> list[np.ndarray]:
     """What the trainer's pass mode does, with the numpy form of the table's optimizer in
     the device's place: ``begin(batches, with_counts=True)``, the updates, ``end(keys,
-    weights, state)``; returns the rows each batch read."""
+    weights, state)``; returns the rows each batch read. ``while_lent()`` runs between the
+    begin and the end."""
     p = begin(batches, with_counts=True)
+    if while_lent is not None:
+        while_lent()
     keys = p.keys[p.present]
     weights, state = p.weights.copy(), [s.copy() for s in p.state]
     named = type(cfg.optimizer.init(0, cfg.dim))
@@ -83,9 +87,19 @@ def _tables(cfg, kind: str, tmp_path):
 def test_a_pass_trained_elsewhere_equals_the_per_batch_loop(tmp_path, name, kind):
     cfg = CONFIGS[name]
     want, got = _tables(cfg, kind, tmp_path)
+    # Deltas while a pass's rows are lent and after it: the rows it writes back count as
+    # changed after the cut (base + deltas == live), or serving would miss what the device
+    # trained.
+    paths = [str(tmp_path / "base")]
+    cuts = [snap.save(got, paths[0], "base")]
+
+    def delta():
+        paths.append(str(tmp_path / f"delta{len(paths)}"))
+        cuts.append(snap.save(got, paths[-1], "delta", cuts[-1]))
+
     for i, batches in enumerate(passes(seed=len(name))):
         read_want = [per_batch(want, b) for b in batches]
-        read_got = on_device(got.begin_pass, got.end_pass, cfg, batches)
+        read_got = on_device(got.begin_pass, got.end_pass, cfg, batches, while_lent=delta)
         for b, (a, w) in enumerate(zip(read_got, read_want, strict=True)):
             np.testing.assert_array_equal(a, w, err_msg=f"pass {i} batch {b}: rows read")
         assert_same(want, got)
@@ -93,7 +107,9 @@ def test_a_pass_trained_elsewhere_equals_the_per_batch_loop(tmp_path, name, kind
             t.advance_clock()
             if i % 2:
                 t.shrink()
+        delta()
     assert_same(want, got)
+    assert_same(got, snap.load(paths, cfg, shards=3 if kind == "sharded" else 1))
     assert len(want) > 0
     if kind == "tiered":
         assert got.stats()["faulted_in"] > 0, "no row came back from disk"
