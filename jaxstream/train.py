@@ -348,12 +348,10 @@ def _train(cfg, workdir, model, features, dense_optimizer, store, on_partition_e
     # One worker reads the next partition while it trains on this one; several read in
     # step (the partition each trains is agreed through their collectives, in order).
     for part, examples, report, parse_s, seen in _read(parts, cfg, source, workers.count == 1):
-        # A day boundary forward (a late partition of an earlier day changes nothing).
-        if last_day is not None and part.time.date() > last_day and cfg.shrink_every == "day":
-            evicted = workers.on_first(store.shrink)
-            log.info("day boundary: shrink evicted %s", evicted)
-        last_day = max(last_day or part.time.date(), part.time.date())
-        if report.lines == 0 or report.malformed > cfg.max_malformed_fraction * report.lines:
+        if report.lines == 0:
+            raise TooManyMalformed(f"partition {part.path}: its part files hold no line (an "
+                                   "empty hour is not trained as if it were one)")  # fmt: skip
+        if report.malformed > cfg.max_malformed_fraction * report.lines:
             raise TooManyMalformed(
                 f"partition {part.path}: {report.malformed} of {report.lines} lines malformed "
                 f"(more than max_malformed_fraction={cfg.max_malformed_fraction}; is "
@@ -363,6 +361,16 @@ def _train(cfg, workdir, model, features, dense_optimizer, store, on_partition_e
         malformed_total += report.malformed
         for err in report.first_errors:
             log.warning("malformed line %s", err)
+        # The store moves past the checkpoint its tag names, before anything changes it (a
+        # store that outlives a failed run, e.g. shard servers, is then reloaded on rerun,
+        # not shrunk a second time at the same day boundary).
+        if ckpt is not None:
+            workers.on_first(lambda: _tag(store, spec, f"{run_id}/{state.partitions}+"))
+        # A day boundary forward (a late partition of an earlier day changes nothing).
+        if last_day is not None and part.time.date() > last_day and cfg.shrink_every == "day":
+            evicted = workers.on_first(store.shrink)
+            log.info("day boundary: shrink evicted %s", evicted)
+        last_day = max(last_day or part.time.date(), part.time.date())
 
         mine = examples.take(*workers.slice(len(examples)))
         steps = workers.batches_per_worker(len(examples), cfg.batch_size)
@@ -375,8 +383,6 @@ def _train(cfg, workdir, model, features, dense_optimizer, store, on_partition_e
                           keep_predictions=cfg.dump_predictions, device=placement)  # fmt: skip
         if cfg.dump_predictions:
             records.dump_predictions(workdir, part, examples, report, workers, ev.predictions)
-        if ckpt is not None:  # the store moves past the checkpoint its tag names
-            workers.on_first(lambda: _tag(store, spec, f"{run_id}/{state.partitions}+"))
         with progress(f"{part.key} train", len(mine)) as tick:
             if passes is not None:
                 tr = passes.train(made(), state.params, state.opt_state, tick)

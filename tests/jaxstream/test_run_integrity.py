@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from jaxstream import config, train
@@ -116,8 +117,9 @@ def test_a_second_trainer_on_the_workdir_is_refused(tmp_path, stream):
         (lambda tmp, stream: ["--data_root=/nonexistent/stream"], "no such directory"),
         (lambda tmp, stream: [f"--data_root={_loose_files(tmp)}"], "no ready partition"),
         (lambda tmp, stream: [f"--data_root={stream}", "--format=avazu"], "lines malformed"),
+        (lambda tmp, stream: [f"--data_root={_empty_hour(tmp)}"], "part files hold no line"),
     ],
-    ids=["missing_root", "loose_files", "wrong_format"],
+    ids=["missing_root", "loose_files", "wrong_format", "empty_hour"],
 )
 def test_nothing_to_train_exits_non_zero_and_commits_nothing(tmp_path, stream, setup, message):
     work = tmp_path / "w"
@@ -125,6 +127,14 @@ def test_nothing_to_train_exits_non_zero_and_commits_nothing(tmp_path, stream, s
     assert proc.returncode == 1 and message in _error_line(proc)
     ckpts = work / "checkpoints"
     assert not ckpts.exists() or not [d for d in os.listdir(ckpts) if d.isdigit()]
+
+
+def _empty_hour(tmp) -> str:
+    root = tmp / "empty"
+    (root / "20260101" / "00").mkdir(parents=True)
+    (root / "20260101" / "00" / "part-00000").write_text("")
+    (root / "20260101" / "00" / "_SUCCESS").write_text("")
+    return str(root)
 
 
 def _loose_files(tmp) -> str:
@@ -256,3 +266,39 @@ def test_a_file_that_cannot_be_written_is_one_line_then_resumed(tmp_path, stream
     assert f"dropped 1 line(s) of partitions no checkpoint committed {rerun_drops}" in again.stderr
     lines = [json.loads(x) for x in open(os.path.join(work, "metrics.jsonl"))]
     assert [x["partition"] for x in lines] == ["20260101/00", "20260101/01"]
+
+
+def test_a_day_boundary_partition_that_fails_is_not_shrunk_twice_on_rerun(tmp_path):
+    """A store that outlives the trainer (shard servers) must not keep the day boundary's
+    shrink of a partition whose run failed: the rerun restores from the checkpoint before
+    it and shrinks once, as an uninterrupted run does."""
+    root = tmp_path / "stream"
+    generate(str(root), StreamConfig(hours=2, rows_per_hour=1000, max_vocab=2000))
+    os.makedirs(root / "20260102")
+    os.rename(root / "20260101" / "01", root / "20260102" / "00")  # a day boundary
+    part = root / "20260102" / "00" / "part-00000"
+    good = part.read_bytes()
+    cfg = dataclasses.replace(config.smoke_config(), data_root=str(root), staleness=0,
+                              eviction="shrink_decay:0.5", shrink_every="day")  # fmt: skip
+    spec = train.feature_spec(cfg)
+
+    def state(store):
+        rows = store.table(spec.tables[0].name).export_rows()
+        order = rows["key"].argsort()
+        return {k: v[order] for k, v in rows.items()}
+
+    import hoststore as hs
+
+    kept = hs.LocalStore()  # stands in for shard servers that outlive the trainer
+    train.train_and_evaluate(dataclasses.replace(cfg, max_partitions=1), str(tmp_path / "w"),
+                             store=kept)  # fmt: skip
+    part.write_text("garbage\n" * 50)
+    with pytest.raises(train.TooManyMalformed):
+        train.train_and_evaluate(cfg, str(tmp_path / "w"), store=kept)
+    part.write_bytes(good)
+    train.train_and_evaluate(cfg, str(tmp_path / "w"), store=kept)
+    fresh = hs.LocalStore()
+    train.train_and_evaluate(cfg, str(tmp_path / "ref"), store=fresh)
+    got, want = state(kept), state(fresh)
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
