@@ -21,6 +21,7 @@ from jaxstream.train import (
     TrainState,
     dense_optimizer_of,
     feature_spec,
+    model_of,
     read_path,
     train_and_evaluate,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "get_config",
     "make_batch",
     "make_steps",
+    "model_of",
     "models",
     "partition_line",
     "read_path",

@@ -20,7 +20,6 @@ from flax import nnx
 
 import hoststore as hs
 from hoststore import snapshot as snap
-from jaxstream import models
 from jaxstream.batching import batches
 from jaxstream.checkpoint import CheckpointManager
 from jaxstream.config import TrainConfig
@@ -54,7 +53,7 @@ class Predictor:
     ):
         """``model`` and ``features``: the ones the run was trained with, when they were not
         the config's defaults."""
-        from jaxstream.train import feature_spec  # the trainer's spec, not a copy
+        from jaxstream.train import feature_spec, model_of  # the trainer's, not copies
 
         self._ckpt = CheckpointManager(workdir)
         steps = self._ckpt.steps()
@@ -65,10 +64,7 @@ class Predictor:
         self.batch_size = batch_size or self.config.batch_size
         self.spec = features if features is not None else feature_spec(self.config)
         if model is None:  # a custom tower is passed in, built the way it was trained
-            c = self.config
-            spec = self.spec
-            model = models.build(c.model, spec.slot_dims(), spec.num_dense, c.seed,
-                                 hidden=c.hidden, count_columns=spec.count_columns)  # fmt: skip
+            model = model_of(self.config, self.spec)
         self._graphdef, self._params_template = nnx.split(model)
         self._eval = jax.jit(functools.partial(eval_step, self._graphdef, self.spec))
         self._orbax = ocp.StandardCheckpointer()

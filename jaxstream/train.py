@@ -113,6 +113,12 @@ def read_files(cfg: TrainConfig, files: list[str]) -> tuple[Examples, ReadReport
     return Examples.concat(parts), report
 
 
+def model_of(cfg: TrainConfig, spec: FeatureSpec) -> nnx.Module:
+    """The model ``cfg.model`` names over ``spec``'s slots (with its count columns: CVM)."""
+    return models.build(cfg.model, spec.slot_dims(), spec.num_dense, cfg.seed,
+                        hidden=cfg.hidden, count_columns=spec.count_columns)  # fmt: skip
+
+
 def dense_optimizer_of(cfg: TrainConfig) -> optax.GradientTransformation:
     """The optax optimizer ``cfg.dense_optimizer`` names, at ``cfg.dense_learning_rate``."""
     factory = getattr(optax, cfg.dense_optimizer, None)
@@ -160,9 +166,9 @@ def train_and_evaluate(
     ``on_resume`` the state a checkpoint restored, ``progress`` the batches as they go.
 
     Defaults come from ``cfg``: ``features`` (slots, tables with their dims and policies)
-    from :func:`feature_spec`, ``model`` from ``models.build(cfg.model, ...)`` over the
-    features' slot widths, ``dense_optimizer`` from ``cfg.dense_optimizer`` (any optax
-    transformation: schedules, clipping and chains work), ``store`` an in-process
+    from :func:`feature_spec`, ``model`` from :func:`model_of` over the features,
+    ``dense_optimizer`` from ``cfg.dense_optimizer`` (any optax transformation: schedules,
+    clipping and chains work), ``store`` an in-process
     :class:`hoststore.LocalStore` (or any :class:`hoststore.Store`). With ``workers``
     (several trainer processes, see :mod:`jaxstream.distributed`) each trains on its slice
     of every partition against the shared ``store``; worker 0 writes the metrics and the
@@ -260,8 +266,7 @@ def _train(cfg, workdir, model, features, dense_optimizer, store, on_partition_e
     for table in spec.tables:  # creates them, or checks that the store's are the same
         store.create_table(table)
     if model is None:
-        model = models.build(cfg.model, spec.slot_dims(), spec.num_dense, cfg.seed,
-                             hidden=cfg.hidden, count_columns=spec.count_columns)  # fmt: skip
+        model = model_of(cfg, spec)
     graphdef, params = nnx.split(model)
     tx = dense_optimizer if dense_optimizer is not None else dense_optimizer_of(cfg)
     progress = progress or _no_progress

@@ -13,7 +13,6 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxstream import models
 from jaxstream.batching import HostBatch, batches
 from jaxstream.config import TrainConfig
 from jaxstream.features import FeatureSpec
@@ -69,16 +68,9 @@ def run_hashed_baseline(
     cfg: TrainConfig, data_root: str, spec: FeatureSpec, rows: int = 1 << 20
 ) -> list[dict]:
     """Per-partition progressive and train metrics of the hashed baseline."""
-    from jaxstream.train import read_partition
+    from jaxstream.train import model_of, read_partition
 
-    tower = models.build(
-        cfg.model,
-        spec.slot_dims(),
-        spec.num_dense,
-        cfg.seed,
-        hidden=cfg.hidden,
-        count_columns=spec.count_columns,
-    )
+    tower = model_of(cfg, spec)
     model = HashedModel(spec, tower, rows, cfg.initializer_scale, cfg.seed)
     graphdef, params = nnx.split(model)
     tx = getattr(optax, cfg.dense_optimizer)(cfg.dense_learning_rate)

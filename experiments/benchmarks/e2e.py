@@ -22,14 +22,13 @@ import optax
 from flax import nnx
 
 from hoststore import LocalStore
-from jaxstream import models
 from jaxstream.batching import make_batch
 from jaxstream.config import TrainConfig
 from jaxstream.data import readers
 from jaxstream.data.synthetic import StreamConfig, generate
 from jaxstream.pipeline import pull_batch_rows
 from jaxstream.step import make_steps, to_device
-from jaxstream.train import feature_spec, train_and_evaluate
+from jaxstream.train import feature_spec, model_of, train_and_evaluate
 
 from .baseline import run_hashed_baseline
 
@@ -108,9 +107,7 @@ def _step_timing(cfg: TrainConfig, root: str, reps: int) -> dict[str, float]:
     t0 = time.perf_counter()
     rows = pull_batch_rows(store, spec, hb, train=True)
     t_pull = time.perf_counter() - t0
-    graphdef, params = nnx.split(models.build(cfg.model, spec.slot_dims(), spec.num_dense,
-                                              hidden=cfg.hidden,
-                                              count_columns=spec.count_columns))  # fmt: skip
+    graphdef, params = nnx.split(model_of(cfg, spec))
     tx = optax.adam(1e-3)
     train_fn, _ = make_steps(graphdef, tx, spec)
     db = to_device(hb.device_batch(rows))

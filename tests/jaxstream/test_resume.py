@@ -14,7 +14,7 @@ import pytest
 from flax import nnx
 
 import hoststore as hs
-from jaxstream import config, models, train
+from jaxstream import config, train
 from jaxstream.checkpoint import CheckpointManager
 from jaxstream.data.synthetic import StreamConfig, generate
 from tests.conftest import metric_lines
@@ -40,9 +40,7 @@ def _lines(workdir):
 
 def _final_store(workdir, cfg):
     spec = train.feature_spec(cfg)
-    graphdef, params = nnx.split(models.build(cfg.model, spec.slot_dims(), spec.num_dense,
-                                              cfg.seed, hidden=cfg.hidden,
-                                              count_columns=spec.count_columns))  # fmt: skip
+    graphdef, params = nnx.split(train.model_of(cfg, spec))
     import optax
 
     tx = getattr(optax, cfg.dense_optimizer)(cfg.dense_learning_rate)

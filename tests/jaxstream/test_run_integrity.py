@@ -14,6 +14,7 @@ import sys
 import numpy as np
 import pytest
 
+import hoststore as hs
 from jaxstream import config, train
 from jaxstream import workdir as workdir_lib
 from jaxstream.data.synthetic import StreamConfig, generate
@@ -286,8 +287,6 @@ def test_a_day_boundary_partition_that_fails_is_not_shrunk_twice_on_rerun(tmp_pa
         rows = store.table(spec.tables[0].name).export_rows()
         order = rows["key"].argsort()
         return {k: v[order] for k, v in rows.items()}
-
-    import hoststore as hs
 
     kept = hs.LocalStore()  # stands in for shard servers that outlive the trainer
     train.train_and_evaluate(dataclasses.replace(cfg, max_partitions=1), str(tmp_path / "w"),
