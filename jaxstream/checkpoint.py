@@ -10,7 +10,10 @@ Layout under ``workdir/checkpoints/``::
 ``meta.json`` is written last (atomically), so a step without it was interrupted and is
 ignored. Restore takes the newest step whose every file verifies (store snapshots carry
 sha256s, the dense files' sha256s are in meta.json) and falls back to older steps, saying
-so, when one is damaged.
+so, when one is damaged. A store that fails to answer is not damage: restore stops there
+(:class:`StoreUnavailable`), since falling back would retrain hours over checkpoints that
+are fine. A damaged step that a later save would write again is moved aside
+(``000007.unusable-<time>``), not deleted.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from typing import Any
 
 import jax
@@ -31,6 +35,7 @@ import orbax.checkpoint as ocp
 from hoststore import Store, StoreError
 from hoststore import snapshot as snap
 from jaxstream.metrics import BinaryMetrics
+from jaxstream.workdir import RunError
 
 log = logging.getLogger(__name__)
 META = "meta.json"
@@ -38,6 +43,18 @@ META = "meta.json"
 
 class CheckpointError(RuntimeError):
     pass
+
+
+class StoreUnavailable(RunError):
+    """The store failed while loading a checkpoint (a shard down or timing out), as
+    opposed to refusing its files: nothing says the checkpoint is damaged."""
+
+
+def _file_fault(e: StoreError) -> bool:
+    """Whether a store's load failure blames the files (a shard server answers
+    INVALID_ARGUMENT for a damaged or missing snapshot; in process, loads raise
+    SnapshotError or OSError instead) rather than the store itself."""
+    return getattr(e.code, "name", "INVALID_ARGUMENT") == "INVALID_ARGUMENT"
 
 
 def _checkpointer() -> ocp.StandardCheckpointer:
@@ -146,7 +163,11 @@ class CheckpointManager:
         """Writes step ``step``; ``base`` forces full store snapshots (else deltas on the
         previous step's, when there is one)."""
         path = self._dir(step)
-        if os.path.exists(path):  # an interrupted earlier attempt at this step
+        if os.path.exists(os.path.join(path, META)):  # committed, but restore refused it
+            aside = f"{path}.unusable-{time.strftime('%Y%m%dT%H%M%S')}"
+            os.replace(path, aside)
+            log.warning("checkpoint %d did not restore: moved aside to %s", step, aside)
+        elif os.path.exists(path):  # an interrupted earlier attempt at this step
             shutil.rmtree(path)
         prev = self._last_meta
         # A delta continues each part's chain: a store restored into another part count
@@ -229,15 +250,25 @@ class CheckpointManager:
             try:
                 r = self._restore_step(step, params, opt_state, store, load_store,
                                        store_tags or {})  # fmt: skip
-            except (CheckpointError, snap.SnapshotError, StoreError, OSError, ValueError) as e:
-                log.warning("checkpoint %d is unusable (%s); falling back to the previous one",
-                            step, e)  # fmt: skip
-                self.unusable.append((step, " ".join(str(e).split())))
-                continue
-            self._last_meta = r.meta
-            log.info("restored checkpoint %d (cursor %s)", step, r.cursor)
-            return r
+            except StoreError as e:
+                if not _file_fault(e):
+                    raise StoreUnavailable(
+                        f"checkpoint {step} could not be loaded into the store: "
+                        f"{' '.join(str(e).split())}; nothing was changed: rerun when the "
+                        "store answers"
+                    ) from e
+                self._refused(step, e)
+            except (CheckpointError, snap.SnapshotError, OSError, ValueError) as e:
+                self._refused(step, e)
+            else:
+                self._last_meta = r.meta
+                log.info("restored checkpoint %d (cursor %s)", step, r.cursor)
+                return r
         return None
+
+    def _refused(self, step: int, e: Exception) -> None:
+        log.warning("checkpoint %d is unusable (%s); falling back to the previous one", step, e)
+        self.unusable.append((step, " ".join(str(e).split())))
 
     def _restore_step(self, step, params, opt_state, store: Store, load_store, tags) -> Restored:
         path = self._dir(step)

@@ -111,6 +111,49 @@ def test_damaged_newest_checkpoint_falls_back(tmp_path, caplog):
     lines = _lines(work)
     assert [x["partition"] for x in lines] == ["20260101/00", "20260101/01", "20260101/02"]
     assert s["cursor"] == "20260101/02"  # partition 3 was trained again, none skipped
+    # The damaged checkpoint that the retrained step replaced is kept aside, as it was.
+    (aside,) = [d for d in os.listdir(ckpt) if d.startswith("000003.unusable-")]
+    with open(os.path.join(ckpt, aside, "store", "embedding", "rows.emb.npy"), "rb") as f:
+        assert f.read()[-3:] == b"xyz"
+
+
+class _UnavailableStore(hs.LocalStore):
+    """A store whose loads fail as a shard server's do when it is down."""
+
+    def load(self, table, chains):
+        import grpc
+
+        raise hs.StoreError("shard 1 at 127.0.0.1:1: Load failed: UNAVAILABLE",
+                            code=grpc.StatusCode.UNAVAILABLE)  # fmt: skip
+
+
+def _tree(path):
+    out = {}
+    for d, _, files in os.walk(path):
+        for name in files:
+            with open(os.path.join(d, name), "rb") as f:
+                out[os.path.relpath(os.path.join(d, name), path)] = f.read()
+    return out
+
+
+def test_a_store_that_cannot_load_stops_the_run_instead_of_falling_back(tmp_path):
+    """A shard down at restore is not a damaged checkpoint: falling back to an older one
+    would train the hours again and replace the newest checkpoint. The run stops with one
+    line and changes nothing; with the store back, it resumes from the newest."""
+    cfg = _cfg(str(tmp_path / "data"), max_partitions=2)
+    work = str(tmp_path / "w")
+    train.train_and_evaluate(cfg, work)
+    before = _tree(work)
+    spec = train.feature_spec(cfg)
+    with pytest.raises(train.StoreUnavailable,
+                       match=r"checkpoint 2 could not be loaded into the store: shard 1 at "
+                             r".*UNAVAILABLE; nothing was changed"):  # fmt: skip
+        train.train_and_evaluate(cfg, work, store=_UnavailableStore(spec.tables))
+    assert _tree(work) == before
+    s = train.train_and_evaluate(dataclasses.replace(cfg, max_partitions=1), work)
+    assert [x["partition"] for x in _lines(work)] == ["20260101/00", "20260101/01",
+                                                      "20260101/02"]  # fmt: skip
+    assert s["cursor"] == "20260101/02"
 
 
 @pytest.mark.timeout(300)
