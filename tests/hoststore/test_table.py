@@ -364,14 +364,19 @@ def test_when_pending_counters_are_full_the_stalest_give_way():
     # One table (shards split max_pending and give way each within their own share).
     t = hs.EmbeddingTable(hs.TableConfig("t", 4, admission=hs.count_filter(3, max_pending=1000)))
     old = np.arange(1000, dtype=np.int64)
-    t.pull(old, train=True)
+    twice, once, fresh = old[10:990], old[990:], old[:10]
+    t.pull(twice, train=True)
+    t.pull(twice, train=True)
+    t.pull(once, train=True)  # as stale, with fewer shows: the first to go
     t.advance_clock(1)
-    t.pull(old[:10], train=True)  # seen again: the freshest of the old ones
+    t.pull(fresh, train=True)  # the freshest, with the fewest shows: kept
     t.pull(np.arange(5000, 5500, dtype=np.int64), train=True)
     st = t.stats()
     assert st["pending"] == 1000 and st["rejected"] == 0 and st["displaced_pending"] == 500
     left = t.pending_stats(old)
-    assert left["pending"][:10].all() and (left["show"][:10] == 2).all()
-    assert left["pending"].sum() == 500  # 490 stalest of the rest gave way, 10 kept
+    assert left["pending"][:10].all() and (left["show"][:10] == 1).all()
+    assert not left["pending"][990:].any()
+    # Then the 490 smallest keys of those seen twice (ties: the smallest key goes first).
+    assert not left["pending"][10:500].any() and left["pending"][500:990].all()
     new = t.pending_stats(np.arange(5000, 5500, dtype=np.int64))
     assert new["pending"].all()
