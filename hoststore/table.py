@@ -881,8 +881,8 @@ class EmbeddingTable:
             self._log.restart(cut)
             for rate in scalars.get("shrink_decays", ()):
                 self._decay_all(rate)
-            # A key evicted twice since the parent (evicted, re-admitted, evicted) is listed
-            # twice: free its slot once.
+            # Snapshots list each deleted key once; a list that repeats one must still free
+            # its slot once (twice, the slot would go to two new keys).
             deleted = np.unique(np.asarray(deleted, np.int64))
             found = r.find(deleted)
             self._delete_rows(found[found >= 0], record=False)

@@ -234,8 +234,8 @@ def test_columns_take_the_optimizer_state_names_and_old_positional_names_still_l
 
 
 def test_a_key_evicted_twice_between_snapshots_frees_its_slot_once(tmp_path):
-    """Evicted, re-admitted, evicted again: the delta lists it twice, and a load that freed
-    the slot twice would hand it to two new keys."""
+    """Evicted, re-admitted, evicted again: the delta lists it once, and the load frees its
+    slot once (twice would hand it to two new keys)."""
     cfg = hs.TableConfig("t", 3, eviction=hs.Eviction(max_rows=1), seed=1)
     t = hs.EmbeddingTable(cfg)
     t.pull(np.array([1, 2], np.int64), train=True)
@@ -246,6 +246,17 @@ def test_a_key_evicted_twice_between_snapshots_frees_its_slot_once(tmp_path):
     t.pull(np.array([3, 4], np.int64), train=True)  # two new keys take free slots
     snap.save(t, str(tmp_path / "d1"), "delta", base)
     assert_same(snap.load([str(tmp_path / "base"), str(tmp_path / "d1")], cfg), t)
+
+
+def test_a_deleted_key_listed_twice_frees_its_slot_once():
+    """Snapshots list each deleted key once; a load given one twice still frees its slot
+    once (freed twice, the slot would go to two new keys, the first one's row lost)."""
+    t = hs.EmbeddingTable(hs.TableConfig("t", 3, seed=1))
+    t.pull(np.array([1, 2], np.int64), train=True)
+    t.apply_snapshot({"key": np.empty(0, np.int64)}, np.array([2, 2], np.int64),
+                     t.export_pending(), t.export_scalars())  # fmt: skip
+    t.pull(np.array([3, 4], np.int64), train=True)
+    assert sorted(t.export_rows()["key"]) == [1, 3, 4] and len(t) == 3
 
 
 def test_an_edited_manifest_scalar_is_detected(tmp_path):
