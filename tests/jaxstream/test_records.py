@@ -1,10 +1,13 @@
-"""What a run records: TensorBoard scalars under grouped tags, read back from the event file."""
+"""What a run records: TensorBoard scalars under grouped tags, read back from the event file;
+the metrics lines a resumed run keeps."""
 
 from __future__ import annotations
 
 import glob
 import json
+import os
 
+import pytest
 from tensorboardX.proto import event_pb2
 
 from jaxstream import records, train
@@ -47,3 +50,43 @@ def test_a_run_writes_one_grouped_scalar_per_partition_and_field(tmp_path):
         assert mine["store/rows"] == rec["table_rows"]
         # checkpoint_seconds is measured after the metrics line is written
         assert set(mine) == set(records.scalar_tags(rec)) | {"perf/checkpoint_seconds"}
+
+
+def _line(p):
+    return json.dumps({"partition": p, "examples": 1}) + "\n"
+
+
+@pytest.mark.parametrize(
+    "lines, cursor, skipped, kept, dropped",
+    [
+        # no checkpoint committed: every line is trained again
+        (["20260101/00", "20260101/01"], None, [], [], ["20260101/00", "20260101/01"]),
+        # lines after the cursor were written by a run that stopped before committing them
+        (["20260101/00", "20260101/01", "20260101/02"], "20260101/01", [],
+         ["20260101/00", "20260101/01"], ["20260101/02"]),
+        # a line cut short by a kill
+        (["20260101/00", '{"partit'], "20260101/00", [], ["20260101/00"], ["an unreadable line"]),
+        # one line per partition, whatever the file holds
+        (["20260101/00", "20260101/01", "20260101/01"], "20260101/01", [],
+         ["20260101/00", "20260101/01"], ["20260101/01"]),
+        # a partition the checkpoint skipped (missing then) is trained when it arrives
+        (["20260101/00", "20260101/01", "20260101/02"], "20260101/02", ["20260101/01"],
+         ["20260101/00", "20260101/02"], ["20260101/01"]),
+        # one trained late (before the cursor in time, after it in the file) and committed
+        (["20260101/00", "20260101/02", "20260101/01"], "20260101/02", [],
+         ["20260101/00", "20260101/02", "20260101/01"], []),
+        # HHMM partitions compare by time
+        (["20260101/0930", "20260101/1000"], "20260101/0930", [], ["20260101/0930"],
+         ["20260101/1000"]),
+    ],
+)  # fmt: skip
+def test_truncate_metrics_keeps_one_line_per_committed_partition(
+    tmp_path, lines, cursor, skipped, kept, dropped
+):
+    path = str(tmp_path / "metrics.jsonl")
+    with open(path, "w") as f:
+        f.writelines(x if x.startswith("{") else _line(x) for x in lines)
+    assert records.truncate_metrics(path, cursor, skipped) == dropped
+    with open(path) as f:
+        assert f.read() == "".join(_line(p) for p in kept)
+    assert not os.path.exists(path + ".tmp")
