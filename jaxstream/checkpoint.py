@@ -254,8 +254,8 @@ class CheckpointManager:
                 if not _file_fault(e):
                     raise StoreUnavailable(
                         f"checkpoint {step} could not be loaded into the store: "
-                        f"{' '.join(str(e).split())}; nothing was changed: rerun when the "
-                        "store answers"
+                        f"{' '.join(str(e).split())}; nothing was changed: rerun when the store "
+                        "can load it"
                     ) from e
                 self._refused(step, e)
             except (CheckpointError, snap.SnapshotError, OSError, ValueError) as e:
