@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -115,6 +116,25 @@ def test_damaged_newest_checkpoint_falls_back(tmp_path, caplog):
     (aside,) = [d for d in os.listdir(ckpt) if d.startswith("000003.unusable-")]
     with open(os.path.join(ckpt, aside, "store", "embedding", "rows.emb.npy"), "rb") as f:
         assert f.read()[-3:] == b"xyz"
+
+
+def test_dense_state_of_another_step_is_refused(tmp_path, caplog):
+    """The newest step's dense files replaced by the previous step's (valid files, wrong
+    step: Orbax would load them, params a partition behind the store): refused by their
+    sha256 in meta.json, the previous checkpoint restored, the hour trained again."""
+    cfg = _cfg(str(tmp_path / "data"), max_partitions=3)
+    work = str(tmp_path / "w")
+    train.train_and_evaluate(cfg, work)
+    ckpt = os.path.join(work, "checkpoints")
+    shutil.rmtree(os.path.join(ckpt, "000003", "dense"))
+    shutil.copytree(os.path.join(ckpt, "000002", "dense"), os.path.join(ckpt, "000003", "dense"))
+    with caplog.at_level("WARNING"):
+        s = train.train_and_evaluate(dataclasses.replace(cfg, max_partitions=1), work)
+    assert "checkpoint 3 is unusable" in caplog.text and "do not match their sha256" in caplog.text
+    assert s["cursor"] == "20260101/02"
+    whole = str(tmp_path / "whole")
+    train.train_and_evaluate(cfg, whole)
+    _assert_same_run(whole, work, cfg)
 
 
 class _UnavailableStore(hs.LocalStore):
