@@ -118,23 +118,43 @@ def test_damaged_newest_checkpoint_falls_back(tmp_path, caplog):
         assert f.read()[-3:] == b"xyz"
 
 
-def test_dense_state_of_another_step_is_refused(tmp_path, caplog):
-    """The newest step's dense files replaced by the previous step's (valid files, wrong
-    step: Orbax would load them, params a partition behind the store): refused by their
-    sha256 in meta.json, the previous checkpoint restored, the hour trained again."""
-    cfg = _cfg(str(tmp_path / "data"), max_partitions=3)
-    work = str(tmp_path / "w")
-    train.train_and_evaluate(cfg, work)
+def _dense_of_the_previous_step(cfg, work, tmp_path):
     ckpt = os.path.join(work, "checkpoints")
     shutil.rmtree(os.path.join(ckpt, "000003", "dense"))
     shutil.copytree(os.path.join(ckpt, "000002", "dense"), os.path.join(ckpt, "000003", "dense"))
+
+
+def _store_of_a_forked_run(cfg, work, tmp_path):
+    """A copy of the workdir at checkpoint 2 trains the next hour otherwise (staleness 1):
+    its step-3 delta follows the same parent, verifies, and holds other rows."""
+    fork = str(tmp_path / "fork")
+    shutil.copytree(work, fork)
+    shutil.rmtree(os.path.join(fork, "checkpoints", "000003"))
+    train.train_and_evaluate(dataclasses.replace(cfg, staleness=1, max_partitions=1), fork)
+    dst = os.path.join(work, "checkpoints", "000003", "store")
+    shutil.rmtree(dst)
+    shutil.copytree(os.path.join(fork, "checkpoints", "000003", "store"), dst)
+
+
+@pytest.mark.parametrize(
+    "swap, why",
+    [(_dense_of_the_previous_step, "do not match their sha256"),
+     (_store_of_a_forked_run, "but meta.json committed")],
+)  # fmt: skip
+def test_a_checkpoint_holding_files_it_did_not_commit_is_refused(tmp_path, caplog, swap, why):
+    """Files valid on their own but not the ones meta.json committed (Orbax would load the
+    dense state, the store the snapshot chain): the checkpoint is refused, the previous one
+    restored and the hour trained again."""
+    cfg = _cfg(str(tmp_path / "data"), max_partitions=3)
+    work = str(tmp_path / "w")
+    train.train_and_evaluate(cfg, work)
+    swap(cfg, work, tmp_path)
     with caplog.at_level("WARNING"):
         s = train.train_and_evaluate(dataclasses.replace(cfg, max_partitions=1), work)
-    assert "checkpoint 3 is unusable" in caplog.text and "do not match their sha256" in caplog.text
+    assert "checkpoint 3 is unusable" in caplog.text and why in caplog.text
     assert s["cursor"] == "20260101/02"
-    whole = str(tmp_path / "whole")
-    train.train_and_evaluate(cfg, whole)
-    _assert_same_run(whole, work, cfg)
+    assert [x["partition"] for x in _lines(work)] == ["20260101/00", "20260101/01",
+                                                      "20260101/02"]  # fmt: skip
 
 
 class _UnavailableStore(hs.LocalStore):
