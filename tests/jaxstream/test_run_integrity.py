@@ -8,6 +8,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -295,6 +296,36 @@ def test_a_day_boundary_partition_that_fails_is_not_shrunk_twice_on_rerun(tmp_pa
     with pytest.raises(train.TooManyMalformed):
         train.train_and_evaluate(cfg, str(tmp_path / "w"), store=kept)
     part.write_bytes(good)
+    train.train_and_evaluate(cfg, str(tmp_path / "w"), store=kept)
+    fresh = hs.LocalStore()
+    train.train_and_evaluate(cfg, str(tmp_path / "ref"), store=fresh)
+    got, want = state(kept), state(fresh)
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+
+
+def test_a_store_left_at_another_runs_checkpoint_is_reloaded(tmp_path):
+    """Shard servers that another workdir's run left at its checkpoint 1 (their tag names
+    that run and step) hold that run's rows: a run resuming from its own checkpoint 1 loads
+    its own, and ends as it would on a fresh store."""
+    root = tmp_path / "stream"
+    generate(str(root), StreamConfig(hours=2, rows_per_hour=1000, max_vocab=2000))
+    cfg = dataclasses.replace(config.smoke_config(), data_root=str(root), staleness=0,
+                              max_partitions=1)  # fmt: skip
+    spec = train.feature_spec(cfg)
+
+    def state(store):
+        rows = store.table(spec.tables[0].name).export_rows()
+        order = rows["key"].argsort()
+        return {k: v[order] for k, v in rows.items()}
+
+    kept = hs.LocalStore()  # stands in for shard servers that outlive the trainer
+    generate(str(tmp_path / "other_stream"),
+             StreamConfig(hours=1, rows_per_hour=1000, max_vocab=2000, seed=1))  # fmt: skip
+    other = dataclasses.replace(cfg, data_root=str(tmp_path / "other_stream"))
+    train.train_and_evaluate(other, str(tmp_path / "other"), store=kept)
+    train.train_and_evaluate(cfg, str(tmp_path / "w"))
+    shutil.copytree(tmp_path / "w", tmp_path / "ref")
     train.train_and_evaluate(cfg, str(tmp_path / "w"), store=kept)
     fresh = hs.LocalStore()
     train.train_and_evaluate(cfg, str(tmp_path / "ref"), store=fresh)
