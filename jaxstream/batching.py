@@ -124,9 +124,12 @@ def make_batch(ex: Examples, spec: FeatureSpec, batch_size: int) -> HostBatch:
 
 
 def batch_threads(n: int) -> int:
-    """``n``, or for 0 one per core this process may use, at most 4 (measured on 2 cores:
-    +9% examples/s with 2 threads; on 1 core a second thread costs 3%)."""
-    return n or min(4, len(os.sched_getaffinity(0)))
+    """``n``, or for 0 one per core this process may use but one (the pull, the push and
+    the step need the rest), at least 1, at most 4. Measured on 2 cores (six alternating
+    pairs, LR model, medians): one thread 299K examples/s against 291K with two; null step
+    (three pairs) 495K against 453K. (Two were faster on 2 cores before batching packed
+    each partition's slots once, when a batch cost its builder ~130 numpy calls.)"""
+    return n or max(1, min(4, len(os.sched_getaffinity(0)) - 1))
 
 
 def batches(ex: Examples, spec: FeatureSpec, batch_size: int, min_batches: int = 0,

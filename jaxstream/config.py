@@ -107,7 +107,7 @@ class TrainConfig:
                                "batches whose rows stay on the devices, the sparse "
                                "optimizer inside the step (one trainer process).")  # fmt: skip
     batch_threads: int = _field(0, "Threads building (deduplicating) batches; 0: one per "
-                                "core this process may use, at most 4.")  # fmt: skip
+                                "core this process may use but one, 1 to 4.")  # fmt: skip
     metrics_file: str | None = _field(None, "JSONL metrics path; unset: workdir/metrics.jsonl.")
     tensorboard: bool = _field(False, "Also write TensorBoard scalars.")
     dump_predictions: bool = _field(False, "Paddle's dump_fields: write each example's file, "
@@ -196,7 +196,7 @@ def check(cfg: TrainConfig) -> None:
     if cfg.pass_batches < 0:
         bad("pass_batches", "must be >= 0 (0: pull and push every batch)")
     if cfg.batch_threads < 0:
-        bad("batch_threads", "must be >= 0 (0: one per core, at most 4)")
+        bad("batch_threads", "must be >= 0 (0: one per core but one, 1 to 4)")
     if cfg.devices < 0:
         bad("devices", "must be >= 0 (0: all local devices)")
     if not 0.0 <= cfg.max_malformed_fraction <= 1.0:
