@@ -15,6 +15,7 @@ from absl import app, flags
 
 import console
 from jaxstream import records
+from jaxstream.checkpoint import CheckpointError
 from jaxstream.serving import Predictor
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir with checkpoints.", required=True)
@@ -28,8 +29,10 @@ def main(argv):
     console.quiet_logs()
     try:
         predictor = Predictor(_WORKDIR.value)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, CheckpointError) as e:
         sys.exit(f"error: --workdir={_WORKDIR.value}: {e}")
+    for step, why in predictor.unusable:
+        print(f"warning: checkpoint {step} does not verify, not used: {why}", file=sys.stderr)
     try:
         examples, report = predictor.read(_PARTITION.value)
     except ValueError as e:

@@ -501,11 +501,11 @@ _SERVING_STATS = ("rows.show", "rows.click", "rows.last_seen", "pending.key", "p
                   "pending.click", "pending.last_seen")  # fmt: skip
 
 
-def apply_weights(table: EmbeddingTable, path: str, with_counts: bool = False) -> None:
-    """Applies one base or delta to a serving table, reading only what serving needs: keys,
-    weights and deleted keys (no optimizer state; checksums verified). ``with_counts``
-    (a CVM model) also takes the rows' and pending keys' show/click and the clock, so a
-    pull reads the counters the trainer read."""
+def read_weights(path: str, with_counts: bool = False) -> tuple:
+    """What serving applies of one base or delta, as ``EmbeddingTable.apply_snapshot``
+    arguments: keys, weights and deleted keys (no optimizer state; checksums verified).
+    ``with_counts`` (a CVM model) also takes the rows' and pending keys' show/click and
+    the clock, so a pull reads the counters the trainer read."""
     m = read_manifest(path)
     cols = read_columns(path, m, only=("rows.key", "rows.emb", "deleted.key")
                        + (_SERVING_STATS if with_counts else ()))  # fmt: skip
@@ -520,7 +520,7 @@ def apply_weights(table: EmbeddingTable, path: str, with_counts: bool = False) -
             rows[c] = cols[f"rows.{c}"]
         pending = {c: cols[f"pending.{c}"] for c in pending}
         scalars["clock"] = m["shards"][0]["clock"]
-    table.apply_snapshot(rows, cols.get("deleted.key", np.empty(0, np.int64)), pending, scalars)
+    return rows, cols.get("deleted.key", np.empty(0, np.int64)), pending, scalars
 
 
 def load_serving(path: str) -> tuple[np.ndarray, np.ndarray]:

@@ -270,7 +270,11 @@ class CheckpointManager:
         log.warning("checkpoint %d is unusable (%s); falling back to the previous one", step, e)
         self.unusable.append((step, " ".join(str(e).split())))
 
-    def _restore_step(self, step, params, opt_state, store: Store, load_store, tags) -> Restored:
+    def verified(self, step: int) -> dict:
+        """Step ``step``'s meta.json after checking what it commits: its own checksum, the
+        dense files' sha256s and each store chain's newest manifest (the snapshots it
+        committed, not others at the same paths; the snapshots' own files are verified as
+        they are read). Raises CheckpointError, SnapshotError or OSError."""
         path = self._dir(step)
         meta = self.read_meta(step)
         if meta is None:
@@ -278,22 +282,34 @@ class CheckpointManager:
         dense = os.path.join(path, "dense")
         if _sha_tree(dense) != meta["dense_sha256"]:
             raise CheckpointError(f"{dense}: files do not match their sha256 in {META}")
-        leaves, treedef = jax.tree_util.tree_flatten((params, opt_state))
-        if len(leaves) != meta["num_leaves"]:
-            raise CheckpointError(f"{dense}: {meta['num_leaves']} arrays, model has {len(leaves)}")
-        saved = self._orbax.restore(dense)
-        new_leaves = [jax.numpy.asarray(saved[str(i)], x.dtype) for i, x in enumerate(leaves)]
-        p, o = jax.tree_util.tree_unflatten(treedef, new_leaves)
-        unknown = set(meta["store_chains"]) - set(store.tables())
-        if unknown:
-            raise CheckpointError(f"checkpoint has tables {sorted(unknown)} the config lacks")
         for name, chains in meta["store_chains"].items():
-            # The snapshots are the ones this meta committed, not others at the same paths.
             for chain, m in zip(chains, meta["store_manifests"][name], strict=True):
                 found = snap.read_manifest(os.path.join(self.root, chain[-1]))["id"]
                 if found != m["id"]:
                     raise CheckpointError(f"{chain[-1]}: manifest {found}, but {META} "
                                           f"committed {m['id']}")  # fmt: skip
+        return meta
+
+    def read_dense(self, step: int, meta: dict, template, params_only: bool = False):
+        """The dense state of step ``step`` (verified: :meth:`verified`) in the structure
+        and dtypes of ``template``: (params, opt_state), or the params alone (the first
+        leaves saved) with ``params_only``."""
+        dense = os.path.join(self._dir(step), "dense")
+        leaves, treedef = jax.tree_util.tree_flatten(template)
+        if len(leaves) > meta["num_leaves"] or (len(leaves) < meta["num_leaves"]
+                                                and not params_only):  # fmt: skip
+            raise CheckpointError(f"{dense}: {meta['num_leaves']} arrays, model has {len(leaves)}")
+        saved = self._orbax.restore(dense)
+        return jax.tree_util.tree_unflatten(
+            treedef, [jax.numpy.asarray(saved[str(i)], x.dtype) for i, x in enumerate(leaves)]
+        )
+
+    def _restore_step(self, step, params, opt_state, store: Store, load_store, tags) -> Restored:
+        meta = self.verified(step)
+        p, o = self.read_dense(step, meta, (params, opt_state))
+        unknown = set(meta["store_chains"]) - set(store.tables())
+        if unknown:
+            raise CheckpointError(f"checkpoint has tables {sorted(unknown)} the config lacks")
         at_step = f"{meta.get('run_id')}/{step}"
         if load_store:
             for name, chains in meta["store_chains"].items():

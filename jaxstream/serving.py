@@ -3,7 +3,10 @@
 The Predictor reads only what serving needs from a training workdir: the dense parameters
 (Orbax) and, from each store snapshot of the chain, the keys, weights and deleted keys (no
 optimizer state, checksums verified). ``refresh()`` applies the deltas of newer checkpoints
-in place, or reloads everything when a new base appeared, without a restart.
+in place, or reloads everything when a new base appeared, without a restart. It serves the
+newest checkpoint whose files all verify, as the trainer restores: every file of a step is
+read and checked before any of it is applied, so a damaged checkpoint is skipped (with a
+warning, once; ``unusable`` says why) and the one served stays whole.
 """
 
 from __future__ import annotations
@@ -15,13 +18,12 @@ import os
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 from flax import nnx
 
 import hoststore as hs
 from hoststore import snapshot as snap
 from jaxstream.batching import batches
-from jaxstream.checkpoint import CheckpointManager
+from jaxstream.checkpoint import CheckpointError, CheckpointManager
 from jaxstream.config import TrainConfig
 from jaxstream.data.examples import Examples, ReadReport
 from jaxstream.data.synthetic import StreamConfig
@@ -56,10 +58,9 @@ class Predictor:
         from jaxstream.train import feature_spec, model_of  # the trainer's, not copies
 
         self._ckpt = CheckpointManager(workdir)
-        steps = self._ckpt.steps()
-        if not steps:
-            raise FileNotFoundError(f"no committed checkpoint under {self._ckpt.root}")
-        meta = self._ckpt.read_meta(steps[-1])
+        self.unusable: list[tuple[int, str]] = []  # (step, why) of the steps not served
+        self._refused: set[tuple[int, int, int]] = set()
+        meta = self._newest_readable()
         self.config = config_from_dict(meta["config"])
         self.batch_size = batch_size or self.config.batch_size
         self.spec = features if features is not None else feature_spec(self.config)
@@ -67,44 +68,80 @@ class Predictor:
             model = model_of(self.config, self.spec)
         self._graphdef, self._params_template = nnx.split(model)
         self._eval = jax.jit(functools.partial(eval_step, self._graphdef, self.spec))
-        self._orbax = ocp.StandardCheckpointer()
         self.step = None
         self._base_step = None
         self._applied: dict[str, int] = {}
-        self.refresh()
+        if not self.refresh():
+            step, why = self.unusable[0]
+            raise CheckpointError(f"no checkpoint under {self._ckpt.root} verifies (the newest, "
+                                  f"{step}: {why})")  # fmt: skip
+
+    def _newest_readable(self) -> dict:
+        """The newest meta.json that verifies (for the config; the files come later)."""
+        for step in reversed(self._ckpt.steps()):
+            meta = self._ckpt.read_meta(step)
+            if meta is not None:
+                return meta
+        raise FileNotFoundError(f"no committed checkpoint under {self._ckpt.root}")
 
     def _serving_table(self, name: str) -> hs.EmbeddingTable:
         cfg = dataclasses.replace(self.spec.table(name), optimizer=hs.optimizers.sgd(0.0))
         return hs.EmbeddingTable(cfg)
 
     def refresh(self) -> bool:
-        """Loads checkpoints newer than the one served; True when something changed."""
-        steps = self._ckpt.steps()
-        if not steps or steps[-1] == self.step:
-            return False
-        step = steps[-1]
-        meta = self._ckpt.read_meta(step)
-        if meta["base_step"] != self._base_step:
-            self.tables = {n: self._serving_table(n) for n in meta["store_chains"]}
-            self._applied = {n: 0 for n in meta["store_chains"]}
+        """Serves the newest checkpoint newer than the one served whose files all verify;
+        True when the served one changed. A step that does not verify is skipped (a
+        warning, once, until the trainer commits that step anew) and an older one newer
+        than the served one is tried."""
+        for step in reversed(self._ckpt.steps()):
+            if self.step is not None and step <= self.step:
+                break
+            commit = self._commit(step)
+            if commit in self._refused:
+                continue
+            try:
+                loaded = self._read(step)
+            except (CheckpointError, snap.SnapshotError, OSError, ValueError) as e:
+                why = " ".join(str(e).split())
+                log.warning("checkpoint %d is not served (%s)", step, why)
+                self.unusable.append((step, why))
+                self._refused.add(commit)
+                continue
+            self._apply(step, *loaded)
+            return True
+        return False
+
+    def _commit(self, step: int) -> tuple[int, int, int]:
+        """Which commit of step ``step`` is there (a trainer that found it damaged moves
+        it aside and commits the step anew: a new meta.json)."""
+        st = os.stat(os.path.join(self._ckpt.root, f"{step:06d}", "meta.json"))
+        return step, st.st_ino, st.st_mtime_ns
+
+    def _read(self, step: int):
+        """Everything step ``step`` changes, read and verified: (meta, whether the tables
+        are rebuilt from a new base, each table's snapshots in order, dense params)."""
+        meta = self._ckpt.verified(step)
+        rebuild = meta["base_step"] != self._base_step
+        reads = {}
         for name, chains in meta["store_chains"].items():
-            for chain in chains:  # one per part of the store (shard servers), merged here
-                for rel in chain[self._applied[name] :]:
-                    snap.apply_weights(self.tables[name], os.path.join(self._ckpt.root, rel),
-                                       with_counts=self.spec.counts)  # fmt: skip
-            self._applied[name] = len(chains[0])
-        self._params = self._load_params(step, meta)
+            start = 0 if rebuild else self._applied[name]
+            # One chain per part of the store (shard servers), merged here.
+            reads[name] = [snap.read_weights(os.path.join(self._ckpt.root, rel),
+                                             with_counts=self.spec.counts)
+                           for chain in chains for rel in chain[start:]]  # fmt: skip
+        params = self._ckpt.read_dense(step, meta, self._params_template, params_only=True)
+        return meta, rebuild, reads, params
+
+    def _apply(self, step: int, meta: dict, rebuild: bool, reads: dict, params) -> None:
+        if rebuild:
+            self.tables = {n: self._serving_table(n) for n in meta["store_chains"]}
+        for name, snapshots in reads.items():
+            for args in snapshots:
+                self.tables[name].apply_snapshot(*args)
+            self._applied[name] = len(meta["store_chains"][name][0])
+        self._params = params
         log.info("serving checkpoint %d (cursor %s)", step, meta["cursor"])
         self.step, self._base_step, self.cursor = step, meta["base_step"], meta["cursor"]
-        return True
-
-    def _load_params(self, step: int, meta: dict):
-        dense = os.path.join(self._ckpt.root, f"{step:06d}", "dense")
-        leaves, treedef = jax.tree_util.tree_flatten(self._params_template)
-        saved = self._orbax.restore(dense)
-        return jax.tree_util.tree_unflatten(
-            treedef, [jax.numpy.asarray(saved[str(i)], x.dtype) for i, x in enumerate(leaves)]
-        )
 
     def read(self, path: str) -> tuple[Examples, ReadReport]:
         """(examples, read report) of a partition folder or one file, in the format the

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -125,3 +126,47 @@ def test_the_predictor_serves_a_grpc_store_run_like_an_in_process_one(tmp_path, 
               for w in ("grpc", "local")]  # fmt: skip
     np.testing.assert_array_equal(served[0], served[1])
     remote.close()
+
+
+def test_the_predictor_serves_the_newest_checkpoint_that_verifies(tmp_path, caplog):
+    """A damaged newest checkpoint is skipped (warned once) and the one before it served,
+    whole: every file of a step is verified before any is applied. When the trainer
+    commits that step anew, the predictor serves it."""
+    root = str(tmp_path / "data")
+    generate(root, StreamConfig(hours=4, rows_per_hour=1000, max_vocab=2000))
+    cfg = dataclasses.replace(config.smoke_config(), data_root=root, staleness=0,
+                              max_partitions=2)  # fmt: skip
+    work = str(tmp_path / "w")
+    train.train_and_evaluate(cfg, work)
+    predictor = Predictor(work)
+    train.train_and_evaluate(cfg, work)  # steps 3 and 4
+    reference = str(tmp_path / "at_step_3")
+    shutil.copytree(work, reference, ignore=shutil.ignore_patterns("000004"))
+    part = Partition("20260101/03", os.path.join(root, "20260101", "03"), None)
+    examples, _ = train.read_partition(cfg, part)
+    want = Predictor(reference).predict(examples)
+    emb = os.path.join(work, "checkpoints", "000004", "store", "embedding", "rows.emb.npy")
+    with open(emb, "r+b") as f:
+        f.seek(-3, 2)
+        f.write(b"xyz")
+    with caplog.at_level("WARNING"):
+        assert predictor.refresh() and predictor.step == 3
+        assert not predictor.refresh() and predictor.step == 3
+    assert caplog.text.count("checkpoint 4 is not served") == 1
+    assert [s for s, _ in predictor.unusable] == [4] and "sha256" in predictor.unusable[0][1]
+    np.testing.assert_array_equal(predictor.predict(examples), want)
+    meta = os.path.join(work, "checkpoints", "000004", "meta.json")
+    with open(meta, "r+b") as f:
+        f.seek(-2, 2)
+        f.write(b"0}")
+    fresh = Predictor(work)  # its newest meta.json altered too
+    assert fresh.step == 3 and [s for s, _ in fresh.unusable] == [4]
+    np.testing.assert_array_equal(fresh.predict(examples), want)
+    out = subprocess.run([sys.executable, "experiments/predict.py", f"--workdir={work}",
+                          f"--partition={part.path}"], cwd=REPO, capture_output=True, text=True,
+                         timeout=120)  # fmt: skip
+    assert out.returncode == 0 and json.loads(out.stdout)["checkpoint"] == 3, out.stderr[-2000:]
+    assert "warning: checkpoint 4 does not verify, not used: " in out.stderr
+    train.train_and_evaluate(dataclasses.replace(cfg, max_partitions=1), work)  # step 4 anew
+    assert predictor.refresh() and predictor.step == 4
+    np.testing.assert_array_equal(predictor.predict(examples), Predictor(work).predict(examples))
