@@ -23,7 +23,7 @@ from flax import nnx
 import hoststore as hs
 from hoststore import snapshot as snap
 from jaxstream.batching import batches
-from jaxstream.checkpoint import CheckpointError, CheckpointManager
+from jaxstream.checkpoint import META, CheckpointError, CheckpointManager
 from jaxstream.config import TrainConfig
 from jaxstream.data.examples import Examples, ReadReport
 from jaxstream.data.synthetic import StreamConfig
@@ -72,9 +72,8 @@ class Predictor:
         self._base_step = None
         self._applied: dict[str, int] = {}
         if not self.refresh():
-            step, why = self.unusable[0]
-            raise CheckpointError(f"no checkpoint under {self._ckpt.root} verifies (the newest, "
-                                  f"{step}: {why})")  # fmt: skip
+            newest = "; the newest, {}: {}".format(*self.unusable[0]) if self.unusable else ""
+            raise CheckpointError(f"no checkpoint under {self._ckpt.root} verifies{newest}")
 
     def _newest_readable(self) -> dict:
         """The newest meta.json that verifies (for the config; the files come later)."""
@@ -96,16 +95,18 @@ class Predictor:
         for step in reversed(self._ckpt.steps()):
             if self.step is not None and step <= self.step:
                 break
-            commit = self._commit(step)
-            if commit in self._refused:
-                continue
+            commit = None
             try:
+                commit = self._commit(step)
+                if commit in self._refused:
+                    continue
                 loaded = self._read(step)
             except (CheckpointError, snap.SnapshotError, OSError, ValueError) as e:
                 why = " ".join(str(e).split())
                 log.warning("checkpoint %d is not served (%s)", step, why)
                 self.unusable.append((step, why))
-                self._refused.add(commit)
+                if commit is not None:  # (None: the step went while it was looked at)
+                    self._refused.add(commit)
                 continue
             self._apply(step, *loaded)
             return True
@@ -114,7 +115,7 @@ class Predictor:
     def _commit(self, step: int) -> tuple[int, int, int]:
         """Which commit of step ``step`` is there (a trainer that found it damaged moves
         it aside and commits the step anew: a new meta.json)."""
-        st = os.stat(os.path.join(self._ckpt.root, f"{step:06d}", "meta.json"))
+        st = os.stat(os.path.join(self._ckpt.root, f"{step:06d}", META))
         return step, st.st_ino, st.st_mtime_ns
 
     def _read(self, step: int):

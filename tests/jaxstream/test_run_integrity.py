@@ -270,6 +270,14 @@ def test_a_file_that_cannot_be_written_is_one_line_then_resumed(tmp_path, stream
     assert [x["partition"] for x in lines] == ["20260101/00", "20260101/01"]
 
 
+def _assert_same_rows(got, want, spec):
+    """Every row of the first table of two stores, every column."""
+    a, b = (s.table(spec.tables[0].name).export_rows() for s in (got, want))
+    oa, ob = a["key"].argsort(), b["key"].argsort()
+    for k in b:
+        np.testing.assert_array_equal(a[k][oa], b[k][ob], err_msg=k)
+
+
 def test_a_day_boundary_partition_that_fails_is_not_shrunk_twice_on_rerun(tmp_path):
     """A store that outlives the trainer (shard servers) must not keep the day boundary's
     shrink of a partition whose run failed: the rerun restores from the checkpoint before
@@ -284,11 +292,6 @@ def test_a_day_boundary_partition_that_fails_is_not_shrunk_twice_on_rerun(tmp_pa
                               eviction="shrink_decay:0.5", shrink_every="day")  # fmt: skip
     spec = train.feature_spec(cfg)
 
-    def state(store):
-        rows = store.table(spec.tables[0].name).export_rows()
-        order = rows["key"].argsort()
-        return {k: v[order] for k, v in rows.items()}
-
     kept = hs.LocalStore()  # stands in for shard servers that outlive the trainer
     train.train_and_evaluate(dataclasses.replace(cfg, max_partitions=1), str(tmp_path / "w"),
                              store=kept)  # fmt: skip
@@ -299,9 +302,7 @@ def test_a_day_boundary_partition_that_fails_is_not_shrunk_twice_on_rerun(tmp_pa
     train.train_and_evaluate(cfg, str(tmp_path / "w"), store=kept)
     fresh = hs.LocalStore()
     train.train_and_evaluate(cfg, str(tmp_path / "ref"), store=fresh)
-    got, want = state(kept), state(fresh)
-    for k in want:
-        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+    _assert_same_rows(kept, fresh, spec)
 
 
 def test_a_store_left_at_another_runs_checkpoint_is_reloaded(tmp_path):
@@ -314,11 +315,6 @@ def test_a_store_left_at_another_runs_checkpoint_is_reloaded(tmp_path):
                               max_partitions=1)  # fmt: skip
     spec = train.feature_spec(cfg)
 
-    def state(store):
-        rows = store.table(spec.tables[0].name).export_rows()
-        order = rows["key"].argsort()
-        return {k: v[order] for k, v in rows.items()}
-
     kept = hs.LocalStore()  # stands in for shard servers that outlive the trainer
     generate(str(tmp_path / "other_stream"),
              StreamConfig(hours=1, rows_per_hour=1000, max_vocab=2000, seed=1))  # fmt: skip
@@ -329,6 +325,4 @@ def test_a_store_left_at_another_runs_checkpoint_is_reloaded(tmp_path):
     train.train_and_evaluate(cfg, str(tmp_path / "w"), store=kept)
     fresh = hs.LocalStore()
     train.train_and_evaluate(cfg, str(tmp_path / "ref"), store=fresh)
-    got, want = state(kept), state(fresh)
-    for k in want:
-        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+    _assert_same_rows(kept, fresh, spec)
