@@ -30,7 +30,7 @@ import hoststore as hs
 from jaxstream import models, records
 from jaxstream import workdir as workdir_lib
 from jaxstream.batching import batch_threads, batches
-from jaxstream.checkpoint import CheckpointManager, StoreUnavailable  # noqa: F401 (raised by restore)
+from jaxstream.checkpoint import CheckpointManager
 from jaxstream.config import TrainConfig, disk_tier
 from jaxstream.config import check as check_config
 from jaxstream.data import readers

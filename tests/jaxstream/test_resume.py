@@ -16,7 +16,7 @@ from flax import nnx
 
 import hoststore as hs
 from jaxstream import config, train
-from jaxstream.checkpoint import CheckpointManager
+from jaxstream.checkpoint import CheckpointManager, StoreUnavailable
 from jaxstream.data.synthetic import StreamConfig, generate
 from tests.conftest import metric_lines
 
@@ -185,7 +185,7 @@ def test_a_store_that_cannot_load_stops_the_run_instead_of_falling_back(tmp_path
     train.train_and_evaluate(cfg, work)
     before = _tree(work)
     spec = train.feature_spec(cfg)
-    with pytest.raises(train.StoreUnavailable,
+    with pytest.raises(StoreUnavailable,
                        match=r"checkpoint 2 could not be loaded into the store: shard 1 at "
                              r".*UNAVAILABLE; nothing was changed"):  # fmt: skip
         train.train_and_evaluate(cfg, work, store=_UnavailableStore(spec.tables))
