@@ -146,8 +146,12 @@ def _remote_store(cfg, workdir):
         if cfg.checkpoint:
             paths.to_root(root, os.path.join(workdir, "checkpoints"))
         read = lambda f, mode="r": open(f, mode).read() if f else None  # noqa: E731
-        return ShardedStore(F.store_addresses, token=(read(F.store_token_file) or "").strip()
-                            or None, root_certificates=read(F.store_root_cert, "rb"),
+        token = (read(F.store_token_file) or "").strip() or None
+        if F.store_token_file and token is None:  # blank never means "no authentication"
+            raise ValueError(f"--store_token_file {F.store_token_file} is empty: refusing to "
+                             "connect without the token")  # fmt: skip
+        return ShardedStore(F.store_addresses, token=token,
+                            root_certificates=read(F.store_root_cert, "rb"),
                             private_key=read(F.store_client_key, "rb"),
                             certificate_chain=read(F.store_client_cert, "rb"),
                             snapshot_root=root)  # fmt: skip

@@ -56,11 +56,13 @@ class ShardedStore:
     ):
         if not addresses:
             raise ValueError("ShardedStore needs at least one shard address")
+        if token is not None and not token.strip():  # (as the server: blank is not none)
+            raise ValueError("a blank token; pass token=None to connect without one")
         self.addresses = list(addresses)
         self.timeout = timeout
         self.retries = retries
         self.snapshot_root = snapshot_root
-        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self._metadata = (("authorization", f"Bearer {token}"),) if token is not None else ()
         # A channel of its own (not the process-wide subchannel pool, which would hand a new
         # client the reconnect backoff of an old one) that retries a restarted shard soon.
         opts = grpc_options() + [("grpc.use_local_subchannel_pool", 1),

@@ -352,8 +352,13 @@ def serve(
     max_workers: int = 8, limits: Limits | None = None, snapshot_root: str | None = None,
     tls_client_ca: str | None = None, tier: DiskTier | None = None,
 ):  # fmt: skip
-    """Starts a shard; returns (server, servicer, health servicer, bound port)."""
-    interceptors = [TokenInterceptor(token)] if token else []
+    """Starts a shard; returns (server, servicer, health servicer, bound port). ``token``:
+    the bearer token every call must carry (None: no authentication; a blank one is
+    refused, never taken as none)."""
+    if token is not None and not token.strip():
+        raise ValueError("a blank token would turn authentication off; pass token=None to "
+                         "serve without one")  # fmt: skip
+    interceptors = [TokenInterceptor(token)] if token is not None else []
     server = grpc.server(futures.ThreadPoolExecutor(max_workers), interceptors=interceptors,
                          options=grpc_options())  # fmt: skip
     servicer = StoreServicer(shard_index, num_shards, limits, snapshot_root, tier)

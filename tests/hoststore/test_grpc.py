@@ -459,6 +459,15 @@ def test_a_blank_or_unreadable_token_file_stops_the_server_at_start(tmp_path, co
     assert proc.returncode == 2 and "--token_file" in proc.stderr.splitlines()[-1]
 
 
+@pytest.mark.parametrize("token", ["", " \n"], ids=["empty", "blank"])
+def test_serve_and_the_client_refuse_a_blank_token(token):
+    """The library calls too: a blank token is not taken as "no authentication"."""
+    with pytest.raises(ValueError, match="a blank token would turn authentication off"):
+        serve(0, 0, 1, token=token)
+    with pytest.raises(ValueError, match="a blank token; pass token=None"):
+        ShardedStore(["127.0.0.1:1"], token=token)
+
+
 @pytest.mark.parametrize("args", [["--store_memory_mb=8"], ["--store_disk_dir=DIR"],
                                   ["--store_memory_mb=-1", "--store_disk_dir=DIR"]])  # fmt: skip
 def test_a_disk_tier_takes_a_budget_and_a_directory_or_the_server_stops(tmp_path, args):

@@ -200,13 +200,19 @@ def test_a_late_hour_is_trained_when_it_arrives(tmp_path):
     [
         ([], "--store_snapshot_root is needed with --store_addresses"),
         (["--store_snapshot_root=/elsewhere"], "is not under the store's snapshot root"),
+        (["--store_snapshot_root={tmp}", "--store_token_file={tmp}/token"],
+         "--store_token_file {tmp}/token is empty: refusing to connect without the token"),
     ],
-)
-def test_a_remote_store_without_a_place_for_its_checkpoints_is_refused(tmp_path, stream, extra,
-                                                                       message):  # fmt: skip
+)  # fmt: skip
+def test_a_remote_store_without_checkpoints_or_its_token_is_refused(tmp_path, stream, extra,
+                                                                    message):  # fmt: skip
     """The shard servers write the store's checkpoints under their snapshot root: a run that
-    could not checkpoint there stops before any work (no server is even contacted)."""
+    could not checkpoint there stops before any work (no server is even contacted); so does
+    one whose token file is blank (it would connect without authentication)."""
     work = tmp_path / "w"
+    (tmp_path / "token").write_text(" \n")
+    extra = [x.format(tmp=tmp_path) for x in extra]
+    message = message.format(tmp=tmp_path)
     proc = _cli(f"--data_root={stream}", f"--workdir={work}",
                 "--store_addresses=127.0.0.1:1", *extra)  # fmt: skip
     assert proc.returncode == 2 and message in _error_line(proc)
