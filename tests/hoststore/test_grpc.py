@@ -684,6 +684,7 @@ def test_snapshot_paths_are_confined_to_the_root(tmp_path):
     root.mkdir(), outside.mkdir()
     (outside / "victim").mkdir()
     os.symlink(outside, root / "link")  # a symlink inside pointing out
+    os.symlink(root, root / "self")  # and one to the root itself
     c = LocalCluster(1, snapshot_root=str(root), log_dir=str(tmp_path))
     try:
         stub, md = _raw(c, token=False)
@@ -692,7 +693,7 @@ def test_snapshot_paths_are_confined_to_the_root(tmp_path):
         client.create_table(cfg)
         client.pull("t", np.arange(10, dtype=np.int64), train=True)
         escapes = ["../outside/x", str(outside / "x"), "link/x", "a/../../outside/x", "",
-                   "/etc/x", ".", "link"]  # fmt: skip
+                   "/etc/x", ".", "link", "self"]  # fmt: skip
         for path in escapes:
             req = store_pb2.SnapshotRequest(table="t", path=path, kind="base")
             with pytest.raises(grpc.RpcError) as e:

@@ -77,6 +77,8 @@ def _seen(t, key, show, click):
         # delete_threshold = 0.5 on (show - click) * 0.1 + click * 1.0.
         # key 1: (4 - 0) * 0.1 = 0.4 < 0.5: deleted; key 2: (4 - 1) * 0.1 + 1 = 1.3: kept.
         (hs.Eviction(min_score=0.5), {1: (4, 0), 2: (4, 1)}, 0, [2]),
+        # exactly at the threshold (0 * 0.1 + 1 * 1.0 = 1.0): kept, Paddle deletes below it
+        (hs.Eviction(min_score=1.0), {1: (1, 1), 2: (2, 0)}, 0, [1]),
         # show_click_decay_rate = 0.9, applied before the threshold: key 1 scores
         # (6 - 0) * 0.1 = 0.6 >= 0.55 undecayed, 0.54 < 0.55 once decayed: deleted.
         (hs.Eviction(min_score=0.55), {1: (6, 0)}, 0, [1]),
