@@ -229,6 +229,12 @@ class CheckpointManager:
             if m and m["base_step"] not in keep:
                 shutil.rmtree(self._dir(s), ignore_errors=True)
 
+    def commit_mark(self, step: int) -> tuple[int, int, int]:
+        """Which commit of step ``step`` is there: a step found damaged is moved aside and
+        committed anew by a later save, with a new meta.json (OSError: none now)."""
+        st = os.stat(os.path.join(self._dir(step), META))
+        return step, st.st_ino, st.st_mtime_ns
+
     def read_meta(self, step: int) -> dict | None:
         """A step's meta.json, verified; None when it is missing, unreadable or altered."""
         try:

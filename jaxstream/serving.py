@@ -23,7 +23,7 @@ from flax import nnx
 import hoststore as hs
 from hoststore import snapshot as snap
 from jaxstream.batching import batches
-from jaxstream.checkpoint import META, CheckpointError, CheckpointManager
+from jaxstream.checkpoint import CheckpointError, CheckpointManager
 from jaxstream.config import TrainConfig
 from jaxstream.data.examples import Examples, ReadReport
 from jaxstream.data.synthetic import StreamConfig
@@ -97,7 +97,7 @@ class Predictor:
                 break
             commit = None
             try:
-                commit = self._commit(step)
+                commit = self._ckpt.commit_mark(step)
                 if commit in self._refused:
                     continue
                 loaded = self._read(step)
@@ -111,12 +111,6 @@ class Predictor:
             self._apply(step, *loaded)
             return True
         return False
-
-    def _commit(self, step: int) -> tuple[int, int, int]:
-        """Which commit of step ``step`` is there (a trainer that found it damaged moves
-        it aside and commits the step anew: a new meta.json)."""
-        st = os.stat(os.path.join(self._ckpt.root, f"{step:06d}", META))
-        return step, st.st_ino, st.st_mtime_ns
 
     def _read(self, step: int):
         """Everything step ``step`` changes, read and verified: (meta, whether the tables
