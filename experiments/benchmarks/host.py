@@ -78,9 +78,9 @@ def measure(cfg: HostBenchConfig, root: str, mode: str) -> dict[str, float]:
     if mode in ("lr", "lr_pass"):
         import tempfile
 
-        work = tempfile.mkdtemp(prefix="bench_host_")
-        train.train_and_evaluate(tc, work)
-        lines = [json.loads(x) for x in open(os.path.join(work, "metrics.jsonl"))][1:]
+        with tempfile.TemporaryDirectory(prefix="bench_host_") as work:
+            train.train_and_evaluate(tc, work)
+            lines = [json.loads(x) for x in open(os.path.join(work, "metrics.jsonl"))][1:]
         examples = sum(x["examples"] for x in lines)
         seconds = sum(x["train_seconds"] for x in lines)
         stages = {k: sum(x[k] for x in lines) for k in _STAGES}
