@@ -14,6 +14,7 @@ from jaxstream.data.readers import (
     _mark_truncated,
     _read_bytes,
     _report,
+    parse_uint64,
     token_bounds,
     token_capacity,
     tokens_to_csr,
@@ -62,7 +63,7 @@ def _parse_float(buf, a, b):
             i += 1
         e, edigits = 0, 0
         while i < b and 48 <= buf[i] <= 57:
-            e = e * 10 + (buf[i] - 48)
+            e = min(e * 10 + (buf[i] - 48), 100_000)  # saturates: never wraps to a small one
             edigits += 1
             i += 1
         if edigits == 0:
@@ -104,25 +105,22 @@ def _parse(buf, starts, ends, slot_of, num_dense, label_word, dense_word):
                 x, ok = _parse_float(buf, c + 1, q)
                 if not ok:
                     bad = 10
+                elif not np.isfinite(x):
+                    bad = 14
                 elif d >= num_dense:
                     bad = 11
                 else:
                     dense[r, d] = x
                     d += 1
             else:
-                sid, h = 0, np.uint64(0)
-                for i in range(p, c):
-                    if not 48 <= buf[i] <= 57:
-                        bad = 9
-                        break
-                    sid = sid * 10 + (buf[i] - 48)
-                for i in range(c + 1, q):
-                    if bad or not 48 <= buf[i] <= 57:
-                        bad = 9
-                        break
-                    h = h * np.uint64(10) + np.uint64(buf[i] - 48)
+                sid, bad = parse_uint64(buf, p, c)
+                h, bad_value = parse_uint64(buf, c + 1, q)
                 if bad == 0:
-                    if sid < slot_of.shape[0] and slot_of[sid] >= 0:
+                    bad = bad_value
+                if bad == 6:
+                    bad = 9  # (this format's name:value reason)
+                if bad == 0:
+                    if sid < np.uint64(slot_of.shape[0]) and slot_of[sid] >= 0:
                         row_of[t] = r
                         col_of[t] = slot_of[sid]
                         val_of[t] = np.int64(h)

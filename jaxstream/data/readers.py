@@ -38,6 +38,8 @@ _REASONS = {
     10: "bad float",
     11: "wrong number of dense values",
     12: "truncated (no newline at the end of the file: a partial write?)",
+    13: "ID over 2^64-1 (it would wrap onto another ID)",
+    14: "dense value is not finite",
 }
 
 
@@ -50,6 +52,25 @@ def _hexval(c):
     if 65 <= c <= 70:
         return c - 55
     return -1
+
+
+@nb.njit(inline="always", cache=True)
+def parse_uint64(buf, a, b):
+    """Unsigned decimal in buf[a:b]: (value, status), status 0, or the reason code of an
+    empty or non-digit string (6) or of a value over 2**64 - 1 (13), which must not wrap
+    silently onto a smaller ID."""
+    h = np.uint64(0)
+    if a == b:
+        return h, 6
+    top = np.uint64(1844674407370955161)  # (2**64 - 1) // 10; the last digit may be <= 5
+    for i in range(a, b):
+        d = np.int64(buf[i]) - 48
+        if d < 0 or d > 9:
+            return np.uint64(0), 6
+        if h > top or (h == top and d > 5):
+            return np.uint64(0), 13
+        h = h * np.uint64(10) + np.uint64(d)
+    return h, 0
 
 
 @nb.njit(inline="always", cache=True)
@@ -268,13 +289,7 @@ def _parse_slots(buf, starts, ends, slot_of, label_slot):
             if c == p or c >= q - 1:
                 bad = 6
                 break
-            h = np.uint64(0)
-            for i in range(p, c):
-                d = buf[i] - 48
-                if d < 0 or d > 9:
-                    bad = 6
-                    break
-                h = h * np.uint64(10) + np.uint64(d)
+            h, bad = parse_uint64(buf, p, c)
             if bad:
                 break
             sid, ok = _parse_int(buf, c + 1, q)

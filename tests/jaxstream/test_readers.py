@@ -104,9 +104,11 @@ def test_slot_format_multi_hot(tmp_path):
         "3:1 7:2",  # label not 0/1
         "8:2",  # no label
         "0:1 18446744073709551615:2",
+        "0:1 18446744073709551616:2",  # 2^64 would wrap onto ID 0
     ]
     ex, report = readers.read_slots(_write(tmp_path, "part-0", lines), ("2", "3"))
-    assert len(ex) == 4 and report.malformed == 3 and report.ignored_tokens == 1
+    assert len(ex) == 4 and report.malformed == 4 and report.ignored_tokens == 1
+    assert report.first_errors[-1] == "part-0:8: ID over 2^64-1 (it would wrap onto another ID)"
     assert ex.labels.tolist() == [1, 0, 1, 0]
     assert ex.slot_offsets["2"].tolist() == [0, 2, 2, 2, 3]
     assert ex.slot_ids["2"].tolist() == [11, 12, -1]
@@ -124,6 +126,10 @@ def test_slot_format_multi_hot(tmp_path):
         ("click:1 dense_feature:x dense_feature:1 1:7", "bad float"),
         ("click:1 dense_feature:0.5 dense_feature:1 1:7a", "bad token (want name:value)"),
         ("click:1 dense_feature:0.5 dense_feature:1 oops", "bad token (want name:value)"),
+        ("click:1 dense_feature:0.5 dense_feature:1 1:18446744073709551616", "ID over 2^64-1"),
+        ("click:1 dense_feature:0.5 dense_feature:1 18446744073709551617:7", "ID over 2^64-1"),
+        ("click:1 dense_feature:1e999 dense_feature:1 1:7", "dense value is not finite"),
+        ("click:1 dense_feature:1e18446744073709551617 dense_feature:1 1:7", "not finite"),
     ],
 )
 def test_paddlerec_malformed(tmp_path, line, reason):
