@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 import hoststore as hs
 from hoststore import optimizers as opt
 from hoststore import snapshot as snap
+from hoststore._changes import GENERATIONS
 from tests.conftest import REPO
 
 UNIVERSE = np.array([0, -1, 1, 2**63 - 1, -(2**63), 5, 6, 7, 8, 9, 10, 11, 12], np.int64)
@@ -286,6 +287,36 @@ def test_a_side_export_between_base_and_delta_hides_nothing(tmp_path):
     t.push(keys[:3], np.ones((3, 3), np.float32))
     snap.save(t, str(tmp_path / "delta"), "delta", base)
     assert_same(snap.load([str(tmp_path / "base"), str(tmp_path / "delta")], CFG), t)
+
+
+@pytest.mark.parametrize("other_cuts, refused", [(0, False), (GENERATIONS, False),
+                                                 (GENERATIONS + 1, True)])  # fmt: skip
+def test_a_delta_on_a_parent_older_than_the_change_log_is_refused(tmp_path, other_cuts,
+                                                                   refused):  # fmt: skip
+    """The table logs evictions and shrink decays for GENERATIONS cuts: a delta on a parent
+    with that many other cuts since still carries them (base + delta == live); one on an older
+    parent, or on a generation before the one a table was loaded at, is refused, never
+    written without the evictions it cannot know."""
+    t = hs.EmbeddingTable(CFG)
+    for _ in range(2):
+        t.pull(UNIVERSE[:8], train=True)
+    base = snap.save(t, str(tmp_path / "base"), "base")
+    t.pull(UNIVERSE[8:], train=True)
+    t.pull(UNIVERSE[8:], train=True)
+    t.shrink()  # over max_rows: evicts right after the base's cut, logged with a decay
+    assert t.totals["evicted"] > 0
+    for i in range(other_cuts):  # other chains' bases between, each a cut of its own
+        snap.save(t, str(tmp_path / f"other{i}"), "base")
+    if refused:
+        with pytest.raises(ValueError, match="older than the change log.*take a base"):
+            snap.save(t, str(tmp_path / "delta"), "delta", base)
+        return
+    delta = snap.save(t, str(tmp_path / "delta"), "delta", base)
+    loaded = snap.load([str(tmp_path / "base"), str(tmp_path / "delta")], CFG)
+    assert_same(loaded, t)
+    with pytest.raises(ValueError, match="take a base"):  # evictions before its load: unknown
+        snap.save(loaded, str(tmp_path / "from-loaded"), "delta", base)
+    snap.save(loaded, str(tmp_path / "from-loaded"), "delta", delta)
 
 
 @pytest.mark.parametrize("shards", [1, 3])
