@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -67,6 +69,43 @@ def test_staleness_zero_equals_a_sequential_loop():
     np.testing.assert_array_equal(store_a.pull("embedding", probe, train=False),
                                   store_b.pull("embedding", probe, train=False))  # fmt: skip
     assert store_a.stats()["embedding"]["rows"] == store_b.stats()["embedding"]["rows"]
+
+
+class OrderStore(LocalStore):
+    """Records, at each training pull, how many pushes had been applied; a push takes 30 ms
+    (a slow store), which a pipeline with staleness > 0 may overlap with later pulls."""
+
+    def __init__(self, tables):
+        super().__init__(tables)
+        self.pushed, self.seen = 0, []
+
+    def pull(self, table, ids, *, train, **kw):
+        if train:
+            self.seen.append(self.pushed)
+        return super().pull(table, ids, train=train, **kw)
+
+    def push(self, table, ids, grads, **kw):
+        time.sleep(0.03)
+        super().push(table, ids, grads, **kw)
+        self.pushed += 1
+
+
+@pytest.mark.parametrize("staleness", [0, 1, 2])
+def test_a_pull_sees_every_push_older_than_its_staleness(staleness):
+    """Staleness s: batch i is pulled after the pushes of batches 0 .. i-s-1 are applied
+    (never staler), and with s > 0 the pipeline does pull ahead of a slow push."""
+    ex, spec, graphdef, params, tx = _setup()
+    train_fn, _ = make_steps(graphdef, tx, spec)
+    store = OrderStore(spec.tables)
+    run_pass(store, spec, batches(ex, spec, BATCH), train=True, train_fn=train_fn,
+             params=params, opt_state=tx.init(params), staleness=staleness)  # fmt: skip
+    n = -(-len(ex) // BATCH)
+    assert len(store.seen) == n and store.pushed == n
+    assert all(i - staleness <= done <= i for i, done in enumerate(store.seen)), store.seen
+    if staleness == 0:
+        assert store.seen == list(range(n))
+    else:
+        assert any(done < i for i, done in enumerate(store.seen)), store.seen
 
 
 class BrokenStore(LocalStore):

@@ -260,3 +260,46 @@ def test_reading_ahead_yields_the_same_partitions_and_raises_in_order(tmp_path):
     early = run(True)
     next(early)
     early.close()
+
+
+class ShrinkCounter(LocalStore):
+    def __init__(self):
+        super().__init__()
+        self.shrinks = 0
+
+    def shrink(self):
+        self.shrinks += 1
+        return super().shrink()
+
+
+@pytest.mark.parametrize(
+    "shrink_every, first_run, want",
+    [
+        ("day", None, [2]),  # one run: at 20260102/00 and at 20260103/05
+        ("day", 2, [0, 2]),  # stopped before the first boundary
+        ("day", 3, [1, 1]),  # resumed after it: not shrunk again for the same day
+        ("partition", None, [4]),
+    ],
+)  # fmt: skip
+def test_a_day_boundary_shrinks_once_whatever_the_run_boundaries(tmp_path, shrink_every,
+                                                                  first_run, want):  # fmt: skip
+    """The daily shrink (Paddle's shrink after a day's passes) runs once per new day: not
+    at a run's first partition, not again when a run resumes after the boundary."""
+    root = tmp_path / "data"
+    generate(str(root), StreamConfig(hours=4, rows_per_hour=500, max_vocab=1000))
+    for h, key in zip(("00", "01", "02", "03"),
+                      ("20260101/22", "20260101/23", "20260102/00", "20260103/05")):  # fmt: skip
+        os.makedirs(root / key.split("/")[0], exist_ok=True)
+        os.rename(root / "20260101" / h, root / f"{key}.tmp")
+    for key in ("20260101/22", "20260101/23", "20260102/00", "20260103/05"):
+        os.rename(root / f"{key}.tmp", root / key)
+    cfg = dataclasses.replace(config.smoke_config(), data_root=str(root), synthetic=None,
+                              shrink_every=shrink_every)  # fmt: skip
+    got = []
+    for limit in ([first_run, None] if first_run else [None]):
+        store = ShrinkCounter()
+        train.train_and_evaluate(dataclasses.replace(cfg, max_partitions=limit),
+                                 str(tmp_path / "w"), store=store)  # fmt: skip
+        got.append(store.shrinks)
+    assert got == want
+
