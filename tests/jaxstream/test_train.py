@@ -296,10 +296,9 @@ def test_a_day_boundary_shrinks_once_whatever_the_run_boundaries(tmp_path, shrin
     cfg = dataclasses.replace(config.smoke_config(), data_root=str(root), synthetic=None,
                               shrink_every=shrink_every)  # fmt: skip
     got = []
-    for limit in ([first_run, None] if first_run else [None]):
+    for limit in [first_run, None] if first_run else [None]:
         store = ShrinkCounter()
         train.train_and_evaluate(dataclasses.replace(cfg, max_partitions=limit),
                                  str(tmp_path / "w"), store=store)  # fmt: skip
         got.append(store.shrinks)
     assert got == want
-
