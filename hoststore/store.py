@@ -95,7 +95,10 @@ class Store(Protocol):
 
     def set_tag(self, table: str, tag: str) -> None:
         """Records which run and checkpoint the table holds (``stats()[table]["tag"]``;
-        empty after create_table and load; "<mixed>" when shards disagree)."""
+        empty after create_table and load; "<mixed>" when shards disagree). A remote
+        store's client is then fenced: once another client loads or tags that table, the
+        shards refuse this one's calls (StoreError, FAILED_PRECONDITION) instead of letting
+        two runs train one table."""
 
     def save(self, table: str, path: str, kind: str, parent: Sequence[dict] | None = None,
              **filters) -> Saved:  # fmt: skip

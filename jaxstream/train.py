@@ -41,7 +41,7 @@ from jaxstream.device_pass import PassTrainer, make_pass_step
 from jaxstream.distributed import Workers
 from jaxstream.features import FeatureSpec, single_table_spec
 from jaxstream.metrics import BinaryMetrics
-from jaxstream.pipeline import run_pass
+from jaxstream.pipeline import PipelineError, run_pass
 from jaxstream.step import (
     batch_placement,
     local_mesh,
@@ -199,6 +199,13 @@ def train_and_evaluate(
         with workdir_lib.lock(workdir) if workers.is_first else contextlib.nullcontext():
             return _train(cfg, workdir, model, features, dense_optimizer, store,
                           on_partition_end, on_resume, progress, workers, adopt_store)  # fmt: skip
+    except (hs.StoreError, PipelineError) as e:
+        cause = e if isinstance(e, hs.StoreError) else e.__cause__
+        if not isinstance(cause, hs.StoreError):
+            raise
+        raise StoreFailed(f"the store failed while training: {' '.join(str(cause).split())}; "
+                          "nothing after the last committed checkpoint was committed: a "
+                          "rerun resumes from it") from e  # fmt: skip
     finally:
         if own:
             store.close()
@@ -222,6 +229,10 @@ class CheckpointFailed(workdir_lib.RunError):
 
 class CheckpointsUnusable(workdir_lib.RunError):
     pass
+
+
+class StoreFailed(workdir_lib.RunError):
+    """A store call failed mid-run (a shard down, or taken over by another run)."""
 
 
 def _append_record(path: str, record: dict) -> None:

@@ -20,7 +20,6 @@ from hoststore.rpc.proto import store_pb2, store_pb2_grpc
 from jaxstream import config, train
 from jaxstream.data import readers
 from jaxstream.data.synthetic import StreamConfig, generate
-from jaxstream.pipeline import PipelineError
 from tests.conftest import Cluster, metric_lines, smoke_stream
 
 pytestmark = pytest.mark.reliability
@@ -126,7 +125,7 @@ def test_killed_shard_fails_the_trainer_fast_with_its_address(tmp_path):
     t0 = time.time()
     # The next partition's first call to the store names the dead shard: its tag (moved
     # past the checkpoint before anything changes the store) or, mid-pass, a pull or push.
-    with pytest.raises((hs.StoreError, PipelineError), match=f"shard 1 at {c.addresses[1]}"):
+    with pytest.raises(train.StoreFailed, match=f"shard 1 at {c.addresses[1]}"):
         train.train_and_evaluate(
             cfg, str(tmp_path / "w"), store=store, on_partition_end=kill_after_first_hour
         )
@@ -208,7 +207,7 @@ def test_shard_killed_mid_run_then_everything_restarted_finishes_exactly(tmp_pat
 
     # The next partition's first call to the store names the dead shard: its tag (moved
     # past the checkpoint before anything changes the store) or, mid-pass, a pull or push.
-    with pytest.raises((hs.StoreError, PipelineError), match=f"shard 1 at {c.addresses[1]}"):
+    with pytest.raises(train.StoreFailed, match=f"shard 1 at {c.addresses[1]}"):
         train.train_and_evaluate(
             cfg,
             work,

@@ -5,6 +5,11 @@ to the shards in parallel with a deadline, and reassembled in the caller's order
 idempotent calls are retried (read-only pulls, stats, table creation, loads); a shard that
 cannot be reached is an error naming its address.
 
+Fencing: a client that tagged a table (``set_tag``) or loaded it sends that tag with every
+call that reads or changes rows; once another client has loaded or tagged the table, the
+shards refuse those calls (FAILED_PRECONDITION, naming both tags): two trainers pointed at
+the same shards stop instead of training each other's rows.
+
 Snapshots: the servers write under their ``--snapshot_root``. A client that sees that root on
 a shared filesystem says where (``snapshot_root=``) and passes its own paths under it; one
 that does not passes paths relative to the servers' root.
@@ -26,13 +31,17 @@ from hoststore import device_pass
 from hoststore._checks import check_ids, check_per_id, check_push
 from hoststore.config import TableConfig, config_from_json, config_to_json
 from hoststore.rpc import paths
-from hoststore.rpc.channel import grpc_options
+from hoststore.rpc.channel import FENCE_HEADER, grpc_options
 from hoststore.rpc.proto import store_pb2, store_pb2_grpc
 from hoststore.sharded import merge_shard_stats, split_by_shard
 from hoststore.store import Saved, StoreError
 from hoststore.table import COUNT_COLUMNS
 
 _RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+# Calls that read or change a table's rows: refused by a shard once another client took a
+# table this client tagged (loaded or tagged it since).
+_FENCED = frozenset({"Pull", "Push", "Shrink", "AdvanceClock", "Snapshot", "SetTag",
+                     "BeginPass", "EndPass"})  # fmt: skip
 
 
 class InvalidRequest(StoreError, ValueError):
@@ -79,6 +88,10 @@ class ShardedStore:
         self._stubs = [store_pb2_grpc.EmbeddingStoreStub(c) for c in self._channels]
         self._pool = ThreadPoolExecutor(len(addresses), thread_name_prefix="shard-rpc")
         self._configs: dict[str, TableConfig] = {}
+        # Per table, the tag this client last set (or "" after its load): sent with every
+        # call in _FENCED, so that a second run taking the shards over (a load or a tag of
+        # its own) stops this one instead of sharing its rows with it.
+        self._fences: dict[str, str] = {}
 
     @property
     def num_shards(self) -> int:
@@ -97,9 +110,12 @@ class ShardedStore:
 
     def _call(self, shard: int, method: str, request, idempotent: bool):
         rpc = getattr(self._stubs[shard], method)
+        metadata = self._metadata
+        if self._fences and method in _FENCED:
+            metadata += ((FENCE_HEADER, json.dumps(self._fences)),)
         for attempt in range(self.retries + 1 if idempotent else 1):
             try:
-                return rpc(request, timeout=self.timeout, metadata=self._metadata)
+                return rpc(request, timeout=self.timeout, metadata=metadata)
             except grpc.RpcError as e:
                 code = e.code()
                 if idempotent and code in _RETRYABLE and attempt < self.retries:
@@ -231,6 +247,7 @@ class ShardedStore:
         self._config(table)
         req = store_pb2.SetTagRequest(table=table, tag=tag)
         self._all("SetTag", [req] * self.num_shards, idempotent=True)
+        self._fences[table] = tag
 
     def stats(self) -> dict[str, dict[str, Any]]:
         reqs = [store_pb2.StatsRequest()] * self.num_shards
@@ -274,4 +291,6 @@ class ShardedStore:
         chains = [[self._remote_path(p) for p in c] for c in chains]
         req = store_pb2.LoadRequest(table=table,
                                     chains=[store_pb2.Chain(paths=c) for c in chains])  # fmt: skip
-        return sum(r.rows for r in self._all("Load", [req] * self.num_shards, True))
+        rows = sum(r.rows for r in self._all("Load", [req] * self.num_shards, True))
+        self._fences[table] = ""  # (the shards cleared its tag)
+        return rows

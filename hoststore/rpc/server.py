@@ -34,7 +34,7 @@ from hoststore._hashing import shard_of
 from hoststore.config import config_from_json, config_to_json
 from hoststore.disk_tier import DiskTier
 from hoststore.rpc import paths
-from hoststore.rpc.channel import SERVICE, grpc_options
+from hoststore.rpc.channel import FENCE_HEADER, SERVICE, grpc_options
 from hoststore.rpc.proto import store_pb2, store_pb2_grpc
 from hoststore.table import EmbeddingTable
 
@@ -83,6 +83,7 @@ class Limits:
 
 
 _CLOCK_MAX = 2**31 - 1  # last-seen ticks are int32
+_MAX_FENCE_HEADER = 1 << 16
 
 
 class StoreServicer(store_pb2_grpc.EmbeddingStoreServicer):
@@ -108,6 +109,36 @@ class StoreServicer(store_pb2_grpc.EmbeddingStoreServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                           f"unknown table {name!r}; have {sorted(self.tables)}")  # fmt: skip
         return t
+
+    def _fenced(self, context, tagging: str | None = None, new_tag: str = "") -> None:
+        """Refuses (FAILED_PRECONDITION) a call whose client last saw a table at another
+        tag than the table holds now: another client loaded or tagged it since (two runs
+        on one store), and this client's writes would land in that run's rows. The client
+        sends the tag it last set or loaded, per table (``FENCE_HEADER``, JSON); tables it
+        never tagged are not fenced. ``tagging``: the table a SetTag sets to ``new_tag``
+        (its retry, the tag already set, passes)."""
+        raw = dict(context.invocation_metadata()).get(FENCE_HEADER)
+        if raw is None:
+            return
+        if len(raw) > _MAX_FENCE_HEADER:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"{FENCE_HEADER} longer than {_MAX_FENCE_HEADER} characters")  # fmt: skip
+        try:
+            fences = json.loads(raw)
+            ok = isinstance(fences, dict) and all(isinstance(v, str) for v in fences.values())
+        except ValueError:
+            ok = False
+        if not ok:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"{FENCE_HEADER}: want a JSON object of table -> tag")  # fmt: skip
+        for name, expected in fences.items():
+            now = self._tags.get(name)
+            if now is None or now == expected or (name == tagging and now == new_tag):
+                continue
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                          f"table {name!r} is now tagged {now!r}, not {expected!r} as this "
+                          "client left it: another client loaded or tagged it since (two "
+                          "runs on one store?); this client's calls are refused")  # fmt: skip
 
     def _say(self, message: str) -> str:
         """An error message for the client: its own paths, nothing of the server's."""
@@ -167,6 +198,7 @@ class StoreServicer(store_pb2_grpc.EmbeddingStoreServicer):
     @_answered
     def Pull(self, request, context):
         t = self._table(request.table, context)
+        self._fenced(context)  # (after the table: a Load swapping it in between is seen)
         ids = self._ids(request.ids, context)
         shows = _array(request.shows, "<f4", "shows", context) if request.shows else None
         if request.train and len(ids) > self.limits.max_new_rows_per_call:
@@ -183,6 +215,7 @@ class StoreServicer(store_pb2_grpc.EmbeddingStoreServicer):
     @_answered
     def Push(self, request, context):
         t = self._table(request.table, context)
+        self._fenced(context)
         ids = self._ids(request.ids, context)
         dim = t.config.dim
         grads = _array(request.grads, "<f4", "grads", context)
@@ -199,10 +232,12 @@ class StoreServicer(store_pb2_grpc.EmbeddingStoreServicer):
 
     @_answered
     def Shrink(self, request, context):
+        self._fenced(context)
         return store_pb2.ShrinkResponse(evicted={n: t.shrink() for n, t in self.tables.items()})
 
     @_answered
     def AdvanceClock(self, request, context):
+        self._fenced(context)
         if request.n < 0:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"n must be >= 0, got {request.n}")
         if request.n > self.limits.max_clock_advance:
@@ -219,6 +254,7 @@ class StoreServicer(store_pb2_grpc.EmbeddingStoreServicer):
     @_answered
     def Snapshot(self, request, context):
         t = self._table(request.table, context)
+        self._fenced(context)
         parent = json.loads(request.parent_manifest_json) if request.parent_manifest_json else None
         self._path(request.path, context)  # the snapshot's own name, then this shard's part
         path = self._path(f"{request.path}/shard-{self.shard_index}", context)
@@ -247,8 +283,10 @@ class StoreServicer(store_pb2_grpc.EmbeddingStoreServicer):
                                          totals=i == 0, tier=self.tier)  # fmt: skip
         except (snapshot.SnapshotError, OSError) as e:  # a file, not the server, is at fault
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, self._say(str(e)))
-        self.tables[request.table] = fresh
-        self._tags[request.table] = ""  # whoever loads it says what it now holds
+        with self._registry:  # the tag first: a call that fetched the table before the
+            # swap and checks its fence after it is refused (whoever loads says what it holds)
+            self._tags[request.table] = ""
+            self.tables[request.table] = fresh
         t.close()
         return store_pb2.LoadResponse(rows=len(fresh))
 
@@ -264,12 +302,15 @@ class StoreServicer(store_pb2_grpc.EmbeddingStoreServicer):
         self._table(request.table, context)
         if len(request.tag) > 4096:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "tag longer than 4096 characters")
-        self._tags[request.table] = request.tag
+        with self._registry:  # the check and the set at once: one of two racing clients wins
+            self._fenced(context, request.table, request.tag)
+            self._tags[request.table] = request.tag
         return store_pb2.SetTagResponse()
 
     @_answered
     def BeginPass(self, request, context):
         t = self._table(request.table, context)
+        self._fenced(context)
         batches, total = [], 0
         for i, b in enumerate(request.batches):
             ids = self._ids(b.ids, context)
@@ -305,6 +346,7 @@ class StoreServicer(store_pb2_grpc.EmbeddingStoreServicer):
     @_answered
     def EndPass(self, request, context):
         t = self._table(request.table, context)
+        self._fenced(context)
         keys = self._ids(request.keys, context)
         n, dim = len(keys), t.config.dim
         weights = _array(request.weights, "<f4", "pass weights", context)

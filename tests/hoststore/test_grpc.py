@@ -599,6 +599,52 @@ def test_snapshots_under_two_pushing_clients_reproduce_the_live_table(cluster, t
         main.close()
 
 
+def test_a_client_whose_table_another_client_took_over_is_refused(cluster, tmp_path):
+    """Two runs pointed at the same shards: once run B loads its checkpoint into a table run
+    A tagged (or tags it), every call of A that reads or changes it is refused, naming the
+    tags, and B's table is left as B loaded it."""
+    cfg = _cfg(f"t{uuid.uuid4().hex[:8]}")
+    keys = np.arange(-40, 40, dtype=np.int64)
+    grads = np.ones((len(keys), DIM), np.float32)
+    a, b = (cluster.connect(token=cluster.token) for _ in range(2))
+    a.create_table(cfg)
+    a.set_tag(cfg.name, "runA/1")
+    for _ in range(2):
+        a.pull(cfg.name, keys, train=True)
+    a.push(cfg.name, keys, grads)
+    base = a.save(cfg.name, str(tmp_path / "base"), "base")
+    a.set_tag(cfg.name, "runA/1")  # setting the tag it holds again (a retry) passes
+    b.load(cfg.name, [[p] for p in base.paths])
+    b.set_tag(cfg.name, "runB/1")
+    b.push(cfg.name, keys[:5], grads[:5])
+    want, stats = b.pull(cfg.name, keys, train=False), b.stats()[cfg.name]
+    calls = {
+        "pull": lambda: a.pull(cfg.name, keys, train=True),
+        "eval pull": lambda: a.pull(cfg.name, keys, train=False),
+        "push": lambda: a.push(cfg.name, keys, grads),
+        "save": lambda: a.save(cfg.name, str(tmp_path / "d1"), "delta", base.manifests),
+        "set_tag": lambda: a.set_tag(cfg.name, "runA/2"),
+        "shrink": a.shrink,
+        "advance_clock": lambda: a.advance_clock(1),
+        "begin_pass": lambda: a.begin_pass(cfg.name, [(keys, None, None)]),
+    }
+    refused = "FAILED_PRECONDITION: table .* is now tagged 'runB/1', not 'runA/1'"
+    for name, call in calls.items():
+        with pytest.raises(StoreError, match=refused):
+            call()
+            pytest.fail(f"{name} was not refused")
+    assert not os.path.exists(tmp_path / "d1")
+    np.testing.assert_array_equal(b.pull(cfg.name, keys, train=False), want)
+    assert b.stats()[cfg.name] == stats
+    b.push(cfg.name, keys[:5], grads[:5])  # B's own calls go on
+    # A load gives a table to whoever loads it: A, loading its own base, takes it back.
+    a.load(cfg.name, [[p] for p in base.paths])
+    a.set_tag(cfg.name, "runA/1")
+    with pytest.raises(StoreError, match="is now tagged 'runA/1', not 'runB/1'"):
+        b.push(cfg.name, keys, grads)
+    a.close(), b.close()
+
+
 def test_every_limit_is_enforced_while_the_shard_keeps_serving(tmp_path):
     limits = ["--max_ids_per_call=1000", "--max_new_rows_per_call=500", "--max_tables=2",
               "--max_initial_capacity=100000", "--max_clock_advance=100"]  # fmt: skip

@@ -5,7 +5,10 @@ the store is not at the checkpoint's state."""
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 
+import numpy as np
 import pytest
 
 from hoststore.rpc import ShardedStore
@@ -64,3 +67,38 @@ def test_foreign_rows_are_refused_and_a_resume_reloads_only_when_needed(tmp_path
     lines = metric_lines(f"{work}/metrics.jsonl")
     assert [x["partition"] for x in lines] == [f"20260101/0{h}" for h in range(4)]
     store.close()
+
+
+def test_a_run_whose_store_another_run_takes_over_stops_and_resumes(tmp_path, cluster):
+    """Run B loads its checkpoint into the shards run A trains on: A's next call is refused
+    (one line naming the tags), B's table is left as B loaded it, nothing of A's partition
+    is committed, and A's rerun takes the table back from its own checkpoint."""
+    cfg = smoke_stream(str(tmp_path / "data"), hours=3)
+    spec = _spec(cfg, "takeover")
+    work = str(tmp_path / "a")
+    connect = lambda: ShardedStore(cluster.addresses, token=cluster.token,  # noqa: E731
+                                   snapshot_root=cluster.snapshot_root)  # fmt: skip
+    b = connect()
+    seen = {}
+
+    def run_b_takes_over(part, state, record):
+        if part.key == "20260101/00":  # A's checkpoint 1 stands in for B's own
+            chains = [[f"{work}/checkpoints/{c}" for c in chain] for chain in
+                      json.load(open(f"{work}/checkpoints/000001/meta.json"))["store_chains"][
+                          "takeover"]]  # fmt: skip
+            b.load("takeover", chains)
+            b.set_tag("takeover", "runB/1")
+            seen["b"] = b.pull("takeover", np.arange(1000, dtype=np.int64), train=False)
+
+    with pytest.raises(train.StoreFailed, match="is now tagged 'runB/1', not '.*/1'.*another "
+                                                "client"):  # fmt: skip
+        train.train_and_evaluate(cfg, work, features=spec, store=connect(),
+                                 on_partition_end=run_b_takes_over)  # fmt: skip
+    np.testing.assert_array_equal(b.pull("takeover", np.arange(1000, dtype=np.int64),
+                                         train=False), seen["b"])  # fmt: skip
+    assert os.listdir(f"{work}/checkpoints") == ["000001"]
+    summary = train.train_and_evaluate(cfg, work, features=spec, store=connect())
+    assert summary["partitions"] == 3
+    lines = metric_lines(f"{work}/metrics.jsonl")
+    assert [x["partition"] for x in lines] == [f"20260101/0{h}" for h in range(3)]
+    b.close()
