@@ -86,9 +86,13 @@ class Store(Protocol):
     def end_pass(self, table: str, keys: np.ndarray, weights: np.ndarray, state) -> None:
         """Writes back the weights and optimizer state a device trained in a pass."""
 
-    def shrink(self) -> dict[str, int]: ...
+    def shrink(self) -> dict[str, int]:
+        """One eviction pass per table; rows evicted per table. A remote store's client
+        that tagged tables (:meth:`set_tag`) shrinks those only, not other runs' tables on
+        the same shards; so does :meth:`advance_clock`."""
 
-    def advance_clock(self, n: int = 1) -> None: ...
+    def advance_clock(self, n: int = 1) -> None:
+        """Every table's clock (unseen ticks, pending TTL) moves ``n`` ticks."""
 
     def stats(self) -> dict[str, dict[str, Any]]:
         """Per table: rows, pending, clock, totals, memory, and ``tag``."""

@@ -8,7 +8,8 @@ cannot be reached is an error naming its address.
 Fencing: a client that tagged a table (``set_tag``) or loaded it sends that tag with every
 call that reads or changes rows; once another client has loaded or tagged the table, the
 shards refuse those calls (FAILED_PRECONDITION, naming both tags): two trainers pointed at
-the same shards stop instead of training each other's rows.
+the same shards stop instead of training each other's rows. Such a client's ``shrink`` and
+``advance_clock`` act on its tagged tables only (a client that tagged none: on all of them).
 
 Snapshots: the servers write under their ``--snapshot_root``. A client that sees that root on
 a shared filesystem says where (``snapshot_root=``) and passes its own paths under it; one
@@ -233,7 +234,8 @@ class ShardedStore:
 
     def shrink(self) -> dict[str, int]:
         out: dict[str, int] = {}
-        for resp in self._all("Shrink", [store_pb2.ShrinkRequest()] * self.num_shards, False):
+        req = store_pb2.ShrinkRequest(tables=sorted(self._fences))
+        for resp in self._all("Shrink", [req] * self.num_shards, False):
             for name, n in resp.evicted.items():
                 out[name] = out.get(name, 0) + n
         return out
@@ -241,7 +243,8 @@ class ShardedStore:
     def advance_clock(self, n: int = 1) -> None:
         if n < 0:
             raise ValueError(f"advance_clock needs n >= 0, got {n}")
-        self._all("AdvanceClock", [store_pb2.AdvanceClockRequest(n=n)] * self.num_shards, False)
+        req = store_pb2.AdvanceClockRequest(n=n, tables=sorted(self._fences))
+        self._all("AdvanceClock", [req] * self.num_shards, False)
 
     def set_tag(self, table: str, tag: str) -> None:
         self._config(table)

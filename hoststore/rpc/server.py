@@ -140,6 +140,13 @@ class StoreServicer(store_pb2_grpc.EmbeddingStoreServicer):
                           "client left it: another client loaded or tagged it since (two "
                           "runs on one store?); this client's calls are refused")  # fmt: skip
 
+    def _named(self, names, context) -> dict[str, EmbeddingTable]:
+        """The tables a store-wide call names (all of them for none): two runs that share
+        these shards, each with tables of its own, age only their own."""
+        if not names:
+            return dict(self.tables)
+        return {n: self._table(n, context) for n in names}
+
     def _say(self, message: str) -> str:
         """An error message for the client: its own paths, nothing of the server's."""
         return paths.scrub(self.snapshot_root, message) if self.snapshot_root else message
@@ -233,21 +240,23 @@ class StoreServicer(store_pb2_grpc.EmbeddingStoreServicer):
     @_answered
     def Shrink(self, request, context):
         self._fenced(context)
-        return store_pb2.ShrinkResponse(evicted={n: t.shrink() for n, t in self.tables.items()})
+        tables = self._named(request.tables, context)
+        return store_pb2.ShrinkResponse(evicted={n: t.shrink() for n, t in tables.items()})
 
     @_answered
     def AdvanceClock(self, request, context):
         self._fenced(context)
+        tables = self._named(request.tables, context)
         if request.n < 0:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"n must be >= 0, got {request.n}")
         if request.n > self.limits.max_clock_advance:
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                           f"advance of {request.n:,} ticks in one call; at most "
                           f"{self.limits.max_clock_advance:,} (--max_clock_advance)")  # fmt: skip
-        if any(t.clock + request.n > _CLOCK_MAX for t in self.tables.values()):
+        if any(t.clock + request.n > _CLOCK_MAX for t in tables.values()):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                           f"advancing by {request.n:,} would overflow the clock")  # fmt: skip
-        for t in self.tables.values():
+        for t in tables.values():
             t.advance_clock(request.n)
         return store_pb2.AdvanceClockResponse()
 

@@ -645,6 +645,27 @@ def test_a_client_whose_table_another_client_took_over_is_refused(cluster, tmp_p
     a.close(), b.close()
 
 
+def test_a_run_ages_only_its_own_tables_on_shared_shards(cluster):
+    """Two runs with a table each on the same shards: one's hourly clock and daily shrink
+    leave the other's table as it was (before, every table of a shard aged with every run's
+    calls: a second run doubled the first one's eviction speed)."""
+    mine, theirs = (_cfg(f"t{uuid.uuid4().hex[:8]}", eviction=hs.Eviction(unseen_ticks=1))
+                    for _ in range(2))  # fmt: skip
+    a, b = (cluster.connect(token=cluster.token) for _ in range(2))
+    keys = np.arange(30, dtype=np.int64)
+    for client, cfg in ((a, mine), (b, theirs)):
+        client.create_table(cfg)
+        client.set_tag(cfg.name, f"run-{cfg.name}/1")
+        for _ in range(2):
+            client.pull(cfg.name, keys, train=True)
+    before = b.stats()[theirs.name]
+    a.advance_clock(3)
+    assert a.shrink()[mine.name] == 30  # unseen for 3 ticks: all of a's rows go
+    assert b.stats()[theirs.name] == before
+    assert a.stats()[mine.name]["clock"] == before["clock"] + 3
+    a.close(), b.close()
+
+
 def test_every_limit_is_enforced_while_the_shard_keeps_serving(tmp_path):
     limits = ["--max_ids_per_call=1000", "--max_new_rows_per_call=500", "--max_tables=2",
               "--max_initial_capacity=100000", "--max_clock_advance=100"]  # fmt: skip

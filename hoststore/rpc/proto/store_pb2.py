@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fhoststore/rpc/proto/store.proto\x12\thoststore\"+\n\rSetTagRequest\x12\r\n\x05table\x18\x01 \x01(\t\x12\x0b\n\x03tag\x18\x02 \x01(\t\"\x10\n\x0eSetTagResponse\")\n\x12\x43reateTableRequest\x12\x13\n\x0b\x63onfig_json\x18\x01 \x01(\t\"&\n\x13\x43reateTableResponse\x12\x0f\n\x07\x63reated\x18\x01 \x01(\x08\"\\\n\x0bPullRequest\x12\r\n\x05table\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x01(\x0c\x12\r\n\x05train\x18\x03 \x01(\x08\x12\x13\n\x0bwith_counts\x18\x04 \x01(\x08\x12\r\n\x05shows\x18\x05 \x01(\x0c\")\n\x0cPullResponse\x12\x0c\n\x04rows\x18\x01 \x01(\x0c\x12\x0b\n\x03\x64im\x18\x02 \x01(\x05\"~\n\x0bPushRequest\x12\r\n\x05table\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x01(\x0c\x12\r\n\x05grads\x18\x03 \x01(\x0c\x12\r\n\x05shows\x18\x04 \x01(\x0c\x12\x0e\n\x06\x63licks\x18\x05 \x01(\x0c\x12\x15\n\rassume_unique\x18\x06 \x01(\x08\x12\x0e\n\x06\x63ounts\x18\x07 \x01(\x0c\"\x0e\n\x0cPushResponse\"\x0f\n\rShrinkRequest\"y\n\x0eShrinkResponse\x12\x37\n\x07\x65victed\x18\x01 \x03(\x0b\x32&.hoststore.ShrinkResponse.EvictedEntry\x1a.\n\x0c\x45victedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\" \n\x13\x41\x64vanceClockRequest\x12\t\n\x01n\x18\x01 \x01(\x03\"\x16\n\x14\x41\x64vanceClockResponse\"\x8f\x02\n\x0fSnapshotRequest\x12\r\n\x05table\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x1c\n\x14parent_manifest_json\x18\x04 \x01(\t\x12\x11\n\tmin_score\x18\x05 \x01(\x01\x12\x15\n\rhas_min_score\x18\x06 \x01(\x08\x12\x0f\n\x07\x66loat16\x18\x07 \x01(\x08\x12\x16\n\x0e\x63\x61\x63he_fraction\x18\x08 \x01(\x01\x12\x12\n\nmax_unseen\x18\t \x01(\x03\x12\x16\n\x0ehas_max_unseen\x18\n \x01(\x08\x12\x17\n\x0f\x64\x65lta_threshold\x18\x0b \x01(\x01\x12\x1b\n\x13has_delta_threshold\x18\x0c \x01(\x08\")\n\x10SnapshotResponse\x12\x15\n\rmanifest_json\x18\x01 \x01(\t\">\n\x0bLoadRequest\x12\r\n\x05table\x18\x01 \x01(\t\x12 \n\x06\x63hains\x18\x02 \x03(\x0b\x32\x10.hoststore.Chain\"\x16\n\x05\x43hain\x12\r\n\x05paths\x18\x01 \x03(\t\"\x1c\n\x0cLoadResponse\x12\x0c\n\x04rows\x18\x01 \x01(\x03\"\x0e\n\x0cStatsRequest\"#\n\rStatsResponse\x12\x12\n\nstats_json\x18\x01 \x01(\t\"=\n\tPassBatch\x12\x0b\n\x03ids\x18\x01 \x01(\x0c\x12\x13\n\x0boccurrences\x18\x02 \x01(\x0c\x12\x0e\n\x06\x63licks\x18\x03 \x01(\x0c\"]\n\x10\x42\x65ginPassRequest\x12\r\n\x05table\x18\x01 \x01(\t\x12%\n\x07\x62\x61tches\x18\x02 \x03(\x0b\x32\x14.hoststore.PassBatch\x12\x13\n\x0bwith_counts\x18\x03 \x01(\x08\"\x8f\x01\n\x11\x42\x65ginPassResponse\x12\r\n\x05\x66ound\x18\x01 \x03(\x0c\x12\x0e\n\x06\x63ounts\x18\x02 \x03(\x0c\x12\x0c\n\x04keys\x18\x03 \x01(\x0c\x12\x0f\n\x07present\x18\x04 \x01(\x0c\x12\x0f\n\x07weights\x18\x05 \x01(\x0c\x12\r\n\x05state\x18\x06 \x03(\x0c\x12\r\n\x05\x63lock\x18\x07 \x01(\x03\x12\r\n\x05slots\x18\x08 \x03(\x0c\"M\n\x0e\x45ndPassRequest\x12\r\n\x05table\x18\x01 \x01(\t\x12\x0c\n\x04keys\x18\x02 \x01(\x0c\x12\x0f\n\x07weights\x18\x03 \x01(\x0c\x12\r\n\x05state\x18\x04 \x03(\x0c\"\x11\n\x0f\x45ndPassResponse2\xe3\x05\n\x0e\x45mbeddingStore\x12L\n\x0b\x43reateTable\x12\x1d.hoststore.CreateTableRequest\x1a\x1e.hoststore.CreateTableResponse\x12\x37\n\x04Pull\x12\x16.hoststore.PullRequest\x1a\x17.hoststore.PullResponse\x12\x37\n\x04Push\x12\x16.hoststore.PushRequest\x1a\x17.hoststore.PushResponse\x12=\n\x06Shrink\x12\x18.hoststore.ShrinkRequest\x1a\x19.hoststore.ShrinkResponse\x12O\n\x0c\x41\x64vanceClock\x12\x1e.hoststore.AdvanceClockRequest\x1a\x1f.hoststore.AdvanceClockResponse\x12\x43\n\x08Snapshot\x12\x1a.hoststore.SnapshotRequest\x1a\x1b.hoststore.SnapshotResponse\x12\x37\n\x04Load\x12\x16.hoststore.LoadRequest\x1a\x17.hoststore.LoadResponse\x12:\n\x05Stats\x12\x17.hoststore.StatsRequest\x1a\x18.hoststore.StatsResponse\x12=\n\x06SetTag\x12\x18.hoststore.SetTagRequest\x1a\x19.hoststore.SetTagResponse\x12\x46\n\tBeginPass\x12\x1b.hoststore.BeginPassRequest\x1a\x1c.hoststore.BeginPassResponse\x12@\n\x07\x45ndPass\x12\x19.hoststore.EndPassRequest\x1a\x1a.hoststore.EndPassResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fhoststore/rpc/proto/store.proto\x12\thoststore\"+\n\rSetTagRequest\x12\r\n\x05table\x18\x01 \x01(\t\x12\x0b\n\x03tag\x18\x02 \x01(\t\"\x10\n\x0eSetTagResponse\")\n\x12\x43reateTableRequest\x12\x13\n\x0b\x63onfig_json\x18\x01 \x01(\t\"&\n\x13\x43reateTableResponse\x12\x0f\n\x07\x63reated\x18\x01 \x01(\x08\"\\\n\x0bPullRequest\x12\r\n\x05table\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x01(\x0c\x12\r\n\x05train\x18\x03 \x01(\x08\x12\x13\n\x0bwith_counts\x18\x04 \x01(\x08\x12\r\n\x05shows\x18\x05 \x01(\x0c\")\n\x0cPullResponse\x12\x0c\n\x04rows\x18\x01 \x01(\x0c\x12\x0b\n\x03\x64im\x18\x02 \x01(\x05\"~\n\x0bPushRequest\x12\r\n\x05table\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x01(\x0c\x12\r\n\x05grads\x18\x03 \x01(\x0c\x12\r\n\x05shows\x18\x04 \x01(\x0c\x12\x0e\n\x06\x63licks\x18\x05 \x01(\x0c\x12\x15\n\rassume_unique\x18\x06 \x01(\x08\x12\x0e\n\x06\x63ounts\x18\x07 \x01(\x0c\"\x0e\n\x0cPushResponse\"\x1f\n\rShrinkRequest\x12\x0e\n\x06tables\x18\x01 \x03(\t\"y\n\x0eShrinkResponse\x12\x37\n\x07\x65victed\x18\x01 \x03(\x0b\x32&.hoststore.ShrinkResponse.EvictedEntry\x1a.\n\x0c\x45victedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"0\n\x13\x41\x64vanceClockRequest\x12\t\n\x01n\x18\x01 \x01(\x03\x12\x0e\n\x06tables\x18\x02 \x03(\t\"\x16\n\x14\x41\x64vanceClockResponse\"\x8f\x02\n\x0fSnapshotRequest\x12\r\n\x05table\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x1c\n\x14parent_manifest_json\x18\x04 \x01(\t\x12\x11\n\tmin_score\x18\x05 \x01(\x01\x12\x15\n\rhas_min_score\x18\x06 \x01(\x08\x12\x0f\n\x07\x66loat16\x18\x07 \x01(\x08\x12\x16\n\x0e\x63\x61\x63he_fraction\x18\x08 \x01(\x01\x12\x12\n\nmax_unseen\x18\t \x01(\x03\x12\x16\n\x0ehas_max_unseen\x18\n \x01(\x08\x12\x17\n\x0f\x64\x65lta_threshold\x18\x0b \x01(\x01\x12\x1b\n\x13has_delta_threshold\x18\x0c \x01(\x08\")\n\x10SnapshotResponse\x12\x15\n\rmanifest_json\x18\x01 \x01(\t\">\n\x0bLoadRequest\x12\r\n\x05table\x18\x01 \x01(\t\x12 \n\x06\x63hains\x18\x02 \x03(\x0b\x32\x10.hoststore.Chain\"\x16\n\x05\x43hain\x12\r\n\x05paths\x18\x01 \x03(\t\"\x1c\n\x0cLoadResponse\x12\x0c\n\x04rows\x18\x01 \x01(\x03\"\x0e\n\x0cStatsRequest\"#\n\rStatsResponse\x12\x12\n\nstats_json\x18\x01 \x01(\t\"=\n\tPassBatch\x12\x0b\n\x03ids\x18\x01 \x01(\x0c\x12\x13\n\x0boccurrences\x18\x02 \x01(\x0c\x12\x0e\n\x06\x63licks\x18\x03 \x01(\x0c\"]\n\x10\x42\x65ginPassRequest\x12\r\n\x05table\x18\x01 \x01(\t\x12%\n\x07\x62\x61tches\x18\x02 \x03(\x0b\x32\x14.hoststore.PassBatch\x12\x13\n\x0bwith_counts\x18\x03 \x01(\x08\"\x8f\x01\n\x11\x42\x65ginPassResponse\x12\r\n\x05\x66ound\x18\x01 \x03(\x0c\x12\x0e\n\x06\x63ounts\x18\x02 \x03(\x0c\x12\x0c\n\x04keys\x18\x03 \x01(\x0c\x12\x0f\n\x07present\x18\x04 \x01(\x0c\x12\x0f\n\x07weights\x18\x05 \x01(\x0c\x12\r\n\x05state\x18\x06 \x03(\x0c\x12\r\n\x05\x63lock\x18\x07 \x01(\x03\x12\r\n\x05slots\x18\x08 \x03(\x0c\"M\n\x0e\x45ndPassRequest\x12\r\n\x05table\x18\x01 \x01(\t\x12\x0c\n\x04keys\x18\x02 \x01(\x0c\x12\x0f\n\x07weights\x18\x03 \x01(\x0c\x12\r\n\x05state\x18\x04 \x03(\x0c\"\x11\n\x0f\x45ndPassResponse2\xe3\x05\n\x0e\x45mbeddingStore\x12L\n\x0b\x43reateTable\x12\x1d.hoststore.CreateTableRequest\x1a\x1e.hoststore.CreateTableResponse\x12\x37\n\x04Pull\x12\x16.hoststore.PullRequest\x1a\x17.hoststore.PullResponse\x12\x37\n\x04Push\x12\x16.hoststore.PushRequest\x1a\x17.hoststore.PushResponse\x12=\n\x06Shrink\x12\x18.hoststore.ShrinkRequest\x1a\x19.hoststore.ShrinkResponse\x12O\n\x0c\x41\x64vanceClock\x12\x1e.hoststore.AdvanceClockRequest\x1a\x1f.hoststore.AdvanceClockResponse\x12\x43\n\x08Snapshot\x12\x1a.hoststore.SnapshotRequest\x1a\x1b.hoststore.SnapshotResponse\x12\x37\n\x04Load\x12\x16.hoststore.LoadRequest\x1a\x17.hoststore.LoadResponse\x12:\n\x05Stats\x12\x17.hoststore.StatsRequest\x1a\x18.hoststore.StatsResponse\x12=\n\x06SetTag\x12\x18.hoststore.SetTagRequest\x1a\x19.hoststore.SetTagResponse\x12\x46\n\tBeginPass\x12\x1b.hoststore.BeginPassRequest\x1a\x1c.hoststore.BeginPassResponse\x12@\n\x07\x45ndPass\x12\x19.hoststore.EndPassRequest\x1a\x1a.hoststore.EndPassResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -50,39 +50,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PUSHRESPONSE']._serialized_start=457
   _globals['_PUSHRESPONSE']._serialized_end=471
   _globals['_SHRINKREQUEST']._serialized_start=473
-  _globals['_SHRINKREQUEST']._serialized_end=488
-  _globals['_SHRINKRESPONSE']._serialized_start=490
-  _globals['_SHRINKRESPONSE']._serialized_end=611
-  _globals['_SHRINKRESPONSE_EVICTEDENTRY']._serialized_start=565
-  _globals['_SHRINKRESPONSE_EVICTEDENTRY']._serialized_end=611
-  _globals['_ADVANCECLOCKREQUEST']._serialized_start=613
-  _globals['_ADVANCECLOCKREQUEST']._serialized_end=645
-  _globals['_ADVANCECLOCKRESPONSE']._serialized_start=647
-  _globals['_ADVANCECLOCKRESPONSE']._serialized_end=669
-  _globals['_SNAPSHOTREQUEST']._serialized_start=672
-  _globals['_SNAPSHOTREQUEST']._serialized_end=943
-  _globals['_SNAPSHOTRESPONSE']._serialized_start=945
-  _globals['_SNAPSHOTRESPONSE']._serialized_end=986
-  _globals['_LOADREQUEST']._serialized_start=988
-  _globals['_LOADREQUEST']._serialized_end=1050
-  _globals['_CHAIN']._serialized_start=1052
-  _globals['_CHAIN']._serialized_end=1074
-  _globals['_LOADRESPONSE']._serialized_start=1076
-  _globals['_LOADRESPONSE']._serialized_end=1104
-  _globals['_STATSREQUEST']._serialized_start=1106
-  _globals['_STATSREQUEST']._serialized_end=1120
-  _globals['_STATSRESPONSE']._serialized_start=1122
-  _globals['_STATSRESPONSE']._serialized_end=1157
-  _globals['_PASSBATCH']._serialized_start=1159
-  _globals['_PASSBATCH']._serialized_end=1220
-  _globals['_BEGINPASSREQUEST']._serialized_start=1222
-  _globals['_BEGINPASSREQUEST']._serialized_end=1315
-  _globals['_BEGINPASSRESPONSE']._serialized_start=1318
-  _globals['_BEGINPASSRESPONSE']._serialized_end=1461
-  _globals['_ENDPASSREQUEST']._serialized_start=1463
-  _globals['_ENDPASSREQUEST']._serialized_end=1540
-  _globals['_ENDPASSRESPONSE']._serialized_start=1542
-  _globals['_ENDPASSRESPONSE']._serialized_end=1559
-  _globals['_EMBEDDINGSTORE']._serialized_start=1562
-  _globals['_EMBEDDINGSTORE']._serialized_end=2301
+  _globals['_SHRINKREQUEST']._serialized_end=504
+  _globals['_SHRINKRESPONSE']._serialized_start=506
+  _globals['_SHRINKRESPONSE']._serialized_end=627
+  _globals['_SHRINKRESPONSE_EVICTEDENTRY']._serialized_start=581
+  _globals['_SHRINKRESPONSE_EVICTEDENTRY']._serialized_end=627
+  _globals['_ADVANCECLOCKREQUEST']._serialized_start=629
+  _globals['_ADVANCECLOCKREQUEST']._serialized_end=677
+  _globals['_ADVANCECLOCKRESPONSE']._serialized_start=679
+  _globals['_ADVANCECLOCKRESPONSE']._serialized_end=701
+  _globals['_SNAPSHOTREQUEST']._serialized_start=704
+  _globals['_SNAPSHOTREQUEST']._serialized_end=975
+  _globals['_SNAPSHOTRESPONSE']._serialized_start=977
+  _globals['_SNAPSHOTRESPONSE']._serialized_end=1018
+  _globals['_LOADREQUEST']._serialized_start=1020
+  _globals['_LOADREQUEST']._serialized_end=1082
+  _globals['_CHAIN']._serialized_start=1084
+  _globals['_CHAIN']._serialized_end=1106
+  _globals['_LOADRESPONSE']._serialized_start=1108
+  _globals['_LOADRESPONSE']._serialized_end=1136
+  _globals['_STATSREQUEST']._serialized_start=1138
+  _globals['_STATSREQUEST']._serialized_end=1152
+  _globals['_STATSRESPONSE']._serialized_start=1154
+  _globals['_STATSRESPONSE']._serialized_end=1189
+  _globals['_PASSBATCH']._serialized_start=1191
+  _globals['_PASSBATCH']._serialized_end=1252
+  _globals['_BEGINPASSREQUEST']._serialized_start=1254
+  _globals['_BEGINPASSREQUEST']._serialized_end=1347
+  _globals['_BEGINPASSRESPONSE']._serialized_start=1350
+  _globals['_BEGINPASSRESPONSE']._serialized_end=1493
+  _globals['_ENDPASSREQUEST']._serialized_start=1495
+  _globals['_ENDPASSREQUEST']._serialized_end=1572
+  _globals['_ENDPASSRESPONSE']._serialized_start=1574
+  _globals['_ENDPASSRESPONSE']._serialized_end=1591
+  _globals['_EMBEDDINGSTORE']._serialized_start=1594
+  _globals['_EMBEDDINGSTORE']._serialized_end=2333
 # @@protoc_insertion_point(module_scope)
