@@ -104,6 +104,12 @@ class Store(Protocol):
         shards refuse this one's calls (StoreError, FAILED_PRECONDITION) instead of letting
         two runs train one table."""
 
+    def fence(self, table: str, tag: str) -> None:
+        """Another client of the same run (worker 0 of several) set ``tag`` on ``table``:
+        this client's calls expect it from now on, as if it had set it (a remote store's
+        fence, see :meth:`set_tag`; an in-process store, which no other client reaches,
+        does nothing)."""
+
     def save(self, table: str, path: str, kind: str, parent: Sequence[dict] | None = None,
              **filters) -> Saved:  # fmt: skip
         """Writes a ``base``, ``delta`` (after ``parent``, the manifests of the previous
@@ -204,6 +210,9 @@ class LocalStore:
     def set_tag(self, table: str, tag: str) -> None:
         self.table(table)
         self._tags[table] = tag
+
+    def fence(self, table: str, tag: str) -> None:
+        self.table(table)
 
     def save(self, table: str, path: str, kind: str, parent: Sequence[dict] | None = None,
              *, min_score: float | None = None, max_unseen: int | None = None,

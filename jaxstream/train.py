@@ -323,7 +323,7 @@ def _train(cfg, workdir, model, features, dense_optimizer, store, on_partition_e
     if restored is None and not adopt_store:
         _refuse_foreign_rows(store, spec)
     workers.barrier()  # the shared store is loaded (or checked) before anyone pulls from it
-    run_id = (restored.meta.get("run_id") if restored else None) or uuid.uuid4().hex[:12]
+    run_id = (restored.meta.get("run_id") if restored else None) or _new_run_id(workers)
     if restored is not None:
         store = restored.store
         state = TrainState(restored.params, restored.opt_state, restored.cursor,
@@ -381,7 +381,7 @@ def _train(cfg, workdir, model, features, dense_optimizer, store, on_partition_e
         # store that outlives a failed run, e.g. shard servers, is then reloaded on rerun,
         # not shrunk a second time at the same day boundary).
         if ckpt is not None:
-            workers.on_first(lambda: _tag(store, spec, f"{run_id}/{state.partitions}+"))
+            _tag(workers, store, spec, f"{run_id}/{state.partitions}+")
         # A day boundary forward (a late partition of an earlier day changes nothing).
         if last_day is not None and part.time.date() > last_day and cfg.shrink_every == "day":
             evicted = workers.on_first(store.shrink)
@@ -463,7 +463,7 @@ def _train(cfg, workdir, model, features, dense_optimizer, store, on_partition_e
                               run_id=run_id)  # fmt: skip
 
             workers.on_first(save)
-            workers.on_first(lambda: _tag(store, spec, f"{run_id}/{state.partitions}"))
+            _tag(workers, store, spec, f"{run_id}/{state.partitions}")
         record["checkpoint_seconds"] = time.perf_counter() - t0  # after the file's line
         if writer is not None and workers.is_first:
             for tag, v in records.scalar_tags(record).items():
@@ -550,9 +550,19 @@ def _read(parts, cfg: TrainConfig, source: PartitionSource, ahead: bool):
             out.get_nowait()  # let a thread blocked on a full queue see the stop
 
 
-def _tag(store: hs.Store, spec: FeatureSpec, tag: str) -> None:
-    for table in spec.tables:
-        store.set_tag(table.name, tag)
+def _new_run_id(workers: Workers) -> str:
+    """Worker 0's random id, on every worker (their clients fence with tags naming it)."""
+    mine = np.frombuffer(uuid.uuid4().bytes[:8], np.int32)
+    return workers.allreduce_sum(mine if workers.is_first else 0 * mine).tobytes().hex()[:12]
+
+
+def _tag(workers: Workers, store: hs.Store, spec: FeatureSpec, tag: str) -> None:
+    """Worker 0 tags the tables; then every other worker's client expects that tag (its
+    calls are refused, as worker 0's, once another run takes the store over)."""
+    workers.on_first(lambda: [store.set_tag(t.name, tag) for t in spec.tables])
+    if not workers.is_first:
+        for t in spec.tables:
+            store.fence(t.name, tag)
 
 
 def _refuse_foreign_rows(store: hs.Store, spec: FeatureSpec) -> None:

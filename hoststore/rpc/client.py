@@ -252,6 +252,9 @@ class ShardedStore:
         self._all("SetTag", [req] * self.num_shards, idempotent=True)
         self._fences[table] = tag
 
+    def fence(self, table: str, tag: str) -> None:
+        self._fences[table] = tag
+
     def stats(self) -> dict[str, dict[str, Any]]:
         reqs = [store_pb2.StatsRequest()] * self.num_shards
         per = [json.loads(r.stats_json) for r in self._all("Stats", reqs, True)]

@@ -601,14 +601,15 @@ def test_snapshots_under_two_pushing_clients_reproduce_the_live_table(cluster, t
 
 def test_a_client_whose_table_another_client_took_over_is_refused(cluster, tmp_path):
     """Two runs pointed at the same shards: once run B loads its checkpoint into a table run
-    A tagged (or tags it), every call of A that reads or changes it is refused, naming the
-    tags, and B's table is left as B loaded it."""
+    A tagged (or tags it), every call of A's workers that reads or changes it is refused,
+    naming the tags, and B's table is left as B loaded it."""
     cfg = _cfg(f"t{uuid.uuid4().hex[:8]}")
     keys = np.arange(-40, 40, dtype=np.int64)
     grads = np.ones((len(keys), DIM), np.float32)
-    a, b = (cluster.connect(token=cluster.token) for _ in range(2))
+    a, a1, b = (cluster.connect(token=cluster.token) for _ in range(3))
     a.create_table(cfg)
     a.set_tag(cfg.name, "runA/1")
+    a1.fence(cfg.name, "runA/1")  # run A's second worker: it expects the tag worker 0 set
     for _ in range(2):
         a.pull(cfg.name, keys, train=True)
     a.push(cfg.name, keys, grads)
@@ -627,6 +628,7 @@ def test_a_client_whose_table_another_client_took_over_is_refused(cluster, tmp_p
         "shrink": a.shrink,
         "advance_clock": lambda: a.advance_clock(1),
         "begin_pass": lambda: a.begin_pass(cfg.name, [(keys, None, None)]),
+        "second worker's push": lambda: a1.push(cfg.name, keys, grads),
     }
     refused = "FAILED_PRECONDITION: table .* is now tagged 'runB/1', not 'runA/1'"
     for name, call in calls.items():
@@ -642,7 +644,7 @@ def test_a_client_whose_table_another_client_took_over_is_refused(cluster, tmp_p
     a.set_tag(cfg.name, "runA/1")
     with pytest.raises(StoreError, match="is now tagged 'runA/1', not 'runB/1'"):
         b.push(cfg.name, keys, grads)
-    a.close(), b.close()
+    a.close(), a1.close(), b.close()
 
 
 def test_a_run_ages_only_its_own_tables_on_shared_shards(cluster):
