@@ -559,7 +559,12 @@ def _new_run_id(workers: Workers) -> str:
 def _tag(workers: Workers, store: hs.Store, spec: FeatureSpec, tag: str) -> None:
     """Worker 0 tags the tables; then every other worker's client expects that tag (its
     calls are refused, as worker 0's, once another run takes the store over)."""
-    workers.on_first(lambda: [store.set_tag(t.name, tag) for t in spec.tables])
+
+    def set_tags():
+        for t in spec.tables:
+            store.set_tag(t.name, tag)
+
+    workers.on_first(set_tags)
     if not workers.is_first:
         for t in spec.tables:
             store.fence(t.name, tag)

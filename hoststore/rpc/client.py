@@ -93,6 +93,7 @@ class ShardedStore:
         # call in _FENCED, so that a second run taking the shards over (a load or a tag of
         # its own) stops this one instead of sharing its rows with it.
         self._fences: dict[str, str] = {}
+        self._fence_metadata = self._metadata  # (with the fences, made when they change)
 
     @property
     def num_shards(self) -> int:
@@ -111,9 +112,7 @@ class ShardedStore:
 
     def _call(self, shard: int, method: str, request, idempotent: bool):
         rpc = getattr(self._stubs[shard], method)
-        metadata = self._metadata
-        if self._fences and method in _FENCED:
-            metadata += ((FENCE_HEADER, json.dumps(self._fences)),)
+        metadata = self._fence_metadata if method in _FENCED else self._metadata
         for attempt in range(self.retries + 1 if idempotent else 1):
             try:
                 return rpc(request, timeout=self.timeout, metadata=metadata)
@@ -250,10 +249,11 @@ class ShardedStore:
         self._config(table)
         req = store_pb2.SetTagRequest(table=table, tag=tag)
         self._all("SetTag", [req] * self.num_shards, idempotent=True)
-        self._fences[table] = tag
+        self.fence(table, tag)
 
     def fence(self, table: str, tag: str) -> None:
         self._fences[table] = tag
+        self._fence_metadata = self._metadata + ((FENCE_HEADER, json.dumps(self._fences)),)
 
     def stats(self) -> dict[str, dict[str, Any]]:
         reqs = [store_pb2.StatsRequest()] * self.num_shards
@@ -298,5 +298,5 @@ class ShardedStore:
         req = store_pb2.LoadRequest(table=table,
                                     chains=[store_pb2.Chain(paths=c) for c in chains])  # fmt: skip
         rows = sum(r.rows for r in self._all("Load", [req] * self.num_shards, True))
-        self._fences[table] = ""  # (the shards cleared its tag)
+        self.fence(table, "")  # (the shards cleared its tag)
         return rows
