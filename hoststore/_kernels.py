@@ -128,6 +128,19 @@ def gather_push(
 
 
 @nb.njit(nogil=True, cache=True)
+def pop_links(links, head, out):
+    """Takes ``len(out)`` entries off a free list linked through ``links`` (each free
+    entry's ``links`` holds the next one) starting at ``head``; returns the new head. A
+    broken list raises rather than reading outside ``links``."""
+    for i in range(out.shape[0]):
+        if head < 0 or head >= links.shape[0]:
+            raise IndexError("the free list of pending counters is broken")
+        out[i] = head
+        head = links[head]
+    return head
+
+
+@nb.njit(nogil=True, cache=True)
 def insert_rows(index, keys, new_keys, rows):
     for i in range(rows.shape[0]):
         keys[rows[i]] = new_keys[i]

@@ -464,7 +464,7 @@ class EmbeddingTable:
                 grads, counts = grads_u, counts_u
             hp = self._opt.hparams(self._clock)
             r.apply_optimizer(self._opt, rows, grads, counts, hp, self._bounds)
-            self._count_pending(ids, shows, clicks, missing)
+            self._count_pending(ids, shows, clicks, missing, assume_unique)
             self._touched(rows)
 
     def _push_unique_stats(self, ids, hint, shows, clicks) -> tuple[np.ndarray, np.ndarray]:
@@ -478,10 +478,11 @@ class EmbeddingTable:
                     ids[miss], _NO_HINT, shows[miss], clicks[miss])  # fmt: skip
         return rows, (np.flatnonzero(rows < 0) if n_miss else _NO_HINT)
 
-    def _count_pending(self, ids, shows, clicks, missing) -> None:
+    def _count_pending(self, ids, shows, clicks, missing, distinct: bool) -> None:
         """Shows and clicks pushed for keys without a row join their pending counters."""
         if len(missing) and self.config.admission.uses_counters:
-            self._pending.count(ids[missing], shows[missing], clicks[missing], self._clock)
+            self._pending.count(ids[missing], shows[missing], clicks[missing], self._clock,
+                                distinct)  # fmt: skip
 
     def _touched(self, rows: np.ndarray) -> None:
         """With a disk tier: ``rows`` were just used; RAM spills down to its budget."""
@@ -513,7 +514,7 @@ class EmbeddingTable:
                 counts.append(out if with_counts else np.empty((0, COUNT_COLUMNS), np.float32))
                 no_shows = np.zeros(n, np.float32)
                 rows, missing = self._push_unique_stats(ids, rows, no_shows, clicks)
-                self._count_pending(ids, no_shows, clicks, missing)
+                self._count_pending(ids, no_shows, clicks, missing, distinct=True)
                 self._touched(rows[rows >= 0])
             every = np.concatenate([b[0] for b in batches] or [np.empty(0, np.int64)])
             keys, inverse, _ = ix.unique_with_inverse(every)
