@@ -55,6 +55,13 @@ class HostBatch:
     def padded_rows(self, table: str) -> int:
         return bucket(len(self.unique_ids[table]))
 
+    @property
+    def nbytes(self) -> int:
+        arrays = [self.labels, self.weights, self.dense]
+        for d in (self.unique_ids, self.shows, self.clicks, self.table_index, self.table_mask):
+            arrays += d.values()
+        return sum(a.nbytes for a in arrays)
+
     def device_batch(self, rows: dict[str, np.ndarray]) -> DeviceBatch:
         """The :class:`jaxstream.step.DeviceBatch` of this batch with the store ``rows``."""
         return DeviceBatch(rows, self.table_index, self.table_mask, self.dense, self.labels,
@@ -133,13 +140,14 @@ def batch_threads(n: int) -> int:
 
 
 def batches(ex: Examples, spec: FeatureSpec, batch_size: int, min_batches: int = 0,
-            threads: int = 1):  # fmt: skip
+            threads: int = 1, first: int = 0):  # fmt: skip
     """Consecutive batches of ``ex`` (the last one padded), then empty ones up to
-    ``min_batches`` (workers in lockstep run the same number of steps). ``threads`` > 1
-    builds that many batches at once (the dedup kernel releases the GIL), a few ahead,
-    still yielded in order."""
+    ``min_batches`` (workers in lockstep run the same number of steps), from batch
+    ``first`` on. ``threads`` > 1 builds that many batches at once (the dedup kernel
+    releases the GIL), a few ahead, still yielded in order."""
     bounds = [(lo, min(len(ex), lo + batch_size)) for lo in range(0, len(ex), batch_size)]
     bounds += [(0, 0)] * max(0, min_batches - len(bounds))
+    bounds = bounds[first:]
 
     packed = _pack(ex, spec)
 
@@ -160,3 +168,35 @@ def batches(ex: Examples, spec: FeatureSpec, batch_size: int, min_batches: int =
             if more is not None:
                 ahead.append(pool.submit(build, more))
             yield hb
+
+
+class TwoPasses:
+    """A partition's batches for its evaluation pass and then its training pass (the same
+    examples, the same batches): the batches :meth:`first` builds are kept up to
+    ``keep_bytes`` and :meth:`again` hands them out again, building only those past the
+    budget. Building a batch (the dedup) was a third of the host's work per example;
+    building each one twice per partition doubled it."""
+
+    def __init__(self, make, keep_bytes: int):
+        """``make(first)``: the batches from batch ``first`` on (see :func:`batches`)."""
+        self._make, self._keep_bytes = make, keep_bytes
+        self._kept: collections.deque[HostBatch] = collections.deque()
+        self._all_kept = False
+
+    def first(self):
+        used, keeping = 0, self._keep_bytes > 0
+        for hb in self._make(0):
+            if keeping:
+                used += hb.nbytes
+                keeping = used <= self._keep_bytes
+                if keeping:
+                    self._kept.append(hb)
+            yield hb
+        self._all_kept = keeping
+
+    def again(self):
+        n = len(self._kept)
+        while self._kept:  # (each handed out once more, then let go)
+            yield self._kept.popleft()
+        if not self._all_kept:
+            yield from self._make(n)

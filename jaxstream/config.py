@@ -108,6 +108,9 @@ class TrainConfig:
                                "optimizer inside the step (one trainer process).")  # fmt: skip
     batch_threads: int = _field(0, "Threads building (deduplicating) batches; 0: one per "
                                 "core this process may use but one, 1 to 4.")  # fmt: skip
+    keep_batches_mb: int = _field(256, "Memory the evaluation pass may keep of a "
+                                  "partition's batches for its training pass to reuse "
+                                  "(those past it are built again; 0: all are).")  # fmt: skip
     metrics_file: str | None = _field(None, "JSONL metrics path; unset: workdir/metrics.jsonl.")
     tensorboard: bool = _field(False, "Also write TensorBoard scalars.")
     dump_predictions: bool = _field(False, "Paddle's dump_fields: write each example's file, "
@@ -129,7 +132,8 @@ FIELD_GROUPS: dict[str, tuple[str, ...]] = {
     "store": ("admission", "pending_ttl", "eviction", "shrink_every", "store_shards",
               "table_capacity", "store_memory_mb", "store_disk_dir"),
     "checkpoints": ("checkpoint", "keep_bases"),
-    "pipeline and outputs": ("staleness", "pass_batches", "batch_threads", "metrics_file",
+    "pipeline and outputs": ("staleness", "pass_batches", "batch_threads", "keep_batches_mb",
+                             "metrics_file",
                              "tensorboard", "dump_predictions", "progress"),
 }  # fmt: skip
 
@@ -195,6 +199,8 @@ def check(cfg: TrainConfig) -> None:
         bad("max_partitions", "must be >= 1 (unset: no limit)")
     if cfg.pass_batches < 0:
         bad("pass_batches", "must be >= 0 (0: pull and push every batch)")
+    if cfg.keep_batches_mb < 0:
+        bad("keep_batches_mb", "must be >= 0 (0: each pass builds its batches)")
     if cfg.batch_threads < 0:
         bad("batch_threads", "must be >= 0 (0: one per core but one, 1 to 4)")
     if cfg.devices < 0:

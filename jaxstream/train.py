@@ -29,7 +29,7 @@ from flax import nnx
 import hoststore as hs
 from jaxstream import models, records
 from jaxstream import workdir as workdir_lib
-from jaxstream.batching import batch_threads, batches
+from jaxstream.batching import TwoPasses, batch_threads, batches
 from jaxstream.checkpoint import CheckpointManager
 from jaxstream.config import TrainConfig, disk_tier
 from jaxstream.config import check as check_config
@@ -392,18 +392,19 @@ def _train(cfg, workdir, model, features, dense_optimizer, store, on_partition_e
         steps = workers.batches_per_worker(len(examples), cfg.batch_size)
 
         # progressive validation: predict the partition before training on it
-        made = functools.partial(batches, mine, spec, cfg.batch_size, steps, threads)
+        made = TwoPasses(functools.partial(batches, mine, spec, cfg.batch_size, steps, threads),
+                         cfg.keep_batches_mb << 20)  # fmt: skip
         with progress(f"{part.key} eval", len(mine)) as tick:
-            ev = run_pass(store, spec, made(), train=False,
+            ev = run_pass(store, spec, made.first(), train=False,
                           eval_fn=eval_fn, params=state.params, progress=tick,
                           keep_predictions=cfg.dump_predictions, device=placement)  # fmt: skip
         if cfg.dump_predictions:
             records.dump_predictions(workdir, part, examples, report, workers, ev.predictions)
         with progress(f"{part.key} train", len(mine)) as tick:
             if passes is not None:
-                tr = passes.train(made(), state.params, state.opt_state, tick)
+                tr = passes.train(made.again(), state.params, state.opt_state, tick)
             else:
-                tr = run_pass(store, spec, made(), train=True,
+                tr = run_pass(store, spec, made.again(), train=True,
                               train_fn=train_fn, params=state.params, opt_state=state.opt_state,
                               staleness=cfg.staleness, progress=tick, device=placement)  # fmt: skip
         ev.metrics, tr.metrics = _merge(workers, ev.metrics), _merge(workers, tr.metrics)

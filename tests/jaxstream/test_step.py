@@ -194,6 +194,38 @@ def test_batches_built_in_threads_come_out_in_order_and_equal(threads):
     stream.close()  # returns once the threads finish the batches in flight
 
 
+@pytest.mark.parametrize("budget_batches", [0, 3, 100])
+def test_a_partitions_batches_are_built_once_for_both_passes_within_the_budget(budget_batches):
+    """Evaluation builds the partition's batches and keeps those within the budget;
+    training gets the same batches again, building only those past it."""
+    from jaxstream.batching import TwoPasses, batches
+
+    spec, ex = _spec(), _examples(n=50, seed=3)
+    want = list(batches(ex, spec, 8, min_batches=9))
+    built = []
+
+    def make(first):
+        for hb in batches(ex, spec, 8, min_batches=9, first=first):
+            built.append(hb)
+            yield hb
+
+    budget = sum(hb.nbytes for hb in want[:budget_batches])
+    two = TwoPasses(make, budget)
+    for got in (list(two.first()), list(two.again())):
+        assert len(got) == len(want) == 9
+        for a, b in zip(got, want, strict=True):
+            assert a.size == b.size
+            for t in a.unique_ids:
+                for x, y in ((a.unique_ids, b.unique_ids), (a.table_index, b.table_index),
+                             (a.table_mask, b.table_mask), (a.shows, b.shows),
+                             (a.clicks, b.clicks)):  # fmt: skip
+                    np.testing.assert_array_equal(x[t], y[t])
+            np.testing.assert_array_equal(a.labels, b.labels)
+            np.testing.assert_array_equal(a.dense, b.dense)
+    assert len(built) == 9 + max(0, 9 - budget_batches)  # the kept ones are not built again
+    assert not two._kept  # and are let go once handed out
+
+
 def test_to_device_copies_the_numpy_batch():
     # 64-byte aligned numpy memory is what jax.device_put aliases instead of copying.
     buf = np.zeros(1024 + 64, np.uint8)

@@ -205,6 +205,20 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.parametrize("pass_batches", [0, 2])
+def test_training_on_the_batches_evaluation_kept_changes_no_result(tmp_path, pass_batches):
+    """A partition's training pass reuses the batches its evaluation pass built (within
+    keep_batches_mb): the same metrics and tables as building them again, every field."""
+    data = str(tmp_path / "data")
+    cfg = smoke_stream(data, hours=3, checkpoint=False, pass_batches=pass_batches)
+    runs = [train.train_and_evaluate(dataclasses.replace(cfg, keep_batches_mb=mb),
+                                     str(tmp_path / str(mb))) for mb in (0, 256)]  # fmt: skip
+    keys = ("partition", "progressive_auc", "train_auc", "logloss", "copc", "table_rows",
+            "admitted", "cumulative_auc")  # fmt: skip
+    a, b = (metric_lines(r["metrics_file"], keys) for r in runs)
+    assert a == b and len(a) == 3
+
+
 def test_every_local_device_trains_data_parallel_with_the_same_results(tmp_path):
     """4 forced CPU devices: the run reports how many trained, and its metrics match the
     one-device run (the batch is split over the devices inside the jitted step; XLA sums
