@@ -83,13 +83,17 @@ def measure(cfg: HostBenchConfig, root: str, mode: str) -> dict[str, float]:
             lines = [json.loads(x) for x in open(os.path.join(work, "metrics.jsonl"))][1:]
         examples = sum(x["examples"] for x in lines)
         seconds = sum(x["train_seconds"] for x in lines)
+        # Both passes of each partition: since training reuses the batches evaluation
+        # built, its own rate leaves out their building, which this one counts.
+        both = sum(x["train_seconds"] + x["examples"] / x["eval_examples_per_sec"]
+                   for x in lines)  # fmt: skip
         stages = {k: sum(x[k] for x in lines) for k in _STAGES}
         hourly = [x["examples"] / x["train_seconds"] for x in lines]
     else:
         spec = train.feature_spec(tc)
         store, step = hs.LocalStore(spec.tables), _null_step(spec)
         examples, seconds, stages = 0, 0.0, dict.fromkeys(_STAGES, 0.0)
-        hourly = []
+        hourly, both = [], float("nan")  # (no evaluation pass)
         for i, part in enumerate(PartitionSource(SourceConfig(root))):
             ex, _ = train.read_partition(tc, part)
             made = batches(ex, spec, tc.batch_size, threads=batch_threads(tc.batch_threads))
@@ -106,7 +110,11 @@ def measure(cfg: HostBenchConfig, root: str, mode: str) -> dict[str, float]:
                     stages[k] += v
     # The median hour: an hour in which the step compiles for new shapes (the table grows
     # into a larger row bucket) is a one-off that a stream running for months amortizes.
-    out = {"examples_per_sec": examples / seconds, "median_hour": float(np.median(hourly))}
+    out = {
+        "examples_per_sec": examples / seconds,
+        "median_hour": float(np.median(hourly)),
+        "eval_and_train_per_sec": examples / both,
+    }
     out.update({f"{k.removesuffix('_seconds')}_ms_per_1k": 1e6 * v / examples
                 for k, v in stages.items()})  # fmt: skip
     return out
@@ -142,22 +150,29 @@ def markdown(cfg: HostBenchConfig, r: dict[str, dict[int, dict]]) -> str:
         "cores with `taskset`. Stage columns: "
         "milliseconds each host stage was busy per 1,000 examples (they overlap each other "
         "and the device step); in pass mode: building batches, beginning passes (statistics "
-        "in batch order, rows lent), ending them (rows written back).",
+        "in batch order, rows lent), ending them (rows written back). A partition's "
+        "training reuses the batches its evaluation built (`keep_batches_mb`), so the "
+        "training rate leaves their building out; the last column counts both passes "
+        "(each partition's examples over its evaluation and training time).",
         "",
         "| device step | cores | train examples/s | median hour | vs 1 core | batch+dedup "
-        "| pull+transfer | push+metrics |",
-        "|---|---|---|---|---|---|---|---|",
+        "| pull+transfer | push+metrics | evaluated and trained examples/s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     names = {
         "null": "none (zero gradients)",
         "lr": "LR model (`train_and_evaluate`)",
         "lr_pass": f"LR model, pass mode ({cfg.pass_batches} batches a pass)",
     }
+    def both(rate: float) -> str:
+        return "-" if np.isnan(rate) else f"{rate:,.0f}"
+
     for mode, per in r.items():
         one = per[min(per)]["examples_per_sec"]
         for n, m in sorted(per.items()):
             lines.append(f"| {names[mode]} | {n} | {m['examples_per_sec']:,.0f} | "
                          f"{m['median_hour']:,.0f} | "
                          f"{m['examples_per_sec'] / one:.2f}x | {m['batch_ms_per_1k']:.2f} | "
-                         f"{m['host_ms_per_1k']:.2f} | {m['push_ms_per_1k']:.2f} |")  # fmt: skip
+                         f"{m['host_ms_per_1k']:.2f} | {m['push_ms_per_1k']:.2f} | "
+                         f"{both(m['eval_and_train_per_sec'])} |")  # fmt: skip
     return "\n".join(lines)
