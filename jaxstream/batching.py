@@ -174,8 +174,8 @@ class TwoPasses:
     """A partition's batches for its evaluation pass and then its training pass (the same
     examples, the same batches): the batches :meth:`first` builds are kept up to
     ``keep_bytes`` and :meth:`again` hands them out again, building only those past the
-    budget. Building a batch (the dedup) was a third of the host's work per example;
-    building each one twice per partition doubled it."""
+    budget. Building the batches (the dedup) twice was 20-40% of the host's work per
+    partition (the DNN and LR streams of BENCHMARKS.md), half of it repeated."""
 
     def __init__(self, make, keep_bytes: int):
         """``make(first)``: the batches from batch ``first`` on (see :func:`batches`)."""
