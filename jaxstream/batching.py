@@ -130,13 +130,15 @@ def make_batch(ex: Examples, spec: FeatureSpec, batch_size: int) -> HostBatch:
     return _batch_of(ex, _pack(ex, spec), 0, len(ex), batch_size)
 
 
-def batch_threads(n: int) -> int:
-    """``n``, or for 0 one per core this process may use but one (the pull, the push and
-    the step need the rest), at least 1, at most 4. Measured on 2 cores (six alternating
-    pairs, LR model, medians): one thread 299K examples/s against 291K with two; null step
-    (three pairs) 495K against 453K. (Two were faster on 2 cores before batching packed
-    each partition's slots once, when a batch cost its builder ~130 numpy calls.)"""
-    return n or max(1, min(4, len(os.sched_getaffinity(0)) - 1))
+def batch_threads(n: int, training: bool = True) -> int:
+    """``n``, or for 0 one per core this process may use, at least 1, at most 4; but one
+    for ``training`` (the pull, the push and the step need the rest). Measured on 2
+    cores: for training one thread ran 299K examples/s against 291K with two (six
+    alternating pairs, LR model, medians), with the null step 495K against 453K (three
+    pairs); a partition's evaluation, which builds the batches training then reuses and
+    runs no push, ran evaluation and training together at 184-196K examples/s with two
+    against 177-181K with one (three pairs, LR)."""
+    return n or max(1, min(4, len(os.sched_getaffinity(0)) - training))
 
 
 def batches(ex: Examples, spec: FeatureSpec, batch_size: int, min_batches: int = 0,
@@ -178,14 +180,15 @@ class TwoPasses:
     partition (the DNN and LR streams of BENCHMARKS.md), half of it repeated."""
 
     def __init__(self, make, keep_bytes: int):
-        """``make(first)``: the batches from batch ``first`` on (see :func:`batches`)."""
+        """``make(first, training)``: the batches from batch ``first`` on (see
+        :func:`batches`), for the training pass or the evaluation pass."""
         self._make, self._keep_bytes = make, keep_bytes
         self._kept: collections.deque[HostBatch] = collections.deque()
         self._all_kept = False
 
     def first(self):
         used, keeping = 0, self._keep_bytes > 0
-        for hb in self._make(0):
+        for hb in self._make(0, False):
             if keeping:
                 used += hb.nbytes
                 keeping = used <= self._keep_bytes
@@ -199,4 +202,4 @@ class TwoPasses:
         while self._kept:  # (each handed out once more, then let go)
             yield self._kept.popleft()
         if not self._all_kept:
-            yield from self._make(n)
+            yield from self._make(n, True)

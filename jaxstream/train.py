@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import hashlib
 import json
 import logging
@@ -295,7 +294,6 @@ def _train(cfg, workdir, model, features, dense_optimizer, store, on_partition_e
     local_devices = 1 if mesh is None else mesh.size
     workers.check_same_devices(local_devices)
     devices = local_devices * workers.count  # that trained, in all
-    threads = batch_threads(cfg.batch_threads)
     if workers.count > 1:
         train_fn = make_distributed_train_step(graphdef, tx, spec, workers, mesh)
     passes = None
@@ -391,9 +389,13 @@ def _train(cfg, workdir, model, features, dense_optimizer, store, on_partition_e
         mine = examples.take(*workers.slice(len(examples)))
         steps = workers.batches_per_worker(len(examples), cfg.batch_size)
 
-        # progressive validation: predict the partition before training on it
-        made = TwoPasses(functools.partial(batches, mine, spec, cfg.batch_size, steps, threads),
-                         cfg.keep_batches_mb << 20)  # fmt: skip
+        def make(first, training, mine=mine, steps=steps):
+            return batches(mine, spec, cfg.batch_size, steps,
+                           batch_threads(cfg.batch_threads, training), first)  # fmt: skip
+
+        # progressive validation: predict the partition before training on it (on the
+        # same batches, built once)
+        made = TwoPasses(make, cfg.keep_batches_mb << 20)
         with progress(f"{part.key} eval", len(mine)) as tick:
             ev = run_pass(store, spec, made.first(), train=False,
                           eval_fn=eval_fn, params=state.params, progress=tick,

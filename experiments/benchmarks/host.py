@@ -164,6 +164,7 @@ def markdown(cfg: HostBenchConfig, r: dict[str, dict[int, dict]]) -> str:
         "lr": "LR model (`train_and_evaluate`)",
         "lr_pass": f"LR model, pass mode ({cfg.pass_batches} batches a pass)",
     }
+
     def both(rate: float) -> str:
         return "-" if np.isnan(rate) else f"{rate:,.0f}"
 

@@ -204,8 +204,8 @@ def test_a_partitions_batches_are_built_once_for_both_passes_within_the_budget(b
     want = list(batches(ex, spec, 8, min_batches=9))
     built = []
 
-    def make(first):
-        for hb in batches(ex, spec, 8, min_batches=9, first=first):
+    def make(first, training):
+        for hb in batches(ex, spec, 8, min_batches=9, threads=1 + training, first=first):
             built.append(hb)
             yield hb
 
