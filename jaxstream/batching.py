@@ -131,8 +131,8 @@ def make_batch(ex: Examples, spec: FeatureSpec, batch_size: int) -> HostBatch:
 
 
 def batch_threads(n: int, training: bool = True) -> int:
-    """``n``, or for 0 one per core this process may use, at least 1, at most 4; but one
-    for ``training`` (the pull, the push and the step need the rest). Measured on 2
+    """``n``, or for 0 one per core this process may use, one less for ``training`` (the
+    pull, the push and the step need the rest), at least 1, at most 4. Measured on 2
     cores: for training one thread ran 299K examples/s against 291K with two (six
     alternating pairs, LR model, medians), with the null step 495K against 453K (three
     pairs); a partition's evaluation, which builds the batches training then reuses and

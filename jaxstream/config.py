@@ -107,8 +107,8 @@ class TrainConfig:
                                "batches whose rows stay on the devices, the sparse "
                                "optimizer inside the step (one trainer process).")  # fmt: skip
     batch_threads: int = _field(0, "Threads building (deduplicating) batches; 0: one per "
-                                "core this process may use (but one while training), 1 "
-                                "to 4.")  # fmt: skip
+                                "core this process may use while evaluating, one less "
+                                "while training, 1 to 4.")  # fmt: skip
     keep_batches_mb: int = _field(256, "Memory the evaluation pass may keep of a "
                                   "partition's batches for its training pass to reuse "
                                   "(those past it are built again; 0: all are).")  # fmt: skip
@@ -134,8 +134,7 @@ FIELD_GROUPS: dict[str, tuple[str, ...]] = {
               "table_capacity", "store_memory_mb", "store_disk_dir"),
     "checkpoints": ("checkpoint", "keep_bases"),
     "pipeline and outputs": ("staleness", "pass_batches", "batch_threads", "keep_batches_mb",
-                             "metrics_file",
-                             "tensorboard", "dump_predictions", "progress"),
+                             "metrics_file", "tensorboard", "dump_predictions", "progress"),
 }  # fmt: skip
 
 
@@ -203,7 +202,7 @@ def check(cfg: TrainConfig) -> None:
     if cfg.keep_batches_mb < 0:
         bad("keep_batches_mb", "must be >= 0 (0: each pass builds its batches)")
     if cfg.batch_threads < 0:
-        bad("batch_threads", "must be >= 0 (0: one per core, but one while training, 1 to 4)")
+        bad("batch_threads", "must be >= 0 (0: one per core, one less while training, 1 to 4)")
     if cfg.devices < 0:
         bad("devices", "must be >= 0 (0: all local devices)")
     if not 0.0 <= cfg.max_malformed_fraction <= 1.0:
