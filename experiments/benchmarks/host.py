@@ -165,7 +165,7 @@ def markdown(cfg: HostBenchConfig, r: dict[str, dict[int, dict]]) -> str:
         "lr_pass": f"LR model, pass mode ({cfg.pass_batches} batches a pass)",
     }
 
-    def both(rate: float) -> str:
+    def rate_or_dash(rate: float) -> str:  # (no evaluation pass in the null-step mode)
         return "-" if np.isnan(rate) else f"{rate:,.0f}"
 
     for mode, per in r.items():
@@ -175,5 +175,5 @@ def markdown(cfg: HostBenchConfig, r: dict[str, dict[int, dict]]) -> str:
                          f"{m['median_hour']:,.0f} | "
                          f"{m['examples_per_sec'] / one:.2f}x | {m['batch_ms_per_1k']:.2f} | "
                          f"{m['host_ms_per_1k']:.2f} | {m['push_ms_per_1k']:.2f} | "
-                         f"{both(m['eval_and_train_per_sec'])} |")  # fmt: skip
+                         f"{rate_or_dash(m['eval_and_train_per_sec'])} |")  # fmt: skip
     return "\n".join(lines)
