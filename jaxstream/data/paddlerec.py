@@ -10,7 +10,6 @@ import numpy as np
 from jaxstream.data.examples import Examples, ReadReport
 from jaxstream.data.readers import (
     _line_bounds,
-    _line_numbers,
     _mark_truncated,
     _read_bytes,
     _report,
@@ -145,7 +144,7 @@ def read_paddlerec(
     .. "26"); tokens of other slots are skipped and counted. Each line must carry its label
     and exactly ``num_dense`` dense values, or it is malformed (counted, skipped)."""
     buf = _read_bytes(path)
-    starts, ends = _line_bounds(buf)
+    starts, ends, line_no = _line_bounds(buf)
     numbers = [int(s) for s in slots]
     slot_of = np.full(max(numbers, default=0) + 1, -1, np.int64)
     slot_of[numbers] = np.arange(len(slots))
@@ -153,7 +152,6 @@ def read_paddlerec(
         buf, starts, ends, slot_of, num_dense, _LABEL, _DENSE
     )
     _mark_truncated(buf, ends, status)
-    line_no = _line_numbers(buf, starts)
     report = _report(path, status, line_no)
     report.ignored_tokens = int(ignored)
     ok = status == 0

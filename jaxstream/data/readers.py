@@ -43,15 +43,15 @@ _REASONS = {
 }
 
 
-@nb.njit(inline="always", cache=True)
-def _hexval(c):
-    if 48 <= c <= 57:
-        return c - 48
-    if 97 <= c <= 102:
-        return c - 87
-    if 65 <= c <= 70:
-        return c - 55
-    return -1
+# Each byte's hex digit value, -1 for a byte that is not one: a table, not branches (the
+# digits and letters of a hashed ID alternate at random, which branches mispredict).
+_HEX_DIGIT = np.full(256, -1, np.int8)
+_HEX_DIGIT[np.frombuffer(b"0123456789", np.uint8)] = np.arange(10)
+_HEX_DIGIT[np.frombuffer(b"abcdef", np.uint8)] = np.arange(10, 16)
+_HEX_DIGIT[np.frombuffer(b"ABCDEF", np.uint8)] = np.arange(10, 16)
+# log1p of the small counts most Criteo integers are (the same float64 values math.log1p
+# gives, looked up: the call is a third of a line's parse otherwise).
+_LOG1P = np.log1p(np.arange(1024, dtype=np.float64))
 
 
 @nb.njit(inline="always", cache=True)
@@ -98,7 +98,8 @@ def token_capacity(buf, starts, ends):
 
 @nb.njit(cache=True, nogil=True)
 def _line_bounds(buf):
-    """Start and end (exclusive, without '\\r\\n') of every non-empty line."""
+    """Start and end (exclusive, without '\\r\\n') of every non-empty line, and its
+    1-based line number in the file (blank lines count)."""
     n = buf.shape[0]
     count = 0
     for i in range(n):
@@ -106,8 +107,10 @@ def _line_bounds(buf):
             count += 1
     starts = np.empty(count + 1, np.int64)
     ends = np.empty(count + 1, np.int64)
+    numbers = np.empty(count + 1, np.int64)
     m = 0
     s = 0
+    line = 1
     for i in range(n + 1):
         if i == n or buf[i] == 10:
             e = i
@@ -116,9 +119,11 @@ def _line_bounds(buf):
             if e > s:
                 starts[m] = s
                 ends[m] = e
+                numbers[m] = line
                 m += 1
             s = i + 1
-    return starts[:m], ends[:m]
+            line += 1
+    return starts[:m], ends[:m], numbers[:m]
 
 
 @nb.njit(cache=True, nogil=True)
@@ -163,6 +168,26 @@ def _parse_criteo(buf, starts, ends, sep):
         p = a
         bad = 0
         while True:
+            if 14 <= field <= 39:  # a categorical: found and parsed in one pass over it
+                h = np.uint64(0)
+                digits = 0  # counts hex digits, 32 for any other byte: > 16 is bad either way
+                q = p
+                while q < e and buf[q] != sep:
+                    d = _HEX_DIGIT[buf[q]]
+                    digits += 1 if d >= 0 else 32
+                    h = (h << np.uint64(4)) | np.uint64(d & 15)
+                    q += 1
+                if q > p:
+                    if digits > 16:
+                        bad = 4
+                        break
+                    cats[r, field - 14] = np.int64(h)
+                    present[r, field - 14] = True
+                field += 1
+                if q >= e:
+                    break
+                p = q + 1
+                continue
             q = p
             while q < e and buf[q] != sep:
                 q += 1
@@ -177,23 +202,9 @@ def _parse_criteo(buf, starts, ends, sep):
                     bad = 3
                     break
                 # signed log1p: counts span six orders of magnitude
-                dense[r, field - 1] = math.copysign(math.log1p(abs(v)), v)
-            elif field <= 39:
-                if q > p:
-                    if q - p > 16:
-                        bad = 4
-                        break
-                    h = np.uint64(0)
-                    for i in range(p, q):
-                        d = _hexval(buf[i])
-                        if d < 0:
-                            bad = 4
-                            break
-                        h = (h << np.uint64(4)) | np.uint64(d)
-                    if bad:
-                        break
-                    cats[r, field - 14] = np.int64(h)
-                    present[r, field - 14] = True
+                a_v = abs(v)
+                lg = _LOG1P[a_v] if a_v < _LOG1P.shape[0] else math.log1p(a_v)
+                dense[r, field - 1] = -lg if v < 0 else lg
             else:
                 bad = 2
                 break
@@ -352,17 +363,40 @@ def tokens_to_csr(slots, rows, cols, vals, ok) -> tuple[dict, dict]:
     return ids, offs
 
 
-def _line_numbers(buf: np.ndarray, starts: np.ndarray) -> np.ndarray:
-    newlines = np.flatnonzero(buf == 10)
-    return np.searchsorted(newlines, starts) + 1
+@nb.njit(cache=True, nogil=True)
+def _kept_slot_ids(cats, present, ok):
+    """The IDs of the kept lines (``ok``), slot after slot, and each slot's CSR offsets
+    over them ([slots, kept + 1]): one compiled pass, not a numpy mask per slot."""
+    n, n_slots = cats.shape
+    kept = 0
+    for r in range(n):
+        kept += ok[r]
+    offsets = np.zeros((n_slots, kept + 1), np.int64)
+    i = 0
+    for r in range(n):
+        if ok[r]:
+            for j in range(n_slots):
+                offsets[j, i + 1] = offsets[j, i] + present[r, j]
+            i += 1
+    bases = np.zeros(n_slots + 1, np.int64)
+    for j in range(n_slots):
+        bases[j + 1] = bases[j] + offsets[j, kept]
+    ids = np.empty(bases[n_slots], np.int64)
+    fill = bases[:n_slots].copy()
+    for r in range(n):
+        if ok[r]:
+            for j in range(n_slots):
+                if present[r, j]:
+                    ids[fill[j]] = cats[r, j]
+                    fill[j] += 1
+    return ids, bases, offsets
 
 
-def _single_valued(cats: np.ndarray, present: np.ndarray, names) -> tuple[dict, dict]:
-    ids, offs = {}, {}
-    for j, name in enumerate(names):
-        ids[name] = cats[present[:, j], j]
-        offs[name] = np.concatenate([[0], np.cumsum(present[:, j])]).astype(np.int64)
-    return ids, offs
+def _single_valued(cats, present, ok, names) -> tuple[dict, dict]:
+    """Each slot's IDs and CSR offsets over the kept lines (at most one ID per line)."""
+    ids, bases, offsets = _kept_slot_ids(cats, present, ok)
+    return ({name: ids[bases[j]:bases[j + 1]] for j, name in enumerate(names)},
+            {name: offsets[j] for j, name in enumerate(names)})  # fmt: skip
 
 
 def read_criteo(path: str, sep: str = "\t") -> tuple[Examples, ReadReport]:
@@ -370,13 +404,12 @@ def read_criteo(path: str, sep: str = "\t") -> tuple[Examples, ReadReport]:
     fields may be trimmed. Integers become sign(x) * log1p(|x|); categoricals the value
     of their hex string (up to 16 digits)."""
     buf = _read_bytes(path)
-    starts, ends = _line_bounds(buf)
+    starts, ends, line_no = _line_bounds(buf)
     labels, dense, cats, present, status = _parse_criteo(buf, starts, ends, ord(sep))
     _mark_truncated(buf, ends, status)
-    line_no = _line_numbers(buf, starts)
     report = _report(path, status, line_no)
     ok = status == 0
-    ids, offs = _single_valued(cats[ok], present[ok], CRITEO_SLOTS)
+    ids, offs = _single_valued(cats, present, ok, CRITEO_SLOTS)
     return Examples(labels[ok], dense[ok], ids, offs, line_no[ok]), report
 
 
@@ -384,15 +417,14 @@ def read_avazu(path: str) -> tuple[Examples, ReadReport, np.ndarray]:
     """Avazu CSV (header optional). Every feature column is categorical (hashed string);
     returns the examples, the report and each kept line's ``hour`` (YYMMDDHH)."""
     buf = _read_bytes(path)
-    starts, ends = _line_bounds(buf)
-    line_no = _line_numbers(buf, starts)
+    starts, ends, line_no = _line_bounds(buf)
     if len(starts) and bytes(buf[starts[0] : starts[0] + 3]) == b"id,":
         starts, ends, line_no = starts[1:], ends[1:], line_no[1:]
     labels, hours, cats, status = _parse_avazu(buf, starts, ends)
     _mark_truncated(buf, ends, status)
     report = _report(path, status, line_no)
     ok = status == 0
-    ids, offs = _single_valued(cats[ok], np.ones((ok.sum(), 21), bool), AVAZU_SLOTS)
+    ids, offs = _single_valued(cats, np.ones(cats.shape, np.bool_), ok, AVAZU_SLOTS)
     ex = Examples(labels[ok], np.zeros((ok.sum(), 0), np.float32), ids, offs, line_no[ok])
     return ex, report, hours[ok]
 
@@ -404,14 +436,13 @@ def read_slots(
     to keep, e.g. ("2", "3", ...); tokens of other slots are skipped and counted
     (``ReadReport.ignored_tokens``), as a Paddle reader reading a subset of the slots does."""
     buf = _read_bytes(path)
-    starts, ends = _line_bounds(buf)
+    starts, ends, line_no = _line_bounds(buf)
     slot_numbers = [int(s) for s in slots]
     slot_of = np.full(max(slot_numbers + [label_slot]) + 1, -1, np.int64)
     slot_of[slot_numbers] = np.arange(len(slots))
     labels, rows, cols, vals, status, ignored = _parse_slots(buf, starts, ends, slot_of,
                                                              label_slot)  # fmt: skip
     _mark_truncated(buf, ends, status)
-    line_no = _line_numbers(buf, starts)
     report = _report(path, status, line_no)
     report.ignored_tokens = int(ignored)
     ok = status == 0

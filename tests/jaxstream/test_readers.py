@@ -14,6 +14,8 @@ GOOD_CRITEO = [
     "0\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t",  # everything missing but the label (tabs kept)
     "0\t5\t260.0\t1\t1\t1\t1\t1\t1\t1\t1\t1\t1\t1\tffffffffffffffff\t0",  # trimmed, 16 digits
     "1\t0\t0\t0\t0\t0\t0\t0\t0\t0\t0\t0\t0\t0",  # all categoricals trimmed away
+    # counts past the reader's log1p table, negative ones; upper- and mixed-case hex
+    "0\t1023\t1024\t-1024\t5000000\t-1\t\t\t\t\t\t\t\t7\tABCDEF01\taBcD\t0000000000000001",
 ]
 BAD_CRITEO = [
     ("2\t1\t2\t3\t4\t5\t6\t7\t8\t9\t10\t11\t12\t13", "label is not 0 or 1"),
@@ -62,6 +64,15 @@ def test_criteo_good_and_malformed(tmp_path):
             o = ex.slot_offsets[name]
             got = ex.slot_ids[name][o[i] : o[i + 1]].tolist()
             assert got == ([] if cats[j] is None else [int(cats[j])])
+
+
+def test_line_numbers_count_blank_lines(tmp_path):
+    p = tmp_path / "part-0"
+    bad = BAD_CRITEO[0][0]
+    p.write_bytes(f"\n{GOOD_CRITEO[0]}\r\n\r\n{bad}\n\n\n{bad}\n".encode())
+    ex, report = readers.read_criteo(str(p))
+    assert ex.line_numbers.tolist() == [2]
+    assert report.first_errors == ["part-0:4: label is not 0 or 1", "part-0:7: label is not 0 or 1"]
 
 
 def test_criteo_crlf_and_comma_variant(tmp_path):
