@@ -109,6 +109,8 @@ class TrainConfig:
     batch_threads: int = _field(0, "Threads building (deduplicating) batches; 0: one per "
                                 "core this process may use while evaluating, one less "
                                 "while training, 1 to 4.")  # fmt: skip
+    read_threads: int = _field(0, "Threads parsing a partition's Criteo or Avazu files; "
+                               "0: one per core this process may use, at most 8.")  # fmt: skip
     keep_batches_mb: int = _field(256, "Memory the evaluation pass may keep of a "
                                   "partition's batches for its training pass to reuse "
                                   "(those past it are built again; 0: all are).")  # fmt: skip
@@ -133,8 +135,9 @@ FIELD_GROUPS: dict[str, tuple[str, ...]] = {
     "store": ("admission", "pending_ttl", "eviction", "shrink_every", "store_shards",
               "table_capacity", "store_memory_mb", "store_disk_dir"),
     "checkpoints": ("checkpoint", "keep_bases"),
-    "pipeline and outputs": ("staleness", "pass_batches", "batch_threads", "keep_batches_mb",
-                             "metrics_file", "tensorboard", "dump_predictions", "progress"),
+    "pipeline and outputs": ("staleness", "pass_batches", "batch_threads", "read_threads",
+                             "keep_batches_mb", "metrics_file", "tensorboard",
+                             "dump_predictions", "progress"),
 }  # fmt: skip
 
 
@@ -201,6 +204,8 @@ def check(cfg: TrainConfig) -> None:
         bad("pass_batches", "must be >= 0 (0: pull and push every batch)")
     if cfg.keep_batches_mb < 0:
         bad("keep_batches_mb", "must be >= 0 (0: each pass builds its batches)")
+    if cfg.read_threads < 0:
+        bad("read_threads", "must be >= 0 (0: one per core, at most 8)")
     if cfg.batch_threads < 0:
         bad("batch_threads", "must be >= 0 (0: one per core, one less while training, 1 to 4)")
     if cfg.devices < 0:

@@ -97,11 +97,12 @@ def read_files(cfg: TrainConfig, files: list[str]) -> tuple[Examples, ReadReport
     """The examples of ``files`` in order, in ``cfg.format``; the report lists each file
     with its example count."""
     parts, report = [], ReadReport()
+    threads = cfg.read_threads or min(8, len(os.sched_getaffinity(0)))
     for path in files:
         if cfg.format == "criteo":
-            ex, rep = readers.read_criteo(path)
+            ex, rep = readers.read_criteo(path, threads=threads)
         elif cfg.format == "avazu":
-            ex, rep, _ = readers.read_avazu(path)
+            ex, rep, _ = readers.read_avazu(path, threads=threads)
         elif cfg.format == "paddlerec":
             ex, rep = read_paddlerec(path, cfg.slot_names, cfg.num_dense)
         else:

@@ -25,7 +25,8 @@ RESUMABLE_FIELDS = frozenset({
     "gap_wait_seconds",
     "max_malformed_fraction", "staleness", "store_shards", "table_capacity", "keep_bases",
     "metrics_file", "tensorboard", "progress", "dump_predictions", "devices",
-    "batch_threads", "keep_batches_mb", "store_memory_mb", "store_disk_dir", "pass_batches",
+    "batch_threads", "read_threads", "keep_batches_mb", "store_memory_mb", "store_disk_dir",
+    "pass_batches",
 })  # fmt: skip
 LOCK_FILE = ".lock"
 

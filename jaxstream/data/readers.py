@@ -7,8 +7,10 @@ number; nothing else in the file is lost.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numba as nb
 import numpy as np
@@ -24,6 +26,9 @@ AVAZU_COLUMNS = (
 ).split(",")
 AVAZU_SLOTS = tuple(AVAZU_COLUMNS[3:])
 MAX_REPORTED = 5
+# Fewer lines than this per thread are parsed by fewer threads: below it a thread's hand-off
+# costs more than the parse it takes over.
+MIN_LINES_PER_THREAD = 4096
 
 # Status codes of a parsed line; 0 is a good line.
 _REASONS = {
@@ -154,14 +159,9 @@ def _parse_int(buf, a, b):
 
 
 @nb.njit(cache=True, nogil=True)
-def _parse_criteo(buf, starts, ends, sep):
-    n = starts.shape[0]
-    labels = np.zeros(n, np.float32)
-    dense = np.zeros((n, 13), np.float32)
-    cats = np.zeros((n, 26), np.int64)
-    present = np.zeros((n, 26), np.bool_)
-    status = np.zeros(n, np.int8)
-    for r in range(n):
+def _parse_criteo(buf, starts, ends, sep, labels, dense, cats, present, status):
+    """Parses the lines ``starts``/``ends`` into the given rows of the outputs (zeroed)."""
+    for r in range(starts.shape[0]):
         a = starts[r]
         e = ends[r]
         field = 0
@@ -215,7 +215,6 @@ def _parse_criteo(buf, starts, ends, sep):
         if bad == 0 and field < 14:
             bad = 5  # a line must at least hold the label and the 13 integers' tabs
         status[r] = bad
-    return labels, dense, cats, present, status
 
 
 @nb.njit(cache=True, nogil=True)
@@ -228,13 +227,9 @@ def _hash_bytes(buf, a, b):
 
 
 @nb.njit(cache=True, nogil=True)
-def _parse_avazu(buf, starts, ends):
-    n = starts.shape[0]
-    labels = np.zeros(n, np.float32)
-    hours = np.zeros(n, np.int64)
-    cats = np.zeros((n, 21), np.int64)
-    status = np.zeros(n, np.int8)
-    for r in range(n):
+def _parse_avazu(buf, starts, ends, labels, hours, cats, status):
+    """Parses the lines ``starts``/``ends`` into the given rows of the outputs (zeroed)."""
+    for r in range(starts.shape[0]):
         e = ends[r]
         p = starts[r]
         field = 0
@@ -266,7 +261,6 @@ def _parse_avazu(buf, starts, ends):
         if bad == 0 and field != 24:
             bad = 5
         status[r] = bad
-    return labels, hours, cats, status
 
 
 @nb.njit(cache=True, nogil=True)
@@ -327,6 +321,26 @@ def _parse_slots(buf, starts, ends, slot_of, label_slot):
             t = t0
         status[r] = bad
     return labels, row_of[:t], col_of[:t], val_of[:t], status, ignored
+
+
+def _parse_lines(parse, buf, starts, ends, outputs, threads: int, *args) -> None:
+    """``parse(buf, starts, ends, *args, *outputs)`` over the lines, in up to ``threads``
+    runs of lines at once, each into its own rows of ``outputs`` (the parsers release the
+    GIL, so the runs use as many cores)."""
+    n = len(starts)
+    k = max(1, min(threads, n // MIN_LINES_PER_THREAD))
+    cuts = np.linspace(0, n, k + 1).astype(np.int64)
+
+    def run(a: int, b: int) -> None:
+        parse(buf, starts[a:b], ends[a:b], *args, *(o[a:b] for o in outputs))
+
+    if k == 1:
+        return run(0, n)
+    with ThreadPoolExecutor(k - 1, "reader") as pool:
+        rest = [pool.submit(run, a, b) for a, b in itertools.pairwise(cuts[1:])]
+        run(cuts[0], cuts[1])  # this thread parses the first run
+        for f in rest:
+            f.result()
 
 
 def _read_bytes(path: str) -> np.ndarray:
@@ -399,13 +413,18 @@ def _single_valued(cats, present, ok, names) -> tuple[dict, dict]:
             {name: offsets[j] for j, name in enumerate(names)})  # fmt: skip
 
 
-def read_criteo(path: str, sep: str = "\t") -> tuple[Examples, ReadReport]:
+def read_criteo(path: str, sep: str = "\t", threads: int = 1) -> tuple[Examples, ReadReport]:
     """Criteo display-ads lines: label, I1..I13, C1..C26; empty = missing, trailing
     fields may be trimmed. Integers become sign(x) * log1p(|x|); categoricals the value
-    of their hex string (up to 16 digits)."""
+    of their hex string (up to 16 digits). ``threads``: parse runs of lines at once."""
     buf = _read_bytes(path)
     starts, ends, line_no = _line_bounds(buf)
-    labels, dense, cats, present, status = _parse_criteo(buf, starts, ends, ord(sep))
+    n = len(starts)
+    outputs = (np.zeros(n, np.float32), np.zeros((n, CRITEO_DENSE), np.float32),
+               np.zeros((n, len(CRITEO_SLOTS)), np.int64),
+               np.zeros((n, len(CRITEO_SLOTS)), np.bool_), np.zeros(n, np.int8))  # fmt: skip
+    _parse_lines(_parse_criteo, buf, starts, ends, outputs, threads, ord(sep))
+    labels, dense, cats, present, status = outputs
     _mark_truncated(buf, ends, status)
     report = _report(path, status, line_no)
     ok = status == 0
@@ -413,14 +432,19 @@ def read_criteo(path: str, sep: str = "\t") -> tuple[Examples, ReadReport]:
     return Examples(labels[ok], dense[ok], ids, offs, line_no[ok]), report
 
 
-def read_avazu(path: str) -> tuple[Examples, ReadReport, np.ndarray]:
+def read_avazu(path: str, threads: int = 1) -> tuple[Examples, ReadReport, np.ndarray]:
     """Avazu CSV (header optional). Every feature column is categorical (hashed string);
-    returns the examples, the report and each kept line's ``hour`` (YYMMDDHH)."""
+    returns the examples, the report and each kept line's ``hour`` (YYMMDDHH).
+    ``threads``: parse runs of lines at once."""
     buf = _read_bytes(path)
     starts, ends, line_no = _line_bounds(buf)
     if len(starts) and bytes(buf[starts[0] : starts[0] + 3]) == b"id,":
         starts, ends, line_no = starts[1:], ends[1:], line_no[1:]
-    labels, hours, cats, status = _parse_avazu(buf, starts, ends)
+    n = len(starts)
+    outputs = (np.zeros(n, np.float32), np.zeros(n, np.int64),
+               np.zeros((n, len(AVAZU_SLOTS)), np.int64), np.zeros(n, np.int8))  # fmt: skip
+    _parse_lines(_parse_avazu, buf, starts, ends, outputs, threads)
+    labels, hours, cats, status = outputs
     _mark_truncated(buf, ends, status)
     report = _report(path, status, line_no)
     ok = status == 0

@@ -187,3 +187,31 @@ def test_a_last_line_without_its_newline_is_truncated_not_trusted(tmp_path, read
     assert len(ex) == len(lines) - 1 and report.malformed == 1
     assert "truncated" in report.first_errors[0]
     assert all(len(v) <= len(ex) for v in ex.slot_ids.values())
+
+
+@pytest.mark.parametrize(
+    "read, good, bad",
+    [
+        (readers.read_criteo, GOOD_CRITEO, [b for b, _ in BAD_CRITEO]),
+        (lambda p, threads: readers.read_avazu(p, threads=threads)[:2], [AVAZU_GOOD],
+         [AVAZU_GOOD.replace(",0,", ",7,", 1), "1,0"]),
+    ],
+)  # fmt: skip
+def test_runs_of_lines_parsed_at_once_read_the_same(tmp_path, read, good, bad):
+    """Enough lines for three runs: the same examples, line numbers and report with one
+    thread or three, malformed lines on both sides of the cuts, and a truncated last line."""
+    n = 3 * readers.MIN_LINES_PER_THREAD + 11
+    lines = [(bad if i % 7 == 3 else good)[i % len(bad if i % 7 == 3 else good)]
+             for i in range(n)]  # fmt: skip
+    p = tmp_path / "part-0"
+    p.write_text("\n".join(lines))  # the last line has no newline
+    (ex1, rep1), (ex3, rep3) = read(str(p), threads=1), read(str(p), threads=3)
+    assert rep1.malformed == sum(i % 7 == 3 for i in range(n - 1)) + 1
+    assert len(ex1) == n - rep1.malformed  # (the + 1: the last line, truncated)
+    assert vars(rep1) == vars(rep3)
+    assert ex1.line_numbers.tolist() == ex3.line_numbers.tolist()
+    assert ex1.labels.tolist() == ex3.labels.tolist()
+    np.testing.assert_array_equal(ex1.dense, ex3.dense)
+    for name in ex1.slot_ids:
+        assert ex1.slot_ids[name].tolist() == ex3.slot_ids[name].tolist()
+        assert ex1.slot_offsets[name].tolist() == ex3.slot_offsets[name].tolist()

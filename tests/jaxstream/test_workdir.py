@@ -16,7 +16,7 @@ RESUMABLE = {
     "gap_wait_seconds", "max_malformed_fraction", "staleness", "store_shards",
     "table_capacity", "keep_bases", "metrics_file", "tensorboard", "progress",
     "dump_predictions", "devices", "batch_threads", "store_memory_mb", "store_disk_dir",
-    "pass_batches", "keep_batches_mb",
+    "pass_batches", "keep_batches_mb", "read_threads",
 }  # fmt: skip
 
 
