@@ -93,11 +93,16 @@ def read_path(cfg: TrainConfig, path: str) -> tuple[Examples, ReadReport]:
     return read_files(cfg, files)
 
 
+def read_threads(n: int) -> int:
+    """``n``, or for 0 one per core this process may use, at most 8."""
+    return n or min(8, len(os.sched_getaffinity(0)))
+
+
 def read_files(cfg: TrainConfig, files: list[str]) -> tuple[Examples, ReadReport]:
     """The examples of ``files`` in order, in ``cfg.format``; the report lists each file
     with its example count."""
     parts, report = [], ReadReport()
-    threads = cfg.read_threads or min(8, len(os.sched_getaffinity(0)))
+    threads = read_threads(cfg.read_threads)
     for path in files:
         if cfg.format == "criteo":
             ex, rep = readers.read_criteo(path, threads=threads)

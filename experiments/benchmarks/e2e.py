@@ -28,7 +28,7 @@ from jaxstream.data import readers
 from jaxstream.data.synthetic import StreamConfig, generate
 from jaxstream.pipeline import pull_batch_rows
 from jaxstream.step import make_steps, to_device
-from jaxstream.train import feature_spec, model_of, train_and_evaluate
+from jaxstream.train import feature_spec, model_of, read_threads, train_and_evaluate
 
 from .baseline import run_hashed_baseline
 
@@ -145,7 +145,7 @@ def run(cfg: E2EBenchConfig, workdir: str | None = None) -> dict:
         generate(root, stream)
     res: dict = {"config": dataclasses.asdict(cfg), "device": str(jax.devices()[0])}
     res["parse_lines_per_sec_one_core"] = _parse_speed(root)
-    res["parse_threads"] = min(8, len(os.sched_getaffinity(0)))  # the trainer's read_threads=0
+    res["parse_threads"] = read_threads(0)  # the trainer's default
     res["parse_lines_per_sec_threads"] = _parse_speed(root, res["parse_threads"])
     k = cfg.skip_hours
 

@@ -1,6 +1,7 @@
 """Readers for Criteo TSV, Avazu CSV and Paddle's ``feasign:slot`` text format.
 
-Each parses a whole file's bytes in one compiled pass (numba): no per-line Python. A line
+Each parses a whole file's bytes in compiled passes (numba): no per-line Python; Criteo
+and Avazu files can be parsed by several threads, each a run of the lines. A line
 that does not parse is counted, skipped, and (the first few) reported with file and line
 number; nothing else in the file is lost.
 """
