@@ -31,7 +31,7 @@ def _saturate(x: np.ndarray) -> np.ndarray:
 class PendingCounters:
     def __init__(self, max_entries: int):
         self.max_entries = max_entries
-        self.cap = 0
+        self.cap = self._n_free = 0  # (no entries yet, none free)
         self._head = self._tail = -1
         self._alloc(min(_MIN_ENTRIES, max_entries))
 
@@ -57,12 +57,12 @@ class PendingCounters:
         self.keys[old : cap - 1] = np.arange(old + 1, cap, dtype=np.int64)
         if cap > old:
             self.keys[cap - 1] = -1
-            if old and self._n_free:
+            if self._n_free:
                 self.keys[self._tail] = old
             else:
                 self._head = old
             self._tail = cap - 1
-        self._n_free = (self._n_free if old else 0) + cap - old
+        self._n_free += cap - old
 
     def __len__(self) -> int:
         return self.cap - self._n_free
@@ -134,16 +134,13 @@ class PendingCounters:
               distinct: bool = False) -> None:  # fmt: skip
         """Adds shows and clicks (per occurrence, keys may repeat unless ``distinct``) to
         the keys that have an entry; other keys are ignored."""
-        if distinct:  # (a deduped batch's push: no unique pass, no sums)
-            entries = self.find(keys)
-            known = entries >= 0
-            s, c = shows[known], clicks[known]
-        else:
+        if not distinct:  # (a deduped batch's push needs no unique pass and no sums)
             keys, inverse, _ = ix.unique_with_inverse(keys)
-            entries = self.find(keys)
-            known = entries >= 0
-            s = np.bincount(inverse, weights=shows, minlength=len(keys))[known]
-            c = np.bincount(inverse, weights=clicks, minlength=len(keys))[known]
+            shows = np.bincount(inverse, weights=shows, minlength=len(keys))
+            clicks = np.bincount(inverse, weights=clicks, minlength=len(keys))
+        entries = self.find(keys)
+        known = entries >= 0
+        s, c = shows[known], clicks[known]
         e = entries[known]
         self.show[e] = _saturate(self.show[e] + np.rint(s))
         self.click[e] = _saturate(self.click[e] + np.rint(c))
@@ -166,7 +163,7 @@ class PendingCounters:
     def replace(self, columns: dict[str, np.ndarray]) -> None:
         """Replaces every counter by ``columns`` (as :meth:`export` gives them)."""
         n = len(columns["key"])
-        self.cap = 0
+        self.cap = self._n_free = 0  # (every entry allocated again, all free)
         self._alloc(max(n, min(_MIN_ENTRIES, self.max_entries)))
         entries = self._take(n)
         K.insert_rows(self._index, self.keys, columns["key"].astype(np.int64), entries)
