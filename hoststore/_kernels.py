@@ -29,22 +29,39 @@ def pointer(typingctx, address):
 
 
 @nb.njit(inline="always", cache=True)
-def touch(r, clock, decay, show, click, last_seen, gen, gen_now):
-    """Brings a row's decayed show/click up to ``clock``, marks it seen and changed in
-    generation ``gen_now`` (snapshots take every row changed after their parent's generation)."""
-    dt = clock - last_seen[r]
+def touch(meta, r, clock, decay, gen_now):
+    """Brings row ``r``'s decayed show/click up to ``clock``, marks it seen and changed in
+    generation ``gen_now`` (snapshots take every row changed after their parent's generation).
+
+    ``meta`` is the rows' record array (:data:`hoststore._rows.META`), passed whole. Given
+    the record's columns as five separate arrays, this helper cost ~70 ns a call inside
+    the kernels below (measured: a 17K-id push's statistics took 1.28 ms, 0.29 ms with
+    the record array), though not in a small loop alone.
+    """
+    rec = meta[r]
+    dt = clock - rec["last_seen"]
     if decay != 1.0 and dt > 0:
         f = decay ** np.float64(dt)
-        show[r] = np.float32(show[r] * f)
-        click[r] = np.float32(click[r] * f)
-    last_seen[r] = clock
-    gen[r] = gen_now
+        rec["show"] = np.float32(rec["show"] * f)
+        rec["click"] = np.float32(rec["click"] * f)
+    rec["last_seen"] = clock
+    rec["gen"] = gen_now
+
+
+@nb.njit(inline="always", cache=True)
+def count(meta, r, shows, clicks, nonclk, clk):
+    """Adds ``shows`` and ``clicks`` to row ``r``'s statistics and their score to its delta
+    score (a show scores ``nonclk``, a click ``clk`` - ``nonclk`` more: Paddle's show/click
+    score, which is linear)."""
+    rec = meta[r]
+    rec["show"] += shows
+    rec["click"] += clicks
+    rec["delta_score"] += nonclk * shows + (clk - nonclk) * clicks
 
 
 @nb.njit(nogil=True, cache=True)
 def pull_existing(
-    index, keys, emb, show, click, last_seen, gen, gen_now, ids, shows, out, rows, default, train,
-    clock, decay, delta_score, nonclk,
+    index, keys, meta, emb, gen_now, ids, shows, out, rows, default, train, clock, decay, nonclk,
 ):  # fmt: skip
     """Copies the rows of known ids into ``out``; ``rows[i] = -1`` marks the rest. A
     training pull adds ``shows[i]`` (the occurrences ids[i] stands for) to its row's show,
@@ -69,9 +86,8 @@ def pull_existing(
                 for j in range(dim):
                     out[i, j] = emb[r, j]
                 if train:
-                    touch(r, clock, decay, show, click, last_seen, gen, gen_now)
-                    show[r] += shows[i]
-                    delta_score[r] += nonclk * shows[i]
+                    touch(meta, r, clock, decay, gen_now)
+                    count(meta, r, shows[i], np.float32(0.0), nonclk, nonclk)
             else:
                 n_miss += 1
                 for j in range(dim):
@@ -81,15 +97,13 @@ def pull_existing(
 
 @nb.njit(nogil=True, cache=True)
 def gather_push(
-    index, keys, ids, grads, shows, clicks, weights, clock, decay, show, click, last_seen,
-    gen, gen_now, delta_score, nonclk, clk,
+    index, keys, meta, ids, grads, shows, clicks, weights, clock, decay, gen_now, nonclk, clk,
 ):  # fmt: skip
     """Looks ids up, updates the statistics of their rows and sums duplicate gradients.
 
     Returns (unique rows, summed grads, summed ``weights`` (the occurrences each gradient
     stands for), positions of ids without a row). Statistics are updated while the row's
-    record is in cache: show, click and the delta score per id (a show scores ``nonclk``,
-    a click ``clk`` - ``nonclk`` more: Paddle's show/click score, which is linear).
+    record is in cache: show, click and the delta score per id (:func:`count`).
     """
     n = ids.shape[0]
     dim = grads.shape[1]
@@ -114,16 +128,14 @@ def gather_push(
             p, u_next = ix.find_or_append(scratch, urows, r, u)
             if u_next > u:  # first occurrence of this row in the push
                 u = u_next
-                touch(r, clock, decay, show, click, last_seen, gen, gen_now)
+                touch(meta, r, clock, decay, gen_now)
                 for j in range(dim):
                     agg[p, j] = grads[i, j]
             else:
                 for j in range(dim):
                     agg[p, j] += grads[i, j]
             counts[p] += weights[i]
-            show[r] += shows[i]
-            click[r] += clicks[i]
-            delta_score[r] += nonclk * shows[i] + (clk - nonclk) * clicks[i]
+            count(meta, r, shows[i], clicks[i], nonclk, clk)
     return urows[:u], agg[:u], counts[:u], missing[:m]
 
 
@@ -149,24 +161,8 @@ def insert_rows(index, keys, new_keys, rows):
 
 @nb.njit(nogil=True, cache=True)
 def touch_push_unique(
-    index,
-    keys,
-    created,
-    ids,
-    hint,
-    shows,
-    clicks,
-    clock,
-    decay,
-    show,
-    click,
-    last_seen,
-    gen,
-    gen_now,
-    delta_score,
-    nonclk,
-    clk,
-):
+    index, keys, meta, ids, hint, shows, clicks, clock, decay, gen_now, nonclk, clk,
+):  # fmt: skip
     """``gather_push`` for ids known to be distinct: no dedup, no gradient copy.
 
     ``hint`` holds each id's row as a recent pull found it (or is empty); a hinted row is
@@ -181,20 +177,18 @@ def touch_push_unique(
     n_miss = 0
     for i in range(n):
         if hinted and i + _AHEAD < n and hint[i + _AHEAD] >= 0:
-            prefetch(created, hint[i + _AHEAD])  # the row's key + statistics record
+            prefetch(meta, hint[i + _AHEAD])  # the row's key + statistics record
         if hinted:
             r = hint[i]
-            if r < 0 or created[r] < 0 or keys[r] != ids[i]:
+            if r < 0 or meta[r]["created"] < 0 or keys[r] != ids[i]:
                 r = ix.find(index, keys, ids[i])
             rows[i] = r
         r = rows[i]
         if r < 0:
             n_miss += 1
             continue
-        touch(r, clock, decay, show, click, last_seen, gen, gen_now)
-        show[r] += shows[i]
-        click[r] += clicks[i]
-        delta_score[r] += nonclk * shows[i] + (clk - nonclk) * clicks[i]
+        touch(meta, r, clock, decay, gen_now)
+        count(meta, r, shows[i], clicks[i], nonclk, clk)
     return rows, n_miss
 
 

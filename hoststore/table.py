@@ -363,10 +363,9 @@ class EmbeddingTable:
 
         def run(lo: int, hi: int) -> int:
             return K.pull_existing(
-                r.index, r.keys, r.emb, r.show, r.click, r.last_seen, r.gen,
-                np.uint32(self._gen), ids[lo:hi],
-                shows[lo:hi], out[lo:hi], rows[lo:hi], self.config.admission.default_value, train,
-                self._clock, self.config.eviction.decay, r.delta_score, self._score_coeffs[0],
+                r.index, r.keys, r.meta, r.emb, np.uint32(self._gen), ids[lo:hi], shows[lo:hi],
+                out[lo:hi], rows[lo:hi], self.config.admission.default_value, train,
+                self._clock, self.config.eviction.decay, self._score_coeffs[0],
             )  # fmt: skip
 
         if train:  # training pulls stay on the caller's thread (shards run in parallel)
@@ -553,17 +552,15 @@ class EmbeddingTable:
     def _touch_push_unique(self, ids, hint, shows, clicks) -> tuple[np.ndarray, int]:
         r = self._rows
         return K.touch_push_unique(
-            r.index, r.keys, r.created, ids, hint, shows, clicks, self._clock,
-            self.config.eviction.decay, r.show, r.click, r.last_seen, r.gen,
-            np.uint32(self._gen), r.delta_score, *self._score_coeffs,
+            r.index, r.keys, r.meta, ids, hint, shows, clicks, self._clock,
+            self.config.eviction.decay, np.uint32(self._gen), *self._score_coeffs,
         )  # fmt: skip
 
     def _gather_push(self, ids, grads, shows, clicks, counts):
         r = self._rows
         return K.gather_push(
-            r.index, r.keys, ids, grads, shows, clicks, counts, self._clock,
-            self.config.eviction.decay, r.show, r.click, r.last_seen, r.gen,
-            np.uint32(self._gen), r.delta_score, *self._score_coeffs,
+            r.index, r.keys, r.meta, ids, grads, shows, clicks, counts, self._clock,
+            self.config.eviction.decay, np.uint32(self._gen), *self._score_coeffs,
         )  # fmt: skip
 
     # ------------------------------------------------------------------ clock and eviction
