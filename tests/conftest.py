@@ -92,7 +92,7 @@ def _share_compiled_programs(config) -> None:
         return  # xdist workers inherit the controller's environment
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jaxstream-tests-xla-")
     os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"] = str(4 << 30)
-    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.2"
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
     os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
     config._jax_cache_dir = os.environ["JAX_COMPILATION_CACHE_DIR"]
 
