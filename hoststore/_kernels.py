@@ -87,6 +87,7 @@ def pull_existing(
                     out[i, j] = emb[r, j]
                 if train:
                     touch(meta, r, clock, decay, gen_now)
+                    # (a pull counts shows; the clicks come with the batch's push)
                     count(meta, r, shows[i], np.float32(0.0), nonclk, nonclk)
             else:
                 n_miss += 1
