@@ -22,6 +22,7 @@ _ROOT = flags.DEFINE_string("root", None, "The stream (generated there when miss
 _OUT = flags.DEFINE_string("out", "BENCHMARKS.md", "Where to record the table.")
 _CORES = flags.DEFINE_list("cores", ["1", "2"], "Core counts to pin each run to.")
 _MODES = flags.DEFINE_list("modes", ["null", "lr", "lr_pass"], "null, lr and/or lr_pass.")
+_ROUNDS = flags.DEFINE_integer("rounds", 3, "Runs of each mode at each core count.", lower_bound=1)
 _ZIPF = flags.DEFINE_float("zipf", 1.1, "The stream's Zipf exponent (lower: heavier tail).")
 _VOCAB = flags.DEFINE_integer("max_vocab", 200_000, "The stream's vocabulary per slot.")
 _SECTION = flags.DEFINE_string(
@@ -44,10 +45,11 @@ def main(argv):
         return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     cfg = bench.HostBenchConfig(cores=tuple(int(c) for c in _CORES.value),
-                                modes=tuple(_MODES.value), zipf=_ZIPF.value,
+                                modes=tuple(_MODES.value), rounds=_ROUNDS.value,
+                                zipf=_ZIPF.value,
                                 max_vocab=_VOCAB.value)  # fmt: skip
     if _SMOKE.value:
-        cfg = dataclasses.replace(cfg, hours=2, rows_per_hour=3000, batch_size=512)
+        cfg = dataclasses.replace(cfg, hours=2, rows_per_hour=3000, batch_size=512, rounds=1)
     root = _ROOT.value or os.path.join(tempfile.gettempdir(),
                                        f"bench_host_{cfg.hours}x{cfg.rows_per_hour}_z{cfg.zipf}"
                                        f"_v{cfg.max_vocab}")  # fmt: skip

@@ -24,7 +24,7 @@ from tests.conftest import Cluster, metric_lines, smoke_stream
 
 pytestmark = pytest.mark.reliability
 DIM = 4
-FUZZ_RPCS = int(os.environ.get("FUZZ_RPCS", 5000))  # CI: 5,000; RELIABILITY.md: 10,000
+FUZZ_RPCS = int(os.environ.get("FUZZ_RPCS", 2000))  # CI: 2,000; RELIABILITY.md: 10,000
 
 
 @pytest.fixture(scope="module")

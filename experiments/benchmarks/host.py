@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import subprocess
 import sys
 
 import numpy as np
 
+log = logging.getLogger(__name__)
 _STAGES = ("batch_seconds", "host_seconds", "push_seconds")
 
 
@@ -36,6 +38,7 @@ class HostBenchConfig:
     cores: tuple[int, ...] = (1, 2)
     modes: tuple[str, ...] = ("null", "lr", "lr_pass")
     pass_batches: int = 8
+    rounds: int = 3  # each mode at each core count, alternating; medians reported
     zipf: float = 1.1  # the generator's defaults; lower and wider: a heavier tail
     max_vocab: int = 200_000
 
@@ -120,23 +123,32 @@ def measure(cfg: HostBenchConfig, root: str, mode: str) -> dict[str, float]:
     return out
 
 
-def run(cfg: HostBenchConfig, root: str, script: str) -> dict[str, dict[int, dict]]:
-    """Every mode at every core count, each a child process of ``script`` pinned to the
-    first N cores; the stream is generated first (unpinned)."""
+def run(cfg: HostBenchConfig, root: str, script: str) -> dict[str, dict[int, list[dict]]]:
+    """Every mode at every core count ``cfg.rounds`` times, each a child process of
+    ``script`` pinned to the first N cores; the stream is generated first (unpinned).
+
+    The core counts alternate within a mode, in the opposite order every other round: this
+    VM's speed drifts by 10-40% within minutes, so a ratio taken between two runs minutes
+    apart measures the drift as much as the cores; a ratio within one round, and the median
+    of several rounds, much less."""
     from jaxstream.data.synthetic import generate
 
     if not os.path.isdir(root):
         generate(root, _train_config(cfg, root).synthetic)
-    out: dict[str, dict[int, dict]] = {}
+    out: dict[str, dict[int, list[dict]]] = {}
     for mode in cfg.modes:
-        for n in cfg.cores:
-            cpus = ",".join(str(c) for c in range(n))
-            proc = subprocess.run(
-                ["taskset", "-c", cpus, sys.executable, script, "--child", f"--mode={mode}",
-                 f"--root={root}", f"--config={json.dumps(dataclasses.asdict(cfg))}"],
-                capture_output=True, text=True, check=True,
-            )  # fmt: skip
-            out.setdefault(mode, {})[n] = json.loads(proc.stdout.strip().splitlines()[-1])
+        for r in range(cfg.rounds):
+            for n in cfg.cores if r % 2 == 0 else cfg.cores[::-1]:
+                cpus = ",".join(str(c) for c in range(n))
+                proc = subprocess.run(
+                    ["taskset", "-c", cpus, sys.executable, script, "--child", f"--mode={mode}",
+                     f"--root={root}", f"--config={json.dumps(dataclasses.asdict(cfg))}"],
+                    capture_output=True, text=True, check=True,
+                )  # fmt: skip
+                m = json.loads(proc.stdout.strip().splitlines()[-1])
+                out.setdefault(mode, {}).setdefault(n, []).append(m)
+                log.info("%s, %d core(s), round %d of %d: %.0f train examples/s", mode, n,
+                         r + 1, cfg.rounds, m["examples_per_sec"])  # fmt: skip
     return out
 
 
@@ -153,7 +165,10 @@ def markdown(cfg: HostBenchConfig, r: dict[str, dict[int, dict]]) -> str:
         "in batch order, rows lent), ending them (rows written back). A partition's "
         "training reuses the batches its evaluation built (`keep_batches_mb`), so the "
         "training rate leaves their building out; the last column counts both passes "
-        "(each partition's examples over its evaluation and training time).",
+        "(each partition's examples over its evaluation and training time). "
+        f"Each mode ran {cfg.rounds} round(s), its core counts alternating within a round; "
+        'every column is the median over the rounds, and "vs 1 core" the median of the '
+        "rounds' ratios (each round's ratio in brackets).",
         "",
         "| device step | cores | train examples/s | median hour | vs 1 core | batch+dedup "
         "| pull+transfer | push+metrics | evaluated and trained examples/s |",
@@ -169,11 +184,14 @@ def markdown(cfg: HostBenchConfig, r: dict[str, dict[int, dict]]) -> str:
         return "-" if np.isnan(rate) else f"{rate:,.0f}"
 
     for mode, per in r.items():
-        one = per[min(per)]["examples_per_sec"]
-        for n, m in sorted(per.items()):
+        ones = [m["examples_per_sec"] for m in per[min(per)]]
+        for n, runs in sorted(per.items()):
+            m = {k: float(np.median([x[k] for x in runs])) for k in runs[0]}
+            ratios = [x["examples_per_sec"] / one for x, one in zip(runs, ones, strict=True)]
+            each = " / ".join(f"{x:.2f}" for x in ratios)
             lines.append(f"| {names[mode]} | {n} | {m['examples_per_sec']:,.0f} | "
                          f"{m['median_hour']:,.0f} | "
-                         f"{m['examples_per_sec'] / one:.2f}x | {m['batch_ms_per_1k']:.2f} | "
+                         f"{np.median(ratios):.2f}x ({each}) | {m['batch_ms_per_1k']:.2f} | "
                          f"{m['host_ms_per_1k']:.2f} | {m['push_ms_per_1k']:.2f} | "
                          f"{rate_or_dash(m['eval_and_train_per_sec'])} |")  # fmt: skip
     return "\n".join(lines)
