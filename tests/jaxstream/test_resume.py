@@ -66,15 +66,23 @@ def _assert_same_run(work_a, work_b, cfg):
         assert a == b
 
 
-def test_stop_and_resume_equals_an_uninterrupted_run(tmp_path):
-    root = str(tmp_path / "data")
-    cfg = _cfg(root)
-    train.train_and_evaluate(cfg, str(tmp_path / "whole"))
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory):
+    """(config, workdir) of the uninterrupted 5-hour reference run, trained once per test
+    process; the tests compare with it and read its stream, and never write to either."""
+    base = tmp_path_factory.mktemp("whole")
+    cfg = _cfg(str(base / "data"))
+    train.train_and_evaluate(cfg, str(base / "run"))
+    return cfg, str(base / "run")
+
+
+def test_stop_and_resume_equals_an_uninterrupted_run(tmp_path, whole):
+    cfg, reference = whole
     part = str(tmp_path / "parts")
     train.train_and_evaluate(dataclasses.replace(cfg, max_partitions=2), part)
     s = train.train_and_evaluate(cfg, part)  # resumes after partition 2
     assert s["partitions"] == 5
-    _assert_same_run(str(tmp_path / "whole"), part, cfg)
+    _assert_same_run(reference, part, cfg)
 
 
 @pytest.mark.parametrize("pass_batches", [0, 3])
@@ -197,17 +205,15 @@ def test_a_store_that_cannot_load_stops_the_run_instead_of_falling_back(tmp_path
 
 
 @pytest.mark.timeout(300)
-def _uninterrupted_run_and_cli(tmp_path):
-    """(config, workdir, command): the reference run done in process under
-    ``tmp_path/whole``, and the CLI command that trains the same into ``tmp_path/killed``."""
-    root = str(tmp_path / "data")
-    cfg = _cfg(root)
-    train.train_and_evaluate(cfg, str(tmp_path / "whole"))
+def _cli_of(cfg, tmp_path):
+    """(workdir, command): the CLI command that trains what ``cfg`` (the reference run's
+    config) trains, into ``tmp_path/killed``."""
     work = str(tmp_path / "killed")
-    cmd = [sys.executable, "experiments/train_stream.py", "--smoke", f"--data_root={root}",
+    cmd = [sys.executable, "experiments/train_stream.py", "--smoke",
+           f"--data_root={cfg.data_root}",
            f"--workdir={work}", "--staleness=0", "--admission=count_filter:2",
            "--eviction=unseen:2", "--shrink_every=partition"]  # fmt: skip
-    return cfg, work, cmd
+    return work, cmd
 
 
 @pytest.mark.parametrize(
@@ -223,8 +229,9 @@ def _uninterrupted_run_and_cli(tmp_path):
     ],
     ids=["after_commit", "during_save", "during_save_disk_tier"],
 )
-def test_kill_9_then_resume(tmp_path, kill_when, tier, killable_env):
-    cfg, work, cmd = _uninterrupted_run_and_cli(tmp_path)
+def test_kill_9_then_resume(tmp_path, kill_when, tier, killable_env, whole):
+    cfg, reference = whole
+    work, cmd = _cli_of(cfg, tmp_path)
     disk = tmp_path / "disk"
     if tier:
         cmd += ["--store_memory_mb=0.05", f"--store_disk_dir={disk}"]
@@ -241,21 +248,22 @@ def test_kill_9_then_resume(tmp_path, kill_when, tier, killable_env):
                           env=killable_env)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert "resumed from checkpoint" in done.stdout
-    _assert_same_run(str(tmp_path / "whole"), work, cfg)
+    _assert_same_run(reference, work, cfg)
     if tier:
         assert os.listdir(disk) == []
 
 
 @pytest.mark.reliability
 def test_kill_9_at_random_points_leaves_one_metrics_line_per_partition(
-    tmp_path, request, killable_env
+    tmp_path, request, killable_env, whole
 ):
     """The trainer is killed ``--kills`` times (default 5) at random moments of its work and
     restarted each time; the end result equals an uninterrupted run: every partition
     trained once, one metrics line each, the same table."""
     import random
 
-    cfg, work, cmd = _uninterrupted_run_and_cli(tmp_path)
+    cfg, reference = whole
+    work, cmd = _cli_of(cfg, tmp_path)
     rng, kills = random.Random(0), 0
     while kills < request.config.getoption("--kills"):
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
@@ -272,19 +280,17 @@ def test_kill_9_at_random_points_leaves_one_metrics_line_per_partition(
                           env=killable_env)  # fmt: skip
     assert done.returncode == 0 or "no ready partition" in done.stderr, done.stderr[-2000:]
     assert kills >= 3, kills
-    _assert_same_run(str(tmp_path / "whole"), work, cfg)
+    _assert_same_run(reference, work, cfg)
 
 
-def test_a_remote_store_restored_into_another_shard_count_continues_its_chain(tmp_path):
+def test_a_remote_store_restored_into_another_shard_count_continues_its_chain(tmp_path, whole):
     """2 shard servers train 2 hours; 1 shard server resumes (both shards' chains load into
     it) and trains 3 more: its first checkpoint is a base (a delta has no parent of its
     layout), then deltas again; the run equals an uninterrupted in-process one."""
     from jaxstream.serving import Predictor
     from tests.conftest import Cluster
 
-    cfg = _cfg(str(tmp_path / "data"))
-    straight = str(tmp_path / "straight")
-    train.train_and_evaluate(cfg, straight)
+    cfg, straight = whole
     work = str(tmp_path / "work")
     two = Cluster(2)
     try:
@@ -304,7 +310,7 @@ def test_a_remote_store_restored_into_another_shard_count_continues_its_chain(tm
               for m in metas]  # fmt: skip
     assert layout[-3:] == [(3, 3, [1]), (4, 3, [2]), (5, 3, [3])], layout
     # Serving reads the new chain and scores as the uninterrupted run does.
-    examples, _ = train.read_path(cfg, str(tmp_path / "data" / "20260101" / "04"))
+    examples, _ = train.read_path(cfg, os.path.join(cfg.data_root, "20260101", "04"))
     np.testing.assert_allclose(
         Predictor(work).predict(examples),
         Predictor(straight).predict(examples),
