@@ -152,7 +152,7 @@ def run(cfg: HostBenchConfig, root: str, script: str) -> dict[str, dict[int, lis
     return out
 
 
-def markdown(cfg: HostBenchConfig, r: dict[str, dict[int, dict]]) -> str:
+def markdown(cfg: HostBenchConfig, r: dict[str, dict[int, list[dict]]]) -> str:
     lines = [
         f"{cfg.hours} h x {cfg.rows_per_hour:,} rows (Criteo format, generated; Zipf "
         f"{cfg.zipf}, vocabulary up to {cfg.max_vocab:,} per slot), batch "

@@ -204,7 +204,6 @@ def test_a_store_that_cannot_load_stops_the_run_instead_of_falling_back(tmp_path
     assert s["cursor"] == "20260101/02"
 
 
-@pytest.mark.timeout(300)
 def _cli_of(cfg, tmp_path):
     """(workdir, command): the CLI command that trains what ``cfg`` (the reference run's
     config) trains, into ``tmp_path/killed``."""
