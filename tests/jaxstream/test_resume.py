@@ -86,18 +86,21 @@ def test_stop_and_resume_equals_an_uninterrupted_run(tmp_path, whole):
 
 
 @pytest.mark.parametrize("pass_batches", [0, 3])
-def test_a_run_with_a_disk_tier_equals_an_all_ram_run_across_a_resume(tmp_path, pass_batches):
+def test_a_run_with_a_disk_tier_equals_an_all_ram_run_across_a_resume(tmp_path, pass_batches,
+                                                                      whole):  # fmt: skip
     """A RAM budget of a few hundred rows (most of the table on disk), stopped after two
     hours and resumed: the same metrics, rows and dense weights as the all-RAM run; also in
     pass mode (3 batches a pass, the next begun while one trains)."""
-    root = str(tmp_path / "data")
-    cfg = _cfg(root, pass_batches=pass_batches)
-    train.train_and_evaluate(cfg, str(tmp_path / "whole"))
+    cfg, reference = whole
+    if pass_batches:  # (the reference run trains per batch)
+        cfg = dataclasses.replace(cfg, pass_batches=pass_batches)
+        reference = str(tmp_path / "whole")
+        train.train_and_evaluate(cfg, reference)
     tiered = dataclasses.replace(cfg, store_memory_mb=0.05, store_disk_dir=str(tmp_path / "disk"))
     part = str(tmp_path / "tiered")
     train.train_and_evaluate(dataclasses.replace(tiered, max_partitions=2), part)
     train.train_and_evaluate(tiered, part)
-    _assert_same_run(str(tmp_path / "whole"), part, cfg)
+    _assert_same_run(reference, part, cfg)
     lines = metric_lines(os.path.join(part, "metrics.jsonl"), ("table_rows", "disk_rows"))
     assert all(x["disk_rows"] > x["table_rows"] / 2 for x in lines), lines  # mostly on disk
     assert os.listdir(tmp_path / "disk") == []  # the scratch tier is gone with its store
