@@ -85,9 +85,13 @@ def test_the_device_check_gives_only_flags_that_exist():
     script = open(os.path.join(REPO, "experiments", "device_check.sh")).read()
     used = _flags_used(_commands(script))
     assert {("experiments/bench_host.py",), ("experiments/bench_e2e.py",)} <= set(used)
-    # The flags it keeps in a bash array for some of the bench_e2e.py runs.
-    for extra in re.findall(r"extra=\((.*?)\)", script):
-        used[("experiments/bench_e2e.py",)].update(extra.split())
+    # The flags it keeps in bash arrays (full and SMOKE=1 sizes), named after the scripts.
+    arrays = re.findall(r"\b(e2e|host|store)=\((.*?)\)", script)
+    assert {name for name, _ in arrays} == {"e2e", "host", "store"}
+    for name, flags in arrays:
+        used.setdefault((f"experiments/bench_{name}.py",), set()).update(
+            f.split("=")[0] for f in flags.split()
+        )
     _check_flags(used)
 
 
