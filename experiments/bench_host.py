@@ -1,6 +1,7 @@
 """Host-only benchmark: the pipeline's examples/s per core count, without a real device step.
 
-python experiments/bench_host.py            # 8 h x 50K rows, 1 and 2 cores; writes BENCHMARKS.md
+python experiments/bench_host.py            # 8 h x 50K rows, 1 and 2 cores (and 2 x 1 core
+                                            # side by side); writes BENCHMARKS.md
 python experiments/bench_host.py --smoke    # seconds; prints only
 """
 
@@ -23,6 +24,9 @@ _OUT = flags.DEFINE_string("out", "BENCHMARKS.md", "Where to record the table.")
 _CORES = flags.DEFINE_list("cores", ["1", "2"], "Core counts to pin each run to.")
 _MODES = flags.DEFINE_list("modes", ["null", "lr", "lr_pass"], "null, lr and/or lr_pass.")
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "Runs of each mode at each core count.", lower_bound=1)
+_INDEPENDENT = flags.DEFINE_boolean(
+    "independent", True, "Also N independent 1-core processes side by side, for N > 1."
+)
 _ZIPF = flags.DEFINE_float("zipf", 1.1, "The stream's Zipf exponent (lower: heavier tail).")
 _VOCAB = flags.DEFINE_integer("max_vocab", 200_000, "The stream's vocabulary per slot.")
 _SECTION = flags.DEFINE_string(
@@ -46,6 +50,7 @@ def main(argv):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     cfg = bench.HostBenchConfig(cores=tuple(int(c) for c in _CORES.value),
                                 modes=tuple(_MODES.value), rounds=_ROUNDS.value,
+                                independent=_INDEPENDENT.value,
                                 zipf=_ZIPF.value,
                                 max_vocab=_VOCAB.value)  # fmt: skip
     if _SMOKE.value:

@@ -39,8 +39,9 @@ if [ "$SMOKE" = 1 ]; then
   store=(--smoke)
 else
   e2e=(--hours=5 --rows_per_hour=50000 --batch_size=4096)
-  # One round (device minutes are short; the 16-core host is not the noisy 2-core VM).
-  host=(--cores=1,4,16 --modes=null,lr --rounds=1)
+  # One round, no side-by-side processes (device minutes are short; the 16-core host is
+  # not the noisy 2-core VM).
+  host=(--cores=1,4,16 --modes=null,lr --rounds=1 --noindependent)
   store=()
 fi
 

@@ -26,6 +26,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 _STAGES = ("batch_seconds", "host_seconds", "push_seconds")
+_RATES = ("examples_per_sec", "median_hour", "eval_and_train_per_sec")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +40,9 @@ class HostBenchConfig:
     modes: tuple[str, ...] = ("null", "lr", "lr_pass")
     pass_batches: int = 8
     rounds: int = 3  # each mode at each core count, alternating; medians reported
+    # Also N independent 1-core processes side by side for each N > 1: what the cores
+    # themselves allow, against which the pipeline's own ratio is read.
+    independent: bool = True
     zipf: float = 1.1  # the generator's defaults; lower and wider: a heavier tail
     max_vocab: int = 200_000
 
@@ -123,11 +127,16 @@ def measure(cfg: HostBenchConfig, root: str, mode: str) -> dict[str, float]:
     return out
 
 
-def run(cfg: HostBenchConfig, root: str, script: str) -> dict[str, dict[int, list[dict]]]:
-    """Every mode at every core count ``cfg.rounds`` times, each a child process of
-    ``script`` pinned to the first N cores; the stream is generated first (unpinned).
+Setup = tuple[int, bool]  # (cores, independent): one process on N cores, or N on one each
 
-    The core counts alternate within a mode, in the opposite order every other round: this
+
+def run(cfg: HostBenchConfig, root: str, script: str) -> dict[str, dict[Setup, list[dict]]]:
+    """Every mode at every core count ``cfg.rounds`` times, each a child process of
+    ``script`` pinned to the first N cores; with ``cfg.independent``, also N children side
+    by side, each pinned to one of those cores (their rates summed). The stream is
+    generated first (unpinned).
+
+    The setups alternate within a mode, in the opposite order every other round: this
     VM's speed drifts by 10-40% within minutes, so a ratio taken between two runs minutes
     apart measures the drift as much as the cores; a ratio within one round, and the median
     of several rounds, much less."""
@@ -135,24 +144,51 @@ def run(cfg: HostBenchConfig, root: str, script: str) -> dict[str, dict[int, lis
 
     if not os.path.isdir(root):
         generate(root, _train_config(cfg, root).synthetic)
-    out: dict[str, dict[int, list[dict]]] = {}
+    setups = [(n, False) for n in cfg.cores]
+    if cfg.independent:
+        setups += [(n, True) for n in cfg.cores if n > 1]
+    out: dict[str, dict[Setup, list[dict]]] = {}
     for mode in cfg.modes:
         for r in range(cfg.rounds):
-            for n in cfg.cores if r % 2 == 0 else cfg.cores[::-1]:
-                cpus = ",".join(str(c) for c in range(n))
-                proc = subprocess.run(
-                    ["taskset", "-c", cpus, sys.executable, script, "--child", f"--mode={mode}",
-                     f"--root={root}", f"--config={json.dumps(dataclasses.asdict(cfg))}"],
-                    capture_output=True, text=True, check=True,
-                )  # fmt: skip
-                m = json.loads(proc.stdout.strip().splitlines()[-1])
-                out.setdefault(mode, {}).setdefault(n, []).append(m)
-                log.info("%s, %d core(s), round %d of %d: %.0f train examples/s", mode, n,
+            for n, independent in setups if r % 2 == 0 else setups[::-1]:
+                if independent:
+                    m = _summed([_child(cfg, root, script, mode, str(c)) for c in range(n)])
+                else:
+                    m = _child(cfg, root, script, mode, ",".join(str(c) for c in range(n)))()
+                out.setdefault(mode, {}).setdefault((n, independent), []).append(m)
+                log.info("%s, %d %s, round %d of %d: %.0f train examples/s", mode, n,
+                         "independent 1-core processes" if independent else "core(s)",
                          r + 1, cfg.rounds, m["examples_per_sec"])  # fmt: skip
     return out
 
 
-def markdown(cfg: HostBenchConfig, r: dict[str, dict[int, list[dict]]]) -> str:
+def _child(cfg: HostBenchConfig, root: str, script: str, mode: str, cpus: str):
+    """Starts one measuring child pinned to ``cpus``; returns a function that waits for its
+    result."""
+    # Several children may share one accelerator: none may take most of its memory.
+    env = {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+    proc = subprocess.Popen(
+        ["taskset", "-c", cpus, sys.executable, script, "--child", f"--mode={mode}",
+         f"--root={root}", f"--config={json.dumps(dataclasses.asdict(cfg))}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+
+    def result() -> dict[str, float]:
+        stdout, stderr = proc.communicate()
+        if proc.returncode:
+            raise RuntimeError(f"bench_host child on cpus {cpus} failed:\n{stderr[-2000:]}")
+        return json.loads(stdout.strip().splitlines()[-1])
+
+    return result
+
+
+def _summed(children) -> dict[str, float]:
+    """Side-by-side children's rates added up (their stage timings are not a pipeline's)."""
+    runs = [wait() for wait in children]
+    return {k: sum(m[k] for m in runs) if k in _RATES else float("nan") for k in runs[0]}
+
+
+def markdown(cfg: HostBenchConfig, r: dict[str, dict[Setup, list[dict]]]) -> str:
     lines = [
         f"{cfg.hours} h x {cfg.rows_per_hour:,} rows (Criteo format, generated; Zipf "
         f"{cfg.zipf}, vocabulary up to {cfg.max_vocab:,} per slot), batch "
@@ -166,9 +202,11 @@ def markdown(cfg: HostBenchConfig, r: dict[str, dict[int, list[dict]]]) -> str:
         "training reuses the batches its evaluation built (`keep_batches_mb`), so the "
         "training rate leaves their building out; the last column counts both passes "
         "(each partition's examples over its evaluation and training time). "
-        f"Each mode ran {cfg.rounds} round(s), its core counts alternating within a round; "
+        f"Each mode ran {cfg.rounds} round(s), its setups alternating within a round; "
         'every column is the median over the rounds, and "vs 1 core" the median of the '
-        "rounds' ratios (each round's ratio in brackets).",
+        "rounds' ratios (each round's ratio in brackets). \"N independent\": N processes "
+        "side by side, each pinned to its own core, their rates added: what the cores "
+        "themselves give, against which a pipeline's ratio is read.",
         "",
         "| device step | cores | train examples/s | median hour | vs 1 core | batch+dedup "
         "| pull+transfer | push+metrics | evaluated and trained examples/s |",
@@ -180,18 +218,19 @@ def markdown(cfg: HostBenchConfig, r: dict[str, dict[int, list[dict]]]) -> str:
         "lr_pass": f"LR model, pass mode ({cfg.pass_batches} batches a pass)",
     }
 
-    def rate_or_dash(rate: float) -> str:  # (no evaluation pass in the null-step mode)
-        return "-" if np.isnan(rate) else f"{rate:,.0f}"
+    def shown(x: float, fmt: str) -> str:  # NaN: not measured (e.g. no evaluation pass)
+        return "-" if np.isnan(x) else format(x, fmt)
 
     for mode, per in r.items():
         ones = [m["examples_per_sec"] for m in per[min(per)]]
-        for n, runs in sorted(per.items()):
+        for (n, independent), runs in sorted(per.items()):
             m = {k: float(np.median([x[k] for x in runs])) for k in runs[0]}
             ratios = [x["examples_per_sec"] / one for x, one in zip(runs, ones, strict=True)]
             each = " / ".join(f"{x:.2f}" for x in ratios)
-            lines.append(f"| {names[mode]} | {n} | {m['examples_per_sec']:,.0f} | "
-                         f"{m['median_hour']:,.0f} | "
-                         f"{np.median(ratios):.2f}x ({each}) | {m['batch_ms_per_1k']:.2f} | "
-                         f"{m['host_ms_per_1k']:.2f} | {m['push_ms_per_1k']:.2f} | "
-                         f"{rate_or_dash(m['eval_and_train_per_sec'])} |")  # fmt: skip
+            stages = " | ".join(shown(m[f"{k.removesuffix('_seconds')}_ms_per_1k"], ".2f")
+                                for k in _STAGES)  # fmt: skip
+            lines.append(f"| {names[mode]} | {n}{' independent' * independent} | "
+                         f"{m['examples_per_sec']:,.0f} | {m['median_hour']:,.0f} | "
+                         f"{np.median(ratios):.2f}x ({each}) | {stages} | "
+                         f"{shown(m['eval_and_train_per_sec'], ',.0f')} |")  # fmt: skip
     return "\n".join(lines)
