@@ -152,7 +152,8 @@ def run(cfg: HostBenchConfig, root: str, script: str) -> dict[str, dict[Setup, l
         for r in range(cfg.rounds):
             for n, independent in setups if r % 2 == 0 else setups[::-1]:
                 if independent:
-                    m = _summed([_child(cfg, root, script, mode, str(c)) for c in range(n)])
+                    m = _summed([_child(cfg, root, script, mode, str(c), shared=True)
+                                 for c in range(n)])  # fmt: skip
                 else:
                     m = _child(cfg, root, script, mode, ",".join(str(c) for c in range(n)))()
                 out.setdefault(mode, {}).setdefault((n, independent), []).append(m)
@@ -162,11 +163,12 @@ def run(cfg: HostBenchConfig, root: str, script: str) -> dict[str, dict[Setup, l
     return out
 
 
-def _child(cfg: HostBenchConfig, root: str, script: str, mode: str, cpus: str):
+def _child(cfg: HostBenchConfig, root: str, script: str, mode: str, cpus: str,
+           shared: bool = False):  # fmt: skip
     """Starts one measuring child pinned to ``cpus``; returns a function that waits for its
-    result."""
-    # Several children may share one accelerator: none may take most of its memory.
-    env = {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+    result. ``shared``: children side by side, which must not each take most of an
+    accelerator's memory, as JAX does by default."""
+    env = {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"} if shared else None
     proc = subprocess.Popen(
         ["taskset", "-c", cpus, sys.executable, script, "--child", f"--mode={mode}",
          f"--root={root}", f"--config={json.dumps(dataclasses.asdict(cfg))}"],
